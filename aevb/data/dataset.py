@@ -1,0 +1,189 @@
+"""The :class:`Dataset` every training loop and estimator consumes, and its binarisations.
+
+A dataset holds raw values ``x`` (float32, one row per datapoint) and optional integer labels.
+Binarisation is applied when batches are drawn, so ``dynamic`` gives a fresh Bernoulli draw
+per pass (Burda et al. 2015's protocol) while the stored intensities stay untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from aevb.errors import DataError
+
+
+def _dynamic(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    return torch.bernoulli(x, generator=g)
+
+
+def _threshold(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    return (x > 0.5).to(x.dtype)
+
+
+def _continuous(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    # Uniform dequantisation of 8-bit intensities: (byte + U) / 256 lies in (0, 1).
+    u = torch.rand(x.shape, generator=g, dtype=x.dtype)
+    return (torch.round(x * 255.0) + u) / 256.0
+
+
+def _identity(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+    return x
+
+
+#: name -> transform(x in [0, 1], generator) applied to each batch.
+BINARIZATIONS = {
+    "dynamic": _dynamic,
+    "threshold": _threshold,
+    "continuous": _continuous,
+    "none": _identity,
+}
+
+
+def validate_array(x, name: str = "x", unit_interval: bool = False) -> torch.Tensor:
+    """Return ``x`` as a float32 tensor of shape [N, ...] or raise a :class:`DataError`.
+
+    Checks: numeric dtype, at least 2 dimensions (datapoints first), at least one datapoint,
+    every value finite and, if ``unit_interval``, within [0, 1].
+    """
+    if isinstance(x, torch.Tensor):
+        arr = x.detach().cpu()
+    else:
+        try:
+            arr = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: expected a numeric array, got {type(x).__name__}") from exc
+    if arr.dtype == torch.bool or not (arr.is_floating_point() or _is_int(arr)):
+        raise DataError(f"{name}: expected a numeric (int or float) array, got dtype {arr.dtype}")
+    if arr.dim() < 2:
+        raise DataError(
+            f"{name}: expected shape [num_datapoints, features...] (2+ dims), got {tuple(arr.shape)}"
+        )
+    if arr.shape[0] == 0:
+        raise DataError(f"{name}: the array holds no datapoints")
+    arr = arr.to(torch.float32)
+    bad = ~torch.isfinite(arr)
+    if bad.any():
+        idx = int(bad.reshape(arr.shape[0], -1).any(1).nonzero()[0])
+        raise DataError(f"{name}: {int(bad.sum())} NaN/inf values (first in datapoint {idx})")
+    if unit_interval and (arr.min() < 0 or arr.max() > 1):
+        raise DataError(
+            f"{name}: values must lie in [0, 1] for binarisation, found range "
+            f"[{float(arr.min()):g}, {float(arr.max()):g}] (scale 8-bit images by 1/255)"
+        )
+    return arr.contiguous()
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Datapoints ``x`` [N, *event_shape] (float32), labels ``y`` [N] (int64) or None.
+
+    ``binarize`` names the transform applied per batch (see :data:`BINARIZATIONS`).
+    """
+
+    x: torch.Tensor = field(repr=False)
+    y: torch.Tensor | None = field(default=None, repr=False)
+    binarize: str = "none"
+    name: str = "arrays"
+
+    def __post_init__(self):
+        if self.binarize not in BINARIZATIONS:
+            raise DataError(
+                f"unknown binarisation {self.binarize!r}; expected one of {sorted(BINARIZATIONS)}"
+            )
+        if self.y is not None and len(self.y) != len(self.x):
+            raise DataError(f"{len(self.x)} datapoints but {len(self.y)} labels")
+
+    @classmethod
+    def from_arrays(cls, x, y=None, binarize: str = "none", name: str = "arrays") -> Dataset:
+        """Validate user arrays (see :func:`validate_array`) and wrap them."""
+        if binarize not in BINARIZATIONS:
+            raise DataError(
+                f"unknown binarisation {binarize!r}; expected one of {sorted(BINARIZATIONS)}"
+            )
+        xt = validate_array(x, f"{name}: x", unit_interval=binarize != "none")
+        yt = None
+        if y is not None:
+            yt = torch.as_tensor(np.asarray(y)).reshape(-1)
+            if not _is_int(yt):
+                raise DataError(f"{name}: labels must be integers, got dtype {yt.dtype}")
+            yt = yt.long()
+        return cls(xt, yt, binarize, name)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def x_dim(self) -> int:
+        return int(np.prod(self.event_shape))
+
+    def flat(self) -> Dataset:
+        """The same data with each datapoint flattened to a vector (images -> [N, H*W])."""
+        return replace(self, x=self.x.reshape(len(self), -1))
+
+    def subset(self, n: int | None) -> Dataset:
+        """The first ``n`` datapoints (all if ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        return replace(
+            self, x=self.x[:n], y=None if self.y is None else self.y[:n], name=f"{self.name}[:{n}]"
+        )
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return BINARIZATIONS[self.binarize](x, generator)
+
+    def fixed(self, seed: int = 0) -> Dataset:
+        """Binarise once with ``seed`` (the test-set protocol for stochastic binarisations)."""
+        if self.binarize in ("none", "threshold"):
+            return self if self.binarize == "none" else replace(self, x=self.transform(self.x), binarize="none")
+        g = torch.Generator().manual_seed(seed)
+        return replace(self, x=self.transform(self.x, g), binarize="none")
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        labels: bool = False,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Yield argument tuples ``(x,)`` or ``(x, y)`` of minibatches, binarised per batch."""
+        n = len(self)
+        if labels and self.y is None:
+            raise DataError(f"{self.name}: this model needs labels but the dataset has none")
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            if order is None:
+                sl = slice(start, min(start + batch_size, n))
+                xb, yb = self.x[sl], (self.y[sl] if self.y is not None else None)
+            else:
+                idx = order[start : start + batch_size]
+                xb, yb = self.x[idx], (self.y[idx] if self.y is not None else None)
+            xb = self.transform(xb, generator)
+            yield (xb, yb) if labels else (xb,)  # type: ignore[misc]
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+
+
+def as_dataset(data) -> Dataset:
+    """Accept a :class:`Dataset`, a tensor/array of datapoints, or an ``(x, y)`` pair."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        return Dataset.from_arrays(data[0], data[1])
+    return Dataset.from_arrays(data)

@@ -1,0 +1,33 @@
+"""Approximate posteriors q(z | x), one file per family, reusable across models.
+
+:data:`GUIDES` maps a name to a class with ``for_model(model)``; :func:`default_for` picks
+the model's ``default_guide``. Any Pyro callable ``guide(*batch)`` works with
+:func:`aevb.inference.fit` too.
+"""
+
+from __future__ import annotations
+
+from aevb.errors import ConfigError
+from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
+
+GUIDES: dict[str, type] = {"gaussian": GaussianEncoder}
+
+
+def build(name: str, model):
+    """The guide family ``name`` sized for ``model``."""
+    if name not in GUIDES:
+        raise ConfigError(f"unknown guide {name!r}; expected one of {sorted(GUIDES)}")
+    return GUIDES[name].for_model(model)
+
+
+def default_for(model):
+    """The guide a registered model is paired with by default (its ``default_guide``)."""
+    name = getattr(model, "default_guide", None)
+    if name is None:
+        raise ConfigError(
+            f"{type(model).__name__} names no default_guide; pass a guide explicitly"
+        )
+    return build(name, model)
+
+
+__all__ = ["GUIDES", "GaussianEncoder", "GaussianEncoderConfig", "build", "default_for"]

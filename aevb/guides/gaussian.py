@@ -1,0 +1,69 @@
+"""Diagonal Gaussian encoder q(z | x) = N(z; mu_phi(x), diag sigma_phi(x)^2).
+
+One MLP (the shared :func:`aevb.models.nets.mlp`) maps x to ``2 * z_dim`` numbers: the
+location and an unconstrained scale, made positive by a softplus. Sampling is
+reparameterised (z = mu + sigma * eps, eps ~ N(0, I)), which is what makes the pathwise
+gradient of the ELBO unbiased (Kingma & Welling 2013, sec. 2.4).
+
+References:
+    Kingma & Welling (2013), Auto-Encoding Variational Bayes, arXiv:1312.6114.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aevb.models.nets import mlp
+
+
+@dataclass(frozen=True)
+class GaussianEncoderConfig:
+    x_dim: int = 784
+    z_dim: int = 50
+    #: mirrors the decoder, as in Burda et al. (784-200-200-50)
+    hidden: tuple[int, ...] = (200, 200)
+    activation: str = "tanh"
+    #: floor on sigma: keeps log q(z|x) finite when an encoder collapses a unit
+    min_scale: float = 1e-4
+    #: name of the latent sample site this guide proposes
+    site: str = "z"
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x): a reparameterised diagonal Gaussian, inside ``pyro.plate("data", B)``."""
+
+    name = "gaussian"
+    config_class = GaussianEncoderConfig
+
+    def __init__(self, config: GaussianEncoderConfig | None = None):
+        super().__init__()
+        self.config = config or GaussianEncoderConfig()
+        c = self.config
+        self.net = mlp(c.x_dim, c.hidden, 2 * c.z_dim, c.activation)
+
+    @classmethod
+    def for_model(cls, model) -> GaussianEncoder:
+        """An encoder mirroring ``model``'s decoder sizes and activation."""
+        mc = model.config
+        return cls(
+            cls.config_class(
+                x_dim=model.x_dim, z_dim=model.z_dim, hidden=tuple(mc.hidden), activation=mc.activation
+            )
+        )
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x) as a distribution with batch shape [B] and event shape [z_dim]."""
+        loc, raw = self.net(x).chunk(2, dim=-1)
+        scale = F.softplus(raw) + self.config.min_scale
+        return dist.Normal(loc, scale).to_event(1)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        pyro.module("encoder", self, update_module_params=True)
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample(self.config.site, self.posterior(x))

@@ -1,0 +1,31 @@
+"""Inference: objectives (:mod:`.objectives`), the one SVI loop (:mod:`.svi`) and estimators
+of log p(x) (:mod:`.evaluate`)."""
+
+from aevb.inference.evaluate import (
+    Bounds,
+    active_units,
+    bounds,
+    elbo,
+    log_likelihood,
+    log_weights,
+    posterior_means,
+)
+from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
+from aevb.inference.svi import FitConfig, Run, fit, load_run
+
+__all__ = [
+    "OBJECTIVES",
+    "Bounds",
+    "FitConfig",
+    "Run",
+    "active_units",
+    "bounds",
+    "check_compatible",
+    "elbo",
+    "fit",
+    "load_run",
+    "log_likelihood",
+    "log_weights",
+    "make_objective",
+    "posterior_means",
+]

@@ -1,0 +1,130 @@
+"""Objectives: a registry from names to Pyro ELBO estimators. No objective lives in a model.
+
+==========  ===========================================  =====================================
+name        Pyro class                                   estimator
+==========  ===========================================  =====================================
+trace       ``Trace_ELBO``                               SGVB estimator A of Kingma & Welling:
+                                                         log p(x,z) - log q(z|x) at z ~ q
+meanfield   ``TraceMeanField_ELBO``                      SGVB estimator B: E_q log p(x|z)
+                                                         sampled, KL(q||p) analytic
+iwae        ``RenyiELBO(alpha=0)``                       the k-sample importance-weighted bound
+                                                         log (1/k) sum_i p(x,z_i)/q(z_i|x)
+                                                         (Burda et al. 2015)
+renyi       ``RenyiELBO(alpha)``                         the Renyi alpha bound (Li & Turner 2016)
+==========  ===========================================  =====================================
+
+All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
+and guides must broadcast over a leading particle dimension.
+
+RenyiELBO computes one bound per datapoint only when every sample site sits in the same
+unsubsampled, unscaled data plate: otherwise its logsumexp runs over the whole batch (or
+over scaled log-probabilities) and the value is no longer the per-datapoint IWAE bound.
+:func:`check_compatible` refuses such models with a clear error.
+
+References:
+    Kingma & Welling (2013), arXiv:1312.6114. Burda, Grosse & Salakhutdinov (2015),
+    arXiv:1509.00519. Li & Turner (2016), Renyi Divergence Variational Inference,
+    arXiv:1602.02311.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro.poutine as poutine
+from pyro.poutine.util import prune_subsample_sites
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+
+from aevb.errors import ConfigError, ObjectiveError
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named ELBO family: ``make(num_particles, alpha, max_plate_nesting) -> ELBO``."""
+
+    make: Callable[[int, float | None, int], ELBO]
+    #: RenyiELBO family: valid per datapoint only with every site in one unscaled data plate
+    needs_shared_plate: bool
+    summary: str
+
+
+def _vectorize(k: int) -> bool:
+    return k > 1
+
+
+def _renyi(k: int, alpha: float | None, nesting: int) -> ELBO:
+    if alpha is None:
+        raise ConfigError("the renyi objective needs --alpha (e.g. 0.5); alpha=0 is iwae")
+    if alpha == 1:
+        raise ConfigError("alpha=1 is the ordinary ELBO: use the trace objective")
+    return RenyiELBO(alpha, k, max_plate_nesting=nesting, vectorize_particles=_vectorize(k))
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "trace": Objective(
+        lambda k, a, n: Trace_ELBO(k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
+        False,
+        "ELBO, every term sampled (SGVB estimator A)",
+    ),
+    "meanfield": Objective(
+        lambda k, a, n: TraceMeanField_ELBO(
+            k, max_plate_nesting=n, vectorize_particles=_vectorize(k)
+        ),
+        False,
+        "ELBO with analytic KL(q||p) (SGVB estimator B)",
+    ),
+    "iwae": Objective(
+        lambda k, a, n: RenyiELBO(0.0, k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
+        True,
+        "importance-weighted bound with k particles (Burda et al.)",
+    ),
+    "renyi": Objective(_renyi, True, "Renyi alpha bound (Li & Turner); alpha=0 is iwae"),
+}
+
+
+def make_objective(
+    name: str, num_particles: int = 1, alpha: float | None = None, max_plate_nesting: int = 1
+) -> ELBO:
+    """The Pyro ELBO instance for a registered objective name."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}")
+    if num_particles < 1:
+        raise ConfigError(f"num_particles must be >= 1, got {num_particles}")
+    return OBJECTIVES[name].make(num_particles, alpha, max_plate_nesting)
+
+
+def check_compatible(name: str, model, guide, *args) -> None:
+    """Raise :class:`ObjectiveError` if ``name``'s estimate would be silently wrong for this
+    (model, guide) on the batch ``args``.
+
+    For the RenyiELBO family every sample site of model and guide must lie inside one common
+    plate of the full batch size, unscaled and not subsampled (see PYRO_NOTES: a global latent
+    or ``poutine.scale`` turns the logsumexp into a joint, or invalid, bound).
+    """
+    if name not in OBJECTIVES or not OBJECTIVES[name].needs_shared_plate:
+        return
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    common: set[str] | None = None
+    for trace, who in ((model_trace, "model"), (guide_trace, "guide")):
+        for site_name, site in prune_subsample_sites(trace).nodes.items():
+            if site["type"] != "sample":
+                continue
+            if site["scale"] != 1.0:
+                raise ObjectiveError(
+                    f"{name}: {who} site {site_name!r} has scale {site['scale']}; the "
+                    "importance-weighted bound must be computed unscaled. Train on full "
+                    "minibatches without subsampling or poutine.scale; aevb normalises the "
+                    "loss per datapoint itself."
+                )
+            # subsampling shows up as scale != 1 above, so any vectorised plate here is full
+            plates = {frame.name for frame in site["cond_indep_stack"] if frame.vectorized}
+            common = plates if common is None else common & plates
+            if not common:
+                raise ObjectiveError(
+                    f"{name}: {who} site {site_name!r} is not inside the data plate shared by "
+                    "the other sites. RenyiELBO's logsumexp would then run over the whole "
+                    "minibatch: one joint bound, not one per datapoint. Put every latent "
+                    "inside pyro.plate('data', B), or use trace/meanfield for global latents."
+                )

@@ -1,0 +1,50 @@
+"""Generative models p(x, z), one file each. A model is an ``nn.Module`` whose ``forward`` is a
+Pyro model over a minibatch inside ``pyro.plate("data", B)``.
+
+Registry :data:`MODELS` maps a name to the class; each class carries ``config_class`` (a
+frozen dataclass), ``default_guide`` (a key of :data:`aevb.guides.GUIDES`) and
+``uses_labels``. Adding a model is one new file plus one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from aevb.errors import ConfigError
+from aevb.models.nets import mlp
+from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
+
+MODELS: dict[str, type] = {"vae": VAE}
+
+#: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
+PRESETS: dict[str, dict[str, object]] = {"vae": dict(VAE_PRESETS)}
+
+
+def build(name: str, preset: str | None = None, **overrides):
+    """Instantiate a registered model from a preset (or the defaults) with field overrides.
+
+    >>> build("vae", z_dim=2, hidden=(16,)).config.z_dim
+    2
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    cls = MODELS[name]
+    if preset is not None:
+        presets = PRESETS.get(name, {})
+        if preset not in presets:
+            raise ConfigError(f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}")
+        base = presets[preset]
+    else:
+        base = cls.config_class()
+    known = {f.name for f in fields(cls.config_class)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"{name} has no config field(s) {sorted(unknown)}; fields: {sorted(known)}")
+    values = {f.name: getattr(base, f.name) for f in fields(cls.config_class)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    return cls(cls.config_class(**values))
+
+
+__all__ = ["MODELS", "PRESETS", "VAE", "VAEConfig", "build", "mlp"]
