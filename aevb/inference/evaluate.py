@@ -183,3 +183,46 @@ def active_units(guide, data, threshold: float = 0.01, **kwargs) -> int:
 def _fixed(ds: Dataset) -> Dataset:
     """Evaluation sees one fixed binarisation (stochastic ones are drawn once, seed 0)."""
     return ds.fixed(0) if ds.binarize in ("dynamic", "continuous") else ds
+
+
+def evaluate_run(
+    run_dir,
+    num_samples: int = 1000,
+    estimator: str = "is",
+    *,
+    test=None,
+    subset: int | None = None,
+    batch_size: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Evaluate a run directory on its test set; return the DESIGN.md keys (nats/datapoint).
+
+    ``test`` overrides the test set recorded in the run's ``config.json`` (``data_spec``).
+    """
+    from aevb import data as _data
+    from aevb.errors import ConfigError
+    from aevb.inference.svi import load_run
+
+    if estimator != "is":
+        raise ConfigError(f"unknown estimator {estimator!r}; available: ['is'] (AIS is planned)")
+    model, guide, record, _ = load_run(run_dir)
+    if test is None:
+        spec = record.get("data_spec")
+        if spec is None:
+            raise ConfigError(f"{run_dir}: config.json records no data_spec; pass test=...")
+        _, test = _data.load(spec["source"], spec["binarize"])
+        test = test.subset(spec.get("test_subset"))
+    test = as_dataset(test).subset(subset)
+    start = time.perf_counter()
+    b = bounds(model, guide, test, num_samples, batch_size=batch_size, seed=seed, progress=progress)
+    units = active_units(guide, test, labels=bool(getattr(model, "uses_labels", False)))
+    return {
+        "test_elbo": float(b.elbo.mean()),
+        "test_log_likelihood": float(b.log_likelihood.mean()),
+        "num_samples": num_samples,
+        "estimator": estimator,
+        "num_test": len(test),
+        "active_units": units,
+        "seconds": time.perf_counter() - start,
+    }

@@ -236,7 +236,8 @@ def fit(
         _atomic_write(out_dir / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2)))
 
     first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels))
-    check_compatible(cfg.objective, model, guide, *first)
+    with torch.random.fork_rng(devices=[]):  # the check must not shift the training draws
+        check_compatible(cfg.objective, model, guide, *first)
 
     nb = ds.num_batches(cfg.batch_size)
     show = _auto_progress(progress)
@@ -335,15 +336,15 @@ def _load_params(model, guide, state: dict) -> None:
 
 
 def _check_resumable(saved: dict, now: dict) -> None:
-    a, b = dict(saved["fit"]), dict(now["fit"])
-    a.pop("epochs", None)
-    b.pop("epochs", None)
-    a = json.loads(json.dumps(a))
-    b = json.loads(json.dumps(b))
-    if a != b or saved.get("model") != json.loads(json.dumps(now.get("model"))):
-        diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    def norm(record: dict) -> dict:
+        fit = {k: v for k, v in record["fit"].items() if k != "epochs"}
+        return json.loads(json.dumps({"fit": fit, "model": record.get("model")}))
+
+    a, b = norm(saved), norm(now)
+    if a != b:
+        diff = {k: (a["fit"].get(k), b["fit"].get(k)) for k in a["fit"] if a["fit"].get(k) != b["fit"].get(k)}
         raise ConfigError(
-            f"cannot resume: the run was started with different settings {diff or '(model)'}"
+            f"cannot resume: the run was started with different settings {diff or a['model']}"
         )
 
 

@@ -1,0 +1,162 @@
+"""The ``aevb`` command: fetch data, train, evaluate, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aevb.errors import AevbError, ConfigError
+
+SVI_OBJECTIVES = ("trace", "meanfield", "iwae", "renyi")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aevb", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="fetch and verify datasets")
+    d.add_argument("action", choices=["fetch"])
+    d.add_argument("name", nargs="?", default="mnist")
+
+    t = sub.add_parser("train", help="train a model")
+    t.add_argument("model", help="registered model name (vae)")
+    t.add_argument("--objective", default="trace", help="trace|meanfield|iwae|renyi")
+    t.add_argument("--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)")
+    t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
+    t.add_argument("--inference", default="svi", choices=["svi", "mcem"])
+    t.add_argument("--sampler", default=None, choices=["hmc", "nuts", "batched-hmc"])
+    t.add_argument("--data", default="mnist", help="dataset name, IDX folder or .npz/.npy")
+    t.add_argument("--binarize", default=None, help="dynamic|threshold|continuous|none")
+    t.add_argument("--subset", type=int, default=None, help="train on the first N datapoints")
+    t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=None, help="default 20 (Burda et al.)")
+    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--preset", default=None, help="named model configuration, e.g. tutorial-cb")
+    t.add_argument("--z-dim", type=int, default=None)
+    t.add_argument("--hidden", type=_hidden, default=None, help="e.g. 200,200")
+    t.add_argument("--likelihood", default=None, help="bernoulli|continuous-bernoulli")
+    t.add_argument("--guide", default=None, help="guide family (default: the model's)")
+    t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
+    e.add_argument("run_dir")
+    e.add_argument("--num-samples", type=int, default=1000, help="k proposals per datapoint")
+    e.add_argument("--estimator", default="is", choices=["is", "ais"])
+    e.add_argument("--subset", type=int, default=None, help="first N test points only")
+    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("--quiet", action="store_true")
+
+    m = sub.add_parser("demo", help="VAE on MNIST under trace, meanfield and iwae-5")
+    m.add_argument("--epochs", type=int, default=None)
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--quiet", action="store_true")
+    return p
+
+
+def cmd_train(args) -> dict:
+    import torch
+
+    from aevb import data, guides, inference, models, plots
+
+    if args.inference == "mcem":
+        raise ConfigError("--inference mcem is not available yet (Monte Carlo EM is planned)")
+    if args.objective not in SVI_OBJECTIVES:
+        raise ConfigError(f"unknown objective {args.objective!r}; expected one of {SVI_OBJECTIVES}")
+    k = args.particles or (5 if args.objective in ("iwae", "renyi") else 1)
+    train, test = data.load(args.data, args.binarize)
+    train, test = train.subset(args.subset), test.subset(args.test_subset)
+    out = Path(args.out or f"runs/{args.model}-{args.objective}{k}-seed{args.seed}")
+    import pyro
+
+    pyro.set_rng_seed(args.seed)
+    overrides = {"x_dim": train.x_dim, "z_dim": args.z_dim, "hidden": args.hidden,
+                 "likelihood": args.likelihood}
+    preset = args.preset
+    if preset is None and args.likelihood == "continuous-bernoulli" and args.model == "vae":
+        preset = "tutorial-cb"
+    model = models.build(args.model, preset, **overrides)
+    guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
+    settings = {"num_particles": k, "alpha": args.alpha, "epochs": args.epochs, "seed": args.seed}
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
+    if args.lr:
+        settings["lr"] = args.lr
+    spec = {"source": args.data, "binarize": train.binarize if args.binarize is None else args.binarize,
+            "subset": args.subset, "test_subset": args.test_subset}
+    run = inference.fit(
+        model, guide, train, args.objective, test=test, out=out, resume=args.resume,
+        progress=False if args.quiet else None, verbose=not args.quiet,
+        meta={"data_spec": spec}, **settings,
+    )
+    if train.x_dim == 784 and hasattr(model, "generate"):
+        plots.learning_curves({args.objective: run.history}, out / "learning_curve.png")
+        with torch.no_grad():
+            plots.prior_samples(model, out / "samples.png")
+            plots.reconstructions(model, guide, test.x[:10], out / "reconstructions.png")
+    last = run.history.iloc[-1].to_dict()
+    if not args.quiet:
+        print(f"wrote {out}: epoch {int(last['epoch'])}, test ELBO {last.get('test_elbo', float('nan')):.3f}")
+    return last
+
+
+def cmd_evaluate(args) -> dict:
+    from aevb.inference.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir, args.num_samples, args.estimator, subset=args.subset,
+        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet and sys.stderr.isatty(),
+    )
+    path = Path(args.run_dir) / "evaluation.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved[f"{args.estimator}-{args.num_samples}"] = result
+    path.write_text(json.dumps(saved, indent=2))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return result
+
+
+def cmd_demo(args) -> None:
+    from aevb.experiments.demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, quiet=args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            from aevb import data
+
+            print(data.fetch(args.name))
+        elif args.command == "train":
+            cmd_train(args)
+        elif args.command == "evaluate":
+            cmd_evaluate(args)
+        elif args.command == "demo":
+            cmd_demo(args)
+    except AevbError as exc:
+        print(f"aevb: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
