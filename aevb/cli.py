@@ -26,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch and verify datasets")
     d.add_argument("action", choices=["fetch"])
     d.add_argument("name", nargs="?", default="mnist")
+    d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train a model")
     t.add_argument("model", help="registered model name (vae)")
     t.add_argument("--objective", default="trace", help="trace|meanfield|iwae|renyi")
-    t.add_argument("--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)")
+    t.add_argument(
+        "--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)"
+    )
     t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
     t.add_argument("--inference", default="svi", choices=["svi", "mcem"])
     t.add_argument("--sampler", default=None, choices=["hmc", "nuts", "batched-hmc"])
@@ -50,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
     e.add_argument("run_dir")
@@ -60,12 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
 
     m = sub.add_parser("demo", help="VAE on MNIST under trace, meanfield and iwae-5")
     m.add_argument("--epochs", type=int, default=None)
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_data(args) -> None:
+    from aevb import data
+
+    print(data.fetch(args.name))
 
 
 def cmd_train(args) -> dict:
@@ -84,8 +96,12 @@ def cmd_train(args) -> dict:
     import pyro
 
     pyro.set_rng_seed(args.seed)
-    overrides = {"x_dim": train.x_dim, "z_dim": args.z_dim, "hidden": args.hidden,
-                 "likelihood": args.likelihood}
+    overrides = {
+        "x_dim": train.x_dim,
+        "z_dim": args.z_dim,
+        "hidden": args.hidden,
+        "likelihood": args.likelihood,
+    }
     preset = args.preset
     if preset is None and args.likelihood == "continuous-bernoulli" and args.model == "vae":
         preset = "tutorial-cb"
@@ -96,12 +112,24 @@ def cmd_train(args) -> dict:
         settings["batch_size"] = args.batch_size
     if args.lr:
         settings["lr"] = args.lr
-    spec = {"source": args.data, "binarize": train.binarize if args.binarize is None else args.binarize,
-            "subset": args.subset, "test_subset": args.test_subset}
+    spec = {
+        "source": args.data,
+        "binarize": train.binarize if args.binarize is None else args.binarize,
+        "subset": args.subset,
+        "test_subset": args.test_subset,
+    }
     run = inference.fit(
-        model, guide, train, args.objective, test=test, out=out, resume=args.resume,
-        progress=False if args.quiet else None, verbose=not args.quiet,
-        meta={"data_spec": spec}, **settings,
+        model,
+        guide,
+        train,
+        args.objective,
+        test=test,
+        out=out,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        verbose=not args.quiet,
+        meta={"data_spec": spec},
+        **settings,
     )
     if train.x_dim == 784 and hasattr(model, "generate"):
         plots.learning_curves({args.objective: run.history}, out / "learning_curve.png")
@@ -110,7 +138,8 @@ def cmd_train(args) -> dict:
             plots.reconstructions(model, guide, test.x[:10], out / "reconstructions.png")
     last = run.history.iloc[-1].to_dict()
     if not args.quiet:
-        print(f"wrote {out}: epoch {int(last['epoch'])}, test ELBO {last.get('test_elbo', float('nan')):.3f}")
+        elbo = last.get("test_elbo", float("nan"))
+        print(f"wrote {out}: epoch {int(last['epoch'])}, test ELBO {elbo:.3f}")
     return last
 
 
@@ -118,8 +147,13 @@ def cmd_evaluate(args) -> dict:
     from aevb.inference.evaluate import evaluate_run
 
     result = evaluate_run(
-        args.run_dir, args.num_samples, args.estimator, subset=args.subset,
-        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet and sys.stderr.isatty(),
+        args.run_dir,
+        args.num_samples,
+        args.estimator,
+        subset=args.subset,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet and sys.stderr.isatty(),
     )
     path = Path(args.run_dir) / "evaluation.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
@@ -142,16 +176,7 @@ def cmd_demo(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "data":
-            from aevb import data
-
-            print(data.fetch(args.name))
-        elif args.command == "train":
-            cmd_train(args)
-        elif args.command == "evaluate":
-            cmd_evaluate(args)
-        elif args.command == "demo":
-            cmd_demo(args)
+        args.func(args)
     except AevbError as exc:
         print(f"aevb: error: {exc}", file=sys.stderr)
         return 2

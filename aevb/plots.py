@@ -32,8 +32,13 @@ def learning_curves(histories: dict[str, pd.DataFrame], path: str | Path, title:
     return _save(fig, path)
 
 
-def image_grid(images: torch.Tensor, path: str | Path, title: str = "", ncol: int = 10,
-               shape: tuple[int, int] = (28, 28)) -> Path:
+def image_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    title: str = "",
+    ncol: int = 10,
+    shape: tuple[int, int] = (28, 28),
+) -> Path:
     """A grid of images given as rows of pixel intensities in [0, 1]."""
     images = images.detach().reshape(-1, *shape).clamp(0, 1).cpu()
     n = images.shape[0]
@@ -41,8 +46,10 @@ def image_grid(images: torch.Tensor, path: str | Path, title: str = "", ncol: in
     canvas = torch.ones(nrow * (shape[0] + 2), ncol * (shape[1] + 2))
     for i in range(n):
         r, c = divmod(i, ncol)
-        canvas[r * (shape[0] + 2) + 1 : r * (shape[0] + 2) + 1 + shape[0],
-               c * (shape[1] + 2) + 1 : c * (shape[1] + 2) + 1 + shape[1]] = images[i]
+        canvas[
+            r * (shape[0] + 2) + 1 : r * (shape[0] + 2) + 1 + shape[0],
+            c * (shape[1] + 2) + 1 : c * (shape[1] + 2) + 1 + shape[1],
+        ] = images[i]
     fig, ax = plt.subplots(figsize=(ncol * 0.6, nrow * 0.6 + 0.4))
     ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1)
     ax.axis("off")

@@ -39,7 +39,9 @@ def test_importance_sampled_bounds_increase_with_k(trained):
 def test_is_estimate_is_reproducible_and_chunk_invariant(trained, monkeypatch):
     model, guide, x = trained
     a = inference.bounds(model, guide, x, 300, seed=3)
-    assert torch.equal(a.log_likelihood, inference.bounds(model, guide, x, 300, seed=3).log_likelihood)
+    assert torch.equal(
+        a.log_likelihood, inference.bounds(model, guide, x, 300, seed=3).log_likelihood
+    )
     from aevb.inference import evaluate
 
     monkeypatch.setattr(evaluate, "MAX_ELEMENTS", 16 * 64 * 7)  # force several chunks

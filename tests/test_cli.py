@@ -10,20 +10,29 @@ from aevb.cli import main
 from aevb.data.idx import write_idx
 from aevb.inference.evaluate import evaluate_run
 
-KEYS = {"test_elbo", "test_log_likelihood", "num_samples", "estimator", "num_test",
-        "active_units", "seconds"}
+KEYS = {
+    "test_elbo",
+    "test_log_likelihood",
+    "num_samples",
+    "estimator",
+    "num_test",
+    "active_units",
+    "seconds",
+}
 
 
 @pytest.fixture
 def idx_folder(tmp_path):
     """A tiny MNIST-shaped IDX folder: strokes on a blank 28 x 28 canvas."""
     g = np.random.default_rng(0)
+
     def images(n):
         x = np.zeros((n, 28, 28), np.uint8)
         rows = g.integers(4, 24, n)
         for i, r in enumerate(rows):
             x[i, r : r + 3, 5:23] = 255
         return x
+
     folder = tmp_path / "idx"
     folder.mkdir()
     write_idx(folder / "train-images-idx3-ubyte.gz", images(120))
@@ -33,12 +42,38 @@ def idx_folder(tmp_path):
 
 def test_train_then_evaluate_json(tmp_path, idx_folder, capsys):
     out = tmp_path / "run"
-    code = main(["train", "vae", "--data", str(idx_folder), "--epochs", "2", "--batch-size", "40",
-                 "--z-dim", "3", "--hidden", "32", "--objective", "iwae", "--particles", "3",
-                 "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "vae",
+            "--data",
+            str(idx_folder),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "40",
+            "--z-dim",
+            "3",
+            "--hidden",
+            "32",
+            "--objective",
+            "iwae",
+            "--particles",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
-    for name in ("config.json", "history.csv", "checkpoint.pt", "learning_curve.png",
-                 "samples.png", "reconstructions.png"):
+    for name in (
+        "config.json",
+        "history.csv",
+        "checkpoint.pt",
+        "learning_curve.png",
+        "samples.png",
+        "reconstructions.png",
+    ):
         assert (out / name).exists(), name
     capsys.readouterr()
     assert main(["evaluate", str(out), "--num-samples", "20", "--json", "--quiet"]) == 0
@@ -50,9 +85,33 @@ def test_train_then_evaluate_json(tmp_path, idx_folder, capsys):
     again = evaluate_run(out, 20)
     assert again["test_log_likelihood"] == pytest.approx(result["test_log_likelihood"])
     # resume to a third epoch
-    assert main(["train", "vae", "--data", str(idx_folder), "--epochs", "3", "--batch-size", "40",
-                 "--z-dim", "3", "--hidden", "32", "--objective", "iwae", "--particles", "3",
-                 "--out", str(out), "--quiet", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "vae",
+                "--data",
+                str(idx_folder),
+                "--epochs",
+                "3",
+                "--batch-size",
+                "40",
+                "--z-dim",
+                "3",
+                "--hidden",
+                "32",
+                "--objective",
+                "iwae",
+                "--particles",
+                "3",
+                "--out",
+                str(out),
+                "--quiet",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert (out / "history.csv").read_text().count("\n") == 4
 
 
@@ -62,8 +121,20 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["train", "vae", "--objective", "kl", "--quiet"]) == 2
     assert "unknown objective" in capsys.readouterr().err
     np.savez(tmp_path / "real.npz", x=np.random.default_rng(0).normal(size=(20, 4)))
-    assert main(["train", "vae", "--data", str(tmp_path / "real.npz"), "--quiet",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "vae",
+                "--data",
+                str(tmp_path / "real.npz"),
+                "--quiet",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "{0, 1}" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

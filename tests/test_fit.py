@@ -36,8 +36,18 @@ def ppca_data(n=400, seed=0):
 @pytest.mark.parametrize("objective, k", [("trace", 1), ("meanfield", 1), ("iwae", 5)])
 def test_user_written_model_and_guide_train(objective, k):
     x = ppca_data()
-    run = inference.fit(ppca_model, ppca_guide, x[:300], objective, test=x[300:], num_particles=k,
-                        epochs=8, batch_size=50, lr=0.05, seed=0)
+    run = inference.fit(
+        ppca_model,
+        ppca_guide,
+        x[:300],
+        objective,
+        test=x[300:],
+        num_particles=k,
+        epochs=8,
+        batch_size=50,
+        lr=0.05,
+        seed=0,
+    )
     h = run.history
     assert list(h["epoch"]) == list(range(1, 9))
     assert h["test_elbo"].iloc[-1] > h["test_elbo"].iloc[0] + 1.0
@@ -55,9 +65,19 @@ def _params():
 def test_resume_matches_an_uninterrupted_run(tmp_path, binary_data, objective, k):
     def run(out, epochs, resume=False):
         model = models.build("vae", x_dim=16, z_dim=2, hidden=(8,))
-        return inference.fit(model, None, binary_data, objective, test=binary_data[:64],
-                             num_particles=k, epochs=epochs, batch_size=32, seed=4, out=out,
-                             resume=resume)
+        return inference.fit(
+            model,
+            None,
+            binary_data,
+            objective,
+            test=binary_data[:64],
+            num_particles=k,
+            epochs=epochs,
+            batch_size=32,
+            seed=4,
+            out=out,
+            resume=resume,
+        )
 
     straight = run(tmp_path / "a", 3)
     p_straight = _params()

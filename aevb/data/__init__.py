@@ -130,7 +130,9 @@ def load(name: str, binarize: str | None = None, **kwargs) -> tuple[Dataset, Dat
         folders, none for array files.
     """
     if binarize is not None and binarize not in BINARIZATIONS:
-        raise DataError(f"unknown binarisation {binarize!r}; expected one of {sorted(BINARIZATIONS)}")
+        raise DataError(
+            f"unknown binarisation {binarize!r}; expected one of {sorted(BINARIZATIONS)}"
+        )
     if name in DATASETS:
         return DATASETS[name](binarize=binarize or DEFAULT_BINARIZE.get(name, "none"), **kwargs)
     path = Path(name)

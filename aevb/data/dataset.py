@@ -60,7 +60,8 @@ def validate_array(x, name: str = "x", unit_interval: bool = False) -> torch.Ten
         raise DataError(f"{name}: expected a numeric (int or float) array, got dtype {arr.dtype}")
     if arr.dim() < 2:
         raise DataError(
-            f"{name}: expected shape [num_datapoints, features...] (2+ dims), got {tuple(arr.shape)}"
+            f"{name}: expected shape [num_datapoints, features...] (2+ dims), "
+            f"got {tuple(arr.shape)}"
         )
     if arr.shape[0] == 0:
         raise DataError(f"{name}: the array holds no datapoints")
@@ -146,7 +147,11 @@ class Dataset:
     def fixed(self, seed: int = 0) -> Dataset:
         """Binarise once with ``seed`` (the test-set protocol for stochastic binarisations)."""
         if self.binarize in ("none", "threshold"):
-            return self if self.binarize == "none" else replace(self, x=self.transform(self.x), binarize="none")
+            return (
+                self
+                if self.binarize == "none"
+                else replace(self, x=self.transform(self.x), binarize="none")
+            )
         g = torch.Generator().manual_seed(seed)
         return replace(self, x=self.transform(self.x, g), binarize="none")
 

@@ -169,7 +169,8 @@ def fetch(folder: str | Path | None = None, verbose: bool = False) -> Path:
 
 
 def load_arrays(folder: str | Path | None = None) -> dict[str, np.ndarray]:
-    """The verified MNIST arrays: ``x_train`` [60000, 28, 28] uint8, ``y_train``, ``x_test``, ``y_test``."""
+    """The verified MNIST arrays: ``x_train`` [60000, 28, 28] uint8, ``y_train``, ``x_test``,
+    ``y_test``."""
     files = _verified_folder(fetch(folder))
     assert files is not None
     return {

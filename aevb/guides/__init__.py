@@ -7,27 +7,45 @@ the model's ``default_guide``. Any Pyro callable ``guide(*batch)`` works with
 
 from __future__ import annotations
 
+from typing import Any
+
 from aevb.errors import ConfigError
 from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
+from aevb.registry import make_config
 
-GUIDES: dict[str, type] = {"gaussian": GaussianEncoder}
+GUIDES: dict[str, Any] = {"gaussian": GaussianEncoder}
 
 
 def build(name: str, model):
     """The guide family ``name`` sized for ``model``."""
+    return _get(name).for_model(model)
+
+
+def from_config(name: str, config: dict):
+    """Rebuild a guide from its registry name and config fields (as in ``config.json``)."""
+    cls = _get(name)
+    return cls(make_config(cls.config_class, None, name, **config))
+
+
+def _get(name: str):
     if name not in GUIDES:
         raise ConfigError(f"unknown guide {name!r}; expected one of {sorted(GUIDES)}")
-    return GUIDES[name].for_model(model)
+    return GUIDES[name]
 
 
 def default_for(model):
     """The guide a registered model is paired with by default (its ``default_guide``)."""
     name = getattr(model, "default_guide", None)
     if name is None:
-        raise ConfigError(
-            f"{type(model).__name__} names no default_guide; pass a guide explicitly"
-        )
+        raise ConfigError(f"{type(model).__name__} names no default_guide; pass a guide explicitly")
     return build(name, model)
 
 
-__all__ = ["GUIDES", "GaussianEncoder", "GaussianEncoderConfig", "build", "default_for"]
+__all__ = [
+    "GUIDES",
+    "GaussianEncoder",
+    "GaussianEncoderConfig",
+    "build",
+    "default_for",
+    "from_config",
+]

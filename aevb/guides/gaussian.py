@@ -53,11 +53,14 @@ class GaussianEncoder(nn.Module):
         mc = model.config
         return cls(
             cls.config_class(
-                x_dim=model.x_dim, z_dim=model.z_dim, hidden=tuple(mc.hidden), activation=mc.activation
+                x_dim=model.x_dim,
+                z_dim=model.z_dim,
+                hidden=tuple(mc.hidden),
+                activation=mc.activation,
             )
         )
 
-    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x) as a distribution with batch shape [B] and event shape [z_dim]."""
         loc, raw = self.net(x).chunk(2, dim=-1)
         scale = F.softplus(raw) + self.config.min_scale

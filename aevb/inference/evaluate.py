@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.poutine as poutine
-from pyro.poutine.util import prune_subsample_sites
 import torch
+from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from aevb.data.dataset import Dataset, as_dataset
@@ -164,7 +165,7 @@ def posterior_means(guide, data, *, batch_size: int = 500, labels: bool = False)
         for site in trace.nodes.values():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            fn = site["fn"]
+            fn: Any = site["fn"]
             try:
                 mean = fn.mean
             except NotImplementedError:

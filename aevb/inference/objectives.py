@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.poutine as poutine
-from pyro.poutine.util import prune_subsample_sites
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
 

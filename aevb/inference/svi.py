@@ -104,7 +104,7 @@ def describe(obj) -> dict:
     return {"callable": getattr(obj, "__qualname__", repr(obj))}
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -113,8 +113,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def _reset_parameters(obj) -> None:
     if isinstance(obj, torch.nn.Module):
         for m in obj.modules():
-            if m is not obj and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if m is not obj and callable(reset):
+                reset()
 
 
 def _is_frozen(name: str, prefixes: Sequence[str]) -> bool:
@@ -202,9 +203,13 @@ def fit(
         "fit": asdict(cfg),
         "model": describe(model),
         "guide": describe(guide),
-        "data": {"train": ds.name, "test": None if test_ds is None else test_ds.name,
-                 "num_train": len(ds), "num_test": None if test_ds is None else len(test_ds),
-                 "binarize": ds.binarize},
+        "data": {
+            "train": ds.name,
+            "test": None if test_ds is None else test_ds.name,
+            "num_train": len(ds),
+            "num_test": None if test_ds is None else len(test_ds),
+            "binarize": ds.binarize,
+        },
         "versions": versions(),
         **(meta or {}),
     }
@@ -212,7 +217,9 @@ def fit(
     pyro.clear_param_store()
     pyro.set_rng_seed(cfg.seed)
     elbo = make_objective(cfg.objective, cfg.num_particles, cfg.alpha, cfg.max_plate_nesting)
-    optim = pyro.optim.Adam({"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps})
+    optim = pyro.optim.Adam(  # type: ignore[attr-defined]
+        {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps}
+    )
     rows: list[dict] = []
     start_epoch = 0
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -242,7 +249,10 @@ def fit(
     nb = ds.num_batches(cfg.batch_size)
     show = _auto_progress(progress)
     bar = tqdm(
-        total=(cfg.epochs - start_epoch) * nb, disable=not show, unit="batch", leave=False,
+        total=(cfg.epochs - start_epoch) * nb,
+        disable=not show,
+        unit="batch",
+        leave=False,
         desc=f"{describe(model).get('name', 'model')}/{cfg.objective}",
     )
     step = rows[-1]["step"] if rows else 0
@@ -256,7 +266,11 @@ def fit(
             loss = _step(elbo, optim, model, guide, args, b, cfg.freeze)
             if not math.isfinite(loss):
                 bar.close()
-                where = f"{ckpt_path} (epoch {epoch - 1})" if ckpt_path and ckpt_path.exists() else "none written"
+                where = (
+                    f"{ckpt_path} (epoch {epoch - 1})"
+                    if ckpt_path and ckpt_path.exists()
+                    else "none written"
+                )
                 raise TrainingDiverged(
                     f"loss became {loss} at epoch {epoch}, step {step + 1}; stopping. Last good "
                     f"checkpoint: {where}. Try a smaller --lr."
@@ -279,8 +293,14 @@ def fit(
         }
         if test_ds is not None:
             t1 = time.perf_counter()
-            b_ = ev.bounds(model, guide, test_ds, cfg.test_num_samples, seed=cfg.seed,
-                           max_plate_nesting=cfg.max_plate_nesting)
+            b_ = ev.bounds(
+                model,
+                guide,
+                test_ds,
+                cfg.test_num_samples,
+                seed=cfg.seed,
+                max_plate_nesting=cfg.max_plate_nesting,
+            )
             row["test_elbo"] = float(b_.elbo.mean())
             row["eval_seconds"] = time.perf_counter() - t1
         rows.append(row)
@@ -290,19 +310,24 @@ def fit(
                 msg += f"  test ELBO {row['test_elbo']:.3f}"
             tqdm.write(msg + f"  ({epoch_seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
-            state = {
-                "config": record,
-                "params": pyro.get_param_store().get_state(),
-                "modules": _module_states(model, guide),
-                "optim": optim.get_state(),
-                "rng": torch.get_rng_state(),
-                "history": rows,
-            }
-            _atomic_write(out_dir / CHECKPOINT, lambda p: torch.save(state, p))
-            frame = pd.DataFrame(rows)
-            _atomic_write(out_dir / HISTORY, lambda p: frame.to_csv(p, index=False))
+            _save(out_dir, record, model, guide, optim, rows)
     bar.close()
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)
+
+
+def _save(out_dir: Path, record: dict, model, guide, optim, rows: list[dict]) -> None:
+    """Write the checkpoint and history of the epoch just finished, each atomically."""
+    state = {
+        "config": record,
+        "params": pyro.get_param_store().get_state(),
+        "modules": _module_states(model, guide),
+        "optim": optim.get_state(),
+        "rng": torch.get_rng_state(),
+        "history": rows,
+    }
+    _atomic_write(out_dir / CHECKPOINT, lambda p: torch.save(state, p))
+    frame = pd.DataFrame(rows)
+    _atomic_write(out_dir / HISTORY, lambda p: frame.to_csv(p, index=False))
 
 
 def _step(elbo, optim, model, guide, args, batch: int, freeze: Sequence[str]) -> float:
@@ -311,7 +336,7 @@ def _step(elbo, optim, model, guide, args, batch: int, freeze: Sequence[str]) ->
         loss = elbo.loss_and_grads(model, guide, *args)
     params = []
     for name, site in capture.trace.nodes.items():
-        p = site["value"].unconstrained()
+        p = site["value"].unconstrained()  # type: ignore[union-attr]
         if freeze and _is_frozen(name, freeze):
             p.grad = None
             continue
@@ -342,7 +367,11 @@ def _check_resumable(saved: dict, now: dict) -> None:
 
     a, b = norm(saved), norm(now)
     if a != b:
-        diff = {k: (a["fit"].get(k), b["fit"].get(k)) for k in a["fit"] if a["fit"].get(k) != b["fit"].get(k)}
+        diff = {
+            k: (a["fit"].get(k), b["fit"].get(k))
+            for k in a["fit"]
+            if a["fit"].get(k) != b["fit"].get(k)
+        }
         raise ConfigError(
             f"cannot resume: the run was started with different settings {diff or a['model']}"
         )
@@ -368,7 +397,6 @@ def load_run(run_dir: str | Path):
             "Python and load the checkpoint's params there"
         )
     model = models.build(mspec["name"], **mspec["config"])
-    guide = guides.GUIDES[gspec["name"]](guides.GUIDES[gspec["name"]].config_class(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in gspec["config"].items()}))
+    guide = guides.from_config(gspec["name"], gspec["config"])
     _load_params(model, guide, state)
     return model, guide, record, pd.DataFrame(state["history"])

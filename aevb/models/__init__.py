@@ -8,13 +8,14 @@ frozen dataclass), ``default_guide`` (a key of :data:`aevb.guides.GUIDES`) and
 
 from __future__ import annotations
 
-from dataclasses import fields
+from typing import Any
 
 from aevb.errors import ConfigError
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
+from aevb.registry import make_config
 
-MODELS: dict[str, type] = {"vae": VAE}
+MODELS: dict[str, Any] = {"vae": VAE}
 
 #: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
 PRESETS: dict[str, dict[str, object]] = {"vae": dict(VAE_PRESETS)}
@@ -29,22 +30,15 @@ def build(name: str, preset: str | None = None, **overrides):
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     cls = MODELS[name]
+    base = None
     if preset is not None:
         presets = PRESETS.get(name, {})
         if preset not in presets:
-            raise ConfigError(f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}")
+            raise ConfigError(
+                f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}"
+            )
         base = presets[preset]
-    else:
-        base = cls.config_class()
-    known = {f.name for f in fields(cls.config_class)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ConfigError(f"{name} has no config field(s) {sorted(unknown)}; fields: {sorted(known)}")
-    values = {f.name: getattr(base, f.name) for f in fields(cls.config_class)}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if "hidden" in values:
-        values["hidden"] = tuple(values["hidden"])
-    return cls(cls.config_class(**values))
+    return cls(make_config(cls.config_class, base, name, **overrides))
 
 
 __all__ = ["MODELS", "PRESETS", "VAE", "VAEConfig", "build", "mlp"]

@@ -27,7 +27,7 @@ def _unit(x: torch.Tensor) -> bool:
 class Likelihood:
     """A decoder-logits -> distribution map, with the support it needs and its mean."""
 
-    make: Callable[[torch.Tensor], dist.Distribution]
+    make: Callable[[torch.Tensor], dist.TorchDistribution]
     accepts: Callable[[torch.Tensor], bool]
     support: str
 

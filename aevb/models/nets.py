@@ -21,11 +21,15 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "tanh") -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "tanh"
+) -> nn.Sequential:
     """``in_dim -> hidden[0] -> ... -> hidden[-1] -> out_dim``, ``activation`` between layers,
     none after the last (it returns logits, locations or unconstrained scales)."""
     if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        raise ConfigError(
+            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
     dims = [in_dim, *hidden, out_dim]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):

@@ -98,12 +98,16 @@ class VAE(nn.Module):
         with torch.no_grad():
             output_layer(self.decoder).bias.copy_(safe_logit(x_mean.reshape(-1)))
 
-    def prior(self, batch_shape: torch.Size, like: torch.Tensor) -> dist.Distribution:
+    def prior(self, batch_shape: torch.Size, like: torch.Tensor) -> dist.TorchDistribution:
         """p(z) = N(0, I)."""
         zeros = like.new_zeros(self.z_dim)
-        return dist.Normal(zeros, torch.ones_like(zeros)).expand([*batch_shape, self.z_dim]).to_event(1)
+        return (
+            dist.Normal(zeros, torch.ones_like(zeros))
+            .expand([*batch_shape, self.z_dim])
+            .to_event(1)
+        )
 
-    def decode(self, z: torch.Tensor) -> dist.Distribution:
+    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z)."""
         return self.likelihood.make(self.decoder(z)).to_event(1)
 
