@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves(histories: dict[str, pd.DataFrame], path: str | Path, title: str = "") -> Path:
@@ -28,6 +29,7 @@ def learning_curves(histories: dict[str, pd.DataFrame], path: str | Path, title:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.lineplot(data=data, x="epoch", y="value", hue="run", style="curve", marker="o", ax=ax)
     ax.set_ylabel("nats per datapoint")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title or "learning curves")
     return _save(fig, path)
 
