@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train a model")
-    t.add_argument("model", help="registered model name (vae)")
+    t.add_argument("model", help="registered model name (vae, fa)")
     t.add_argument("--objective", default="trace", help="trace|meanfield|iwae|renyi")
     t.add_argument(
         "--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)"
@@ -42,14 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--subset", type=int, default=None, help="train on the first N datapoints")
     t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
     t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=None, help="default 20 (Burda et al.)")
+    t.add_argument(
+        "--batch-size", type=int, default=None, help="default: the model's (VAE: 20, Burda et al.)"
+    )
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--preset", default=None, help="named model configuration, e.g. tutorial-cb")
     t.add_argument("--z-dim", type=int, default=None)
     t.add_argument("--hidden", type=_hidden, default=None, help="e.g. 200,200")
     t.add_argument("--likelihood", default=None, help="bernoulli|continuous-bernoulli")
-    t.add_argument("--guide", default=None, help="guide family (default: the model's)")
+    t.add_argument("--guide", default=None, help="gaussian|linear-gaussian (default: the model's)")
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -102,12 +104,15 @@ def cmd_train(args) -> dict:
         "hidden": args.hidden,
         "likelihood": args.likelihood,
     }
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     preset = args.preset
     if preset is None and args.likelihood == "continuous-bernoulli" and args.model == "vae":
         preset = "tutorial-cb"
     model = models.build(args.model, preset, **overrides)
     guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
-    settings = {"num_particles": k, "alpha": args.alpha, "epochs": args.epochs, "seed": args.seed}
+    # the model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags
+    settings = dict(getattr(model, "fit_defaults", {}))
+    settings.update(num_particles=k, alpha=args.alpha, epochs=args.epochs, seed=args.seed)
     if args.batch_size:
         settings["batch_size"] = args.batch_size
     if args.lr:

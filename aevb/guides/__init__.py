@@ -11,9 +11,10 @@ from typing import Any
 
 from aevb.errors import ConfigError
 from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
+from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
 from aevb.registry import make_config
 
-GUIDES: dict[str, Any] = {"gaussian": GaussianEncoder}
+GUIDES: dict[str, Any] = {"gaussian": GaussianEncoder, "linear-gaussian": LinearGaussian}
 
 
 def build(name: str, model):
@@ -45,6 +46,8 @@ __all__ = [
     "GUIDES",
     "GaussianEncoder",
     "GaussianEncoderConfig",
+    "LinearGaussian",
+    "LinearGaussianConfig",
     "build",
     "default_for",
     "from_config",

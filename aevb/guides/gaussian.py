@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import mlp
+from aevb.models.nets import mlp, register
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,15 @@ class GaussianEncoder(nn.Module):
 
     @classmethod
     def for_model(cls, model) -> GaussianEncoder:
-        """An encoder mirroring ``model``'s decoder sizes and activation."""
+        """An encoder mirroring ``model``'s decoder sizes and activation; linear (no hidden
+        layer) for models without an MLP, such as factor analysis."""
         mc = model.config
         return cls(
             cls.config_class(
                 x_dim=model.x_dim,
                 z_dim=model.z_dim,
-                hidden=tuple(mc.hidden),
-                activation=mc.activation,
+                hidden=tuple(getattr(mc, "hidden", ())),
+                activation=getattr(mc, "activation", "tanh"),
             )
         )
 
@@ -67,6 +68,6 @@ class GaussianEncoder(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        pyro.module("encoder", self, update_module_params=True)
+        register("encoder", self)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.config.site, self.posterior(x))

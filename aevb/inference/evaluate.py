@@ -218,12 +218,22 @@ def evaluate_run(
     start = time.perf_counter()
     b = bounds(model, guide, test, num_samples, batch_size=batch_size, seed=seed, progress=progress)
     units = active_units(guide, test, labels=bool(getattr(model, "uses_labels", False)))
-    return {
+    result = {
         "test_elbo": float(b.elbo.mean()),
         "test_log_likelihood": float(b.log_likelihood.mean()),
         "num_samples": num_samples,
         "estimator": estimator,
         "num_test": len(test),
         "active_units": units,
-        "seconds": time.perf_counter() - start,
     }
+    # model-specific metrics (FA: exact evidence) and the generating model's, where known
+    extra = getattr(model, "evaluation_metrics", None)
+    if extra is not None:
+        result.update(extra(guide, test))
+    source = (record.get("data_spec") or {}).get("source")
+    if source in _data.TRUE_MODELS:
+        truth = _data.TRUE_MODELS[source]()
+        with torch.no_grad():
+            result["true_model_log_evidence"] = float(truth.log_evidence(test.x).mean())
+    result["seconds"] = time.perf_counter() - start
+    return result

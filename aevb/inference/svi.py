@@ -65,6 +65,8 @@ class FitConfig:
     test_num_samples: int = 1
     #: parameter-name prefixes held fixed (e.g. ("encoder",) trains the model only)
     freeze: tuple[str, ...] = ()
+    #: stop after this many gradient steps in total (the last epoch may be partial)
+    max_steps: int | None = None
     max_plate_nesting: int = 1
 
 
@@ -114,7 +116,7 @@ def _reset_parameters(obj) -> None:
     if isinstance(obj, torch.nn.Module):
         for m in obj.modules():
             reset = getattr(m, "reset_parameters", None)
-            if m is not obj and callable(reset):
+            if callable(reset):
                 reset()
 
 
@@ -147,6 +149,7 @@ def fit(
     verbose: bool = False,
     reset: bool = True,
     meta: dict | None = None,
+    callback: Callable[[int, int, float], None] | None = None,
     **settings,
 ) -> Run:
     """Train ``guide`` and ``model`` by SVI on ``train``; return a :class:`Run`.
@@ -161,6 +164,8 @@ def fit(
     :param progress: a tqdm bar on stderr; None -> only when stderr is a terminal.
     :param reset: re-initialise ``nn.Module`` parameters from ``seed`` on a fresh start, so the
         seed alone fixes the run.
+    :param callback: called as ``callback(epoch, step, loss_per_datapoint)`` after every step
+        (for per-step traces such as the FA experiments; keep it cheap).
     :param settings: fields of :class:`FitConfig` (``num_particles``, ``epochs``, ``lr``, ...).
 
     Example:
@@ -281,6 +286,10 @@ def fit(
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(epoch=epoch, loss=f"{loss / b:.2f}")
+            if callback is not None:
+                callback(epoch, step, loss / b)
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         row = {
@@ -311,6 +320,8 @@ def fit(
             tqdm.write(msg + f"  ({epoch_seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
             _save(out_dir, record, model, guide, optim, rows)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
     bar.close()
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from aevb.errors import ConfigError
+from aevb.models.fa import FAConfig, FactorAnalysis
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
 from aevb.registry import make_config
 
-MODELS: dict[str, Any] = {"vae": VAE}
+MODELS: dict[str, Any] = {"vae": VAE, "fa": FactorAnalysis}
 
 #: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
 PRESETS: dict[str, dict[str, object]] = {"vae": dict(VAE_PRESETS)}
@@ -41,4 +42,13 @@ def build(name: str, preset: str | None = None, **overrides):
     return cls(make_config(cls.config_class, base, name, **overrides))
 
 
-__all__ = ["MODELS", "PRESETS", "VAE", "VAEConfig", "build", "mlp"]
+__all__ = [
+    "MODELS",
+    "PRESETS",
+    "VAE",
+    "FAConfig",
+    "FactorAnalysis",
+    "VAEConfig",
+    "build",
+    "mlp",
+]

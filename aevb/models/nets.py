@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyro
 import torch
+from pyro.params import param_with_module_name
 from torch import nn
 
 from aevb.errors import ConfigError
@@ -49,3 +51,20 @@ def output_layer(net: nn.Sequential) -> nn.Linear:
 def safe_logit(p: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     p = p.clamp(eps, 1 - eps)
     return torch.log(p) - torch.log1p(-p)
+
+
+def register(name: str, module: nn.Module) -> nn.Module:
+    """``pyro.module(name, module)`` with the module as the source of truth.
+
+    Plain ``pyro.module`` keeps whatever the param store already holds under ``name`` (a
+    stale value from an earlier model of the same name wins over the module's weights, or
+    the module computes with weights the optimiser never sees). Here a store entry that is
+    not the module's own parameter is replaced by it, so a model or guide always runs with
+    the weights it holds, and checkpoints restore through ``load_state_dict``.
+    """
+    store = pyro.get_param_store()
+    for pname, p in module.named_parameters():
+        full = param_with_module_name(name, pname)
+        if full in store and store._params.get(full) is not p:  # noqa: SLF001
+            store[full] = p  # unconstrained site: the store keeps this very tensor
+    return pyro.module(name, module)

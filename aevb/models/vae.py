@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from aevb.models import likelihoods
-from aevb.models.nets import mlp, output_layer, safe_logit
+from aevb.models.nets import mlp, output_layer, register, safe_logit
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         """The Pyro model. Observes ``x`` [B, x_dim]; with ``x=None`` samples ``num_samples``."""
-        pyro.module(self.name, self, update_module_params=True)
+        register(self.name, self)
         batch = x.shape[0] if x is not None else num_samples
         if batch is None:
             raise ValueError("give x or num_samples")
