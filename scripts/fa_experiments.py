@@ -55,12 +55,13 @@ def tracker(model, guide, test, truth_evidence, rows, phase=""):
 
 def experiment_1(out: Path, epochs: int, seed: int) -> pd.DataFrame:
     train, test = data.load("fa-synthetic")
-    truth = float(data.fa_truth().log_evidence(test.x).mean())
+    with torch.no_grad():
+        truth = float(data.fa_truth().log_evidence(test.x).mean())
     pyro.set_rng_seed(seed)
     model = models.build("fa")
     guide = guides.default_for(model)
     rows: list[dict] = []
-    stages = {1: None, 30: None, 150: None}
+    stages = {1: None, 100: None, 400: None}
     record = tracker(model, guide, test, truth, rows)
 
     def callback(epoch, step, loss):
@@ -119,7 +120,8 @@ def experiment_1(out: Path, epochs: int, seed: int) -> pd.DataFrame:
 
 def experiment_2(out: Path, steps: int, rounds: int, seed: int) -> pd.DataFrame:
     train, test = data.load("fa-synthetic")
-    truth = float(data.fa_truth().log_evidence(test.x).mean())
+    with torch.no_grad():
+        truth = float(data.fa_truth().log_evidence(test.x).mean())
     pyro.set_rng_seed(seed)
     model = models.build("fa")
     guide = guides.default_for(model)

@@ -165,3 +165,14 @@ def test_fa_synthetic_is_drawn_from_its_truth():
     # sample covariance of n=1000 Gaussian points: entrywise SE ~ sqrt((s_ii s_jj + s_ij^2)/n)
     se = ((torch.outer(cov.diagonal(), cov.diagonal()) + cov**2) / 1000).sqrt()
     assert ((emp - cov).abs() < 4 * se).all()
+
+
+def test_a_fresh_model_does_not_start_at_the_truth():
+    """Guards the acceptance test above against a coincidence of seeds."""
+    _, test = data.load("fa-synthetic")
+    truth = data.fa_truth().log_evidence(test.x).mean()
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        model = models.build("fa")
+        model.reset_parameters()
+        assert model.log_evidence(test.x).mean() < truth - 0.5
