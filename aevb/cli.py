@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aevb.errors import AevbError, ConfigError
 
-SVI_OBJECTIVES = ("trace", "meanfield", "iwae", "renyi")
+SVI_OBJECTIVES = ("trace", "meanfield", "iwae", "renyi", "enum")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model")
     t.add_argument("model", help="registered model name (vae, fa)")
-    t.add_argument("--objective", default="trace", help="trace|meanfield|iwae|renyi")
+    t.add_argument(
+        "--objective", default=None, help="trace|meanfield|iwae|renyi|enum (default: the model's)"
+    )
     t.add_argument(
         "--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)"
     )
@@ -83,18 +85,20 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> dict:
-    import torch
 
     from aevb import data, guides, inference, models, plots
 
     if args.inference == "mcem":
         raise ConfigError("--inference mcem is not available yet (Monte Carlo EM is planned)")
-    if args.objective not in SVI_OBJECTIVES:
-        raise ConfigError(f"unknown objective {args.objective!r}; expected one of {SVI_OBJECTIVES}")
-    k = args.particles or (5 if args.objective in ("iwae", "renyi") else 1)
+    if args.model not in models.MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; expected one of {sorted(models.MODELS)}")
+    objective = args.objective or getattr(models.MODELS[args.model], "default_objective", "trace")
+    if objective not in SVI_OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; expected one of {SVI_OBJECTIVES}")
+    k = args.particles or (5 if objective in ("iwae", "renyi") else 1)
     train, test = data.load(args.data, args.binarize)
     train, test = train.subset(args.subset), test.subset(args.test_subset)
-    out = Path(args.out or f"runs/{args.model}-{args.objective}{k}-seed{args.seed}")
+    out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
     import pyro
 
     pyro.set_rng_seed(args.seed)
@@ -127,7 +131,7 @@ def cmd_train(args) -> dict:
         model,
         guide,
         train,
-        args.objective,
+        objective,
         test=test,
         out=out,
         resume=args.resume,
@@ -136,11 +140,7 @@ def cmd_train(args) -> dict:
         meta={"data_spec": spec},
         **settings,
     )
-    if train.x_dim == 784 and hasattr(model, "generate"):
-        plots.learning_curves({args.objective: run.history}, out / "learning_curve.png")
-        with torch.no_grad():
-            plots.prior_samples(model, out / "samples.png")
-            plots.reconstructions(model, guide, test.x[:10], out / "reconstructions.png")
+    plots.run_figures(model, guide, test, run.history, out, objective)
     last = run.history.iloc[-1].to_dict()
     if not args.quiet:
         elbo = last.get("test_elbo", float("nan"))

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyro.poutine as poutine  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -60,18 +61,87 @@ def image_grid(
 
 
 @torch.no_grad()
-def reconstructions(model, guide, x: torch.Tensor, path: str | Path, n: int = 10) -> Path:
-    """Data (top row) and the means of p(x | z), z ~ q(z | x) (bottom row)."""
-    x = x[:n]
-    z = guide.posterior(x).sample()
-    recon = model.reconstruct(z)
-    return image_grid(torch.cat([x, recon]), path, "data (top), reconstructions (bottom)", ncol=n)
+def reconstruct(model, guide, args: tuple) -> torch.Tensor:
+    """Means of p(x | z) at z ~ q(z | x) for a batch ``args`` = (x,) or (x, y): the guide's
+    draws replayed through the model, so it works for any pair with an observed site "x"."""
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    return model_trace.nodes["x"]["fn"].mean
+
+
+def reconstructions(model, guide, args: tuple, path: str | Path, n: int = 10) -> Path:
+    """Data (top row) and reconstructions (bottom row)."""
+    args = tuple(a[:n] for a in args)
+    recon = reconstruct(model, guide, args)
+    return image_grid(
+        torch.cat([args[0], recon]), path, "data (top), reconstructions (bottom)", ncol=n
+    )
 
 
 @torch.no_grad()
 def prior_samples(model, path: str | Path, n: int = 50) -> Path:
     """Means of p(x | z) for z ~ p(z)."""
     return image_grid(model.generate(n), path, "samples: mean of p(x|z), z ~ p(z)")
+
+
+@torch.no_grad()
+def class_samples(model, path: str | Path, n: int = 10) -> Path:
+    """One row per class (CVAE label, GMVAE cluster): means of p(x | z), z ~ p(z | y)."""
+    grid = model.generate_per_class(n)
+    return image_grid(grid.reshape(-1, grid.shape[-1]), path, "one row per class y", ncol=n)
+
+
+@torch.no_grad()
+def cluster_embedding(guide, test, path: str | Path, n: int = 3000) -> Path:
+    """2-d PCA of E_q[z | x] coloured by true label and by the cluster argmax q(y | x)."""
+    from aevb.inference.evaluate import posterior_means
+
+    part = test.subset(n)
+    means = posterior_means(guide, part)
+    centred = means - means.mean(0)
+    _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+    xy = (centred @ v[:, :2]).numpy()
+    clusters = torch.cat([guide.cluster_probs(x).argmax(-1) for (x,) in part.batches(1000)])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, colour, title in (
+        (axes[0], part.y, "coloured by true label"),
+        (axes[1], clusters, "coloured by cluster argmax q(y|x)"),
+    ):
+        if colour is None:
+            continue
+        frame = pd.DataFrame({"pc1": xy[:, 0], "pc2": xy[:, 1], "c": colour.numpy().astype(str)})
+        sns.scatterplot(
+            data=frame,
+            x="pc1",
+            y="pc2",
+            hue="c",
+            s=6,
+            linewidth=0,
+            ax=ax,
+            palette="tab10",
+            legend=False,
+        )
+        ax.set_title(f"E_q[z|x], PCA: {title}")
+    return _save(fig, path)
+
+
+def run_figures(model, guide, test, history: pd.DataFrame, out: str | Path, label: str) -> list:
+    """The figures a run directory gets, by what the model and data offer."""
+    out = Path(out)
+    made = [learning_curves({label: history}, out / "learning_curve.png")]
+    side = int(round(test.x_dim**0.5))
+    if side * side != test.x_dim or side < 8:  # not image data: curves only
+        return made
+    labels = bool(getattr(model, "uses_labels", False))
+    args = next(test.batches(10, labels=labels))
+    made.append(reconstructions(model, guide, args, out / "reconstructions.png"))
+    if hasattr(model, "generate"):
+        made.append(prior_samples(model, out / "samples.png"))
+    if hasattr(model, "generate_per_class"):
+        made.append(class_samples(model, out / "class_samples.png"))
+    if hasattr(guide, "cluster_probs"):
+        made.append(cluster_embedding(guide, test, out / "cluster_embedding.png"))
+    return made
 
 
 def _save(fig, path: str | Path) -> Path:

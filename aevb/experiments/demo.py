@@ -69,7 +69,7 @@ def run_demo(
             }
         )
         histories[label] = h
-        plots.reconstructions(model, guide, test.x[:10], out / label / "reconstructions.png")
+        plots.reconstructions(model, guide, (test.x,), out / label / "reconstructions.png")
         plots.prior_samples(model, out / label / "samples.png")
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,14 @@ from typing import Any
 from aevb.errors import ConfigError
 from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
 from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
+from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
 from aevb.registry import make_config
 
-GUIDES: dict[str, Any] = {"gaussian": GaussianEncoder, "linear-gaussian": LinearGaussian}
+GUIDES: dict[str, Any] = {
+    "gaussian": GaussianEncoder,
+    "linear-gaussian": LinearGaussian,
+    "mixture": MixtureEncoder,
+}
 
 
 def build(name: str, model):
@@ -48,6 +53,8 @@ __all__ = [
     "GaussianEncoderConfig",
     "LinearGaussian",
     "LinearGaussianConfig",
+    "MixtureEncoder",
+    "MixtureEncoderConfig",
     "build",
     "default_for",
     "from_config",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import mlp, register
+from aevb.models.nets import cat_broadcast, mlp, one_hot, register
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class GaussianEncoderConfig:
     min_scale: float = 1e-4
     #: name of the latent sample site this guide proposes
     site: str = "z"
+    #: size of a one-hot context (a label y) concatenated to x: q(z | x, y) for the CVAE
+    context_dim: int = 0
 
 
 class GaussianEncoder(nn.Module):
@@ -45,7 +47,7 @@ class GaussianEncoder(nn.Module):
         super().__init__()
         self.config = config or GaussianEncoderConfig()
         c = self.config
-        self.net = mlp(c.x_dim, c.hidden, 2 * c.z_dim, c.activation)
+        self.net = mlp(c.x_dim + c.context_dim, c.hidden, 2 * c.z_dim, c.activation)
 
     @classmethod
     def for_model(cls, model) -> GaussianEncoder:
@@ -58,16 +60,21 @@ class GaussianEncoder(nn.Module):
                 z_dim=model.z_dim,
                 hidden=tuple(getattr(mc, "hidden", ())),
                 activation=getattr(mc, "activation", "tanh"),
+                context_dim=getattr(model, "context_dim", 0),
             )
         )
 
-    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z | x) as a distribution with batch shape [B] and event shape [z_dim]."""
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """q(z | x) (or q(z | x, y)) with batch shape [B] and event shape [z_dim]."""
+        if self.config.context_dim:
+            if y is None:
+                raise ValueError("this encoder is conditioned on a label y: call guide(x, y)")
+            x = cat_broadcast(x, one_hot(y, self.config.context_dim, x))
         loc, raw = self.net(x).chunk(2, dim=-1)
         scale = F.softplus(raw) + self.config.min_scale
         return dist.Normal(loc, scale).to_event(1)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         register("encoder", self)
         with pyro.plate("data", x.shape[0]):
-            return pyro.sample(self.config.site, self.posterior(x))
+            return pyro.sample(self.config.site, self.posterior(x, y))

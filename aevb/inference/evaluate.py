@@ -107,6 +107,9 @@ def bounds(
     """
     ds = _fixed(as_dataset(data))
     labels = bool(getattr(model, "uses_labels", False))
+    for obj in (model, guide):  # evaluation is of the model itself (e.g. a discrete y)
+        if isinstance(obj, torch.nn.Module):
+            obj.eval()
     x_size = max(1, ds.x_dim)
     batch_size = max(1, min(batch_size, len(ds)))
     chunk = max(1, min(num_samples, MAX_ELEMENTS // (batch_size * x_size)))
@@ -152,10 +155,11 @@ def elbo(model, guide, data, num_samples: int = 1, **kwargs) -> torch.Tensor:
 
 @torch.no_grad()
 def posterior_means(guide, data, *, batch_size: int = 500, labels: bool = False) -> torch.Tensor:
-    """E_q[z | x] for every datapoint, [N, total latent dims] (all guide sites concatenated).
+    """E_q[z | x] for every datapoint, [N, total latent dims] (all continuous guide sites
+    concatenated; discrete ones such as a cluster label are left out).
 
-    Uses each site's distribution ``.mean``; falls back to a 100-draw Monte Carlo average
-    where a distribution has no closed-form mean.
+    Uses each site's distribution ``.mean`` (given the sampled values of earlier sites);
+    falls back to a 100-draw Monte Carlo average where a distribution has no closed-form mean.
     """
     ds = _fixed(as_dataset(data))
     out = []
@@ -166,6 +170,8 @@ def posterior_means(guide, data, *, batch_size: int = 500, labels: bool = False)
             if site["type"] != "sample" or site["is_observed"]:
                 continue
             fn: Any = site["fn"]
+            if fn.support.is_discrete:
+                continue
             try:
                 mean = fn.mean
             except NotImplementedError:

@@ -11,6 +11,9 @@ iwae        ``RenyiELBO(alpha=0)``                       the k-sample importance
                                                          log (1/k) sum_i p(x,z_i)/q(z_i|x)
                                                          (Burda et al. 2015)
 renyi       ``RenyiELBO(alpha)``                         the Renyi alpha bound (Li & Turner 2016)
+enum        ``TraceEnum_ELBO``                           the ELBO with the guide's discrete
+                                                         sites summed out exactly (parallel
+                                                         enumeration), the rest sampled
 ==========  ===========================================  =====================================
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
@@ -33,7 +36,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.poutine as poutine
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import (
+    ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceMeanField_ELBO,
+    config_enumerate,
+)
 from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
@@ -47,6 +57,8 @@ class Objective:
     #: RenyiELBO family: valid per datapoint only with every site in one unscaled data plate
     needs_shared_plate: bool
     summary: str
+    #: how the objective needs the guide prepared (enum: discrete sites enumerated)
+    prepare_guide: Callable = lambda guide: guide  # noqa: E731
 
 
 def _vectorize(k: int) -> bool:
@@ -80,6 +92,14 @@ OBJECTIVES: dict[str, Objective] = {
         "importance-weighted bound with k particles (Burda et al.)",
     ),
     "renyi": Objective(_renyi, True, "Renyi alpha bound (Li & Turner); alpha=0 is iwae"),
+    "enum": Objective(
+        lambda k, a, n: TraceEnum_ELBO(k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
+        False,
+        "ELBO with discrete latents summed out exactly (parallel enumeration)",
+        # expand=True: enumerated one-hot values have the full batch shape, so a guide can
+        # concatenate them with per-datapoint features (PYRO_NOTES, enumeration shapes)
+        lambda guide: config_enumerate(guide, "parallel", expand=True),
+    ),
 }
 
 
@@ -94,7 +114,7 @@ def make_objective(
     return OBJECTIVES[name].make(num_particles, alpha, max_plate_nesting)
 
 
-def check_compatible(name: str, model, guide, *args) -> None:
+def check_compatible(name: str, model, guide, *args, alpha: float | None = None) -> None:
     """Raise :class:`ObjectiveError` if ``name``'s estimate would be silently wrong for this
     (model, guide) on the batch ``args``.
 
@@ -102,6 +122,9 @@ def check_compatible(name: str, model, guide, *args) -> None:
     plate of the full batch size, unscaled and not subsampled (see PYRO_NOTES: a global latent
     or ``poutine.scale`` turns the logsumexp into a joint, or invalid, bound).
     """
+    check = getattr(model, "check_objective", None)
+    if check is not None:  # model-specific limits, e.g. a discrete latent under iwae
+        check(name, alpha)
     if name not in OBJECTIVES or not OBJECTIVES[name].needs_shared_plate:
         return
     guide_trace = poutine.trace(guide).get_trace(*args)

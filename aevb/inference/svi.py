@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ConfigError, TrainingDiverged
 from aevb.inference import evaluate as ev
-from aevb.inference.objectives import check_compatible, make_objective
+from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -114,7 +114,12 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def _reset_parameters(obj) -> None:
     if isinstance(obj, torch.nn.Module):
-        for m in obj.modules():
+        # torch's layers first (in module order), then aevb's own modules innermost first,
+        # so that a model's own scheme (e.g. Glorot for the GMVAE) has the last word
+        modules = list(obj.modules())
+        ours = [m for m in modules if type(m).__module__.startswith("aevb.")]
+        theirs = [m for m in modules if not type(m).__module__.startswith("aevb.")]
+        for m in theirs + ours[::-1]:
             reset = getattr(m, "reset_parameters", None)
             if callable(reset):
                 reset()
@@ -247,9 +252,12 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(out_dir / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2)))
 
+    _set_mode(True, model, guide)
     first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels))
     with torch.random.fork_rng(devices=[]):  # the check must not shift the training draws
-        check_compatible(cfg.objective, model, guide, *first)
+        check_compatible(cfg.objective, model, guide, *first, alpha=cfg.alpha)
+    train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
+    hooks = [h for h in (getattr(model, "set_step", None), getattr(guide, "set_step", None)) if h]
 
     nb = ds.num_batches(cfg.batch_size)
     show = _auto_progress(progress)
@@ -268,7 +276,9 @@ def fit(
         loss_sum, count = 0.0, 0
         for args in ds.batches(cfg.batch_size, shuffle=True, generator=g, labels=labels):
             b = args[0].shape[0]
-            loss = _step(elbo, optim, model, guide, args, b, cfg.freeze)
+            for hook in hooks:  # e.g. an annealed temperature
+                hook(step)
+            loss = _step(elbo, optim, model, train_guide, args, b, cfg.freeze)
             if not math.isfinite(loss):
                 bar.close()
                 where = (
@@ -311,7 +321,11 @@ def fit(
                 max_plate_nesting=cfg.max_plate_nesting,
             )
             row["test_elbo"] = float(b_.elbo.mean())
+            metrics = getattr(model, "evaluation_metrics", None)  # FA evidence, GMVAE accuracy
+            if metrics is not None:
+                row.update(metrics(guide, test_ds))
             row["eval_seconds"] = time.perf_counter() - t1
+            _set_mode(True, model, guide)
         rows.append(row)
         if verbose:
             msg = f"epoch {epoch}/{cfg.epochs}  loss/pt {row['train_loss']:.3f}"
@@ -323,7 +337,15 @@ def fit(
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
     bar.close()
+    _set_mode(False, model, guide)
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)
+
+
+def _set_mode(training: bool, *objs) -> None:
+    """``nn.Module.train()``/``eval()``: models may train differently (e.g. a relaxed y)."""
+    for obj in objs:
+        if isinstance(obj, torch.nn.Module):
+            obj.train(training)
 
 
 def _save(out_dir: Path, record: dict, model, guide, optim, rows: list[dict]) -> None:

@@ -11,15 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from aevb.errors import ConfigError
+from aevb.models.cvae import CVAE, CVAE_PRESETS, CVAEConfig
 from aevb.models.fa import FAConfig, FactorAnalysis
+from aevb.models.gmvae import GMVAE, GMVAE_PRESETS, GMVAEConfig, cluster_accuracy
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
 from aevb.registry import make_config
 
-MODELS: dict[str, Any] = {"vae": VAE, "fa": FactorAnalysis}
+MODELS: dict[str, Any] = {
+    "vae": VAE,
+    "fa": FactorAnalysis,
+    "cvae": CVAE,
+    "gmvae": GMVAE,
+}
 
 #: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
-PRESETS: dict[str, dict[str, object]] = {"vae": dict(VAE_PRESETS)}
+PRESETS: dict[str, dict[str, object]] = {
+    "vae": dict(VAE_PRESETS),
+    "cvae": dict(CVAE_PRESETS),
+    "gmvae": dict(GMVAE_PRESETS),
+}
 
 
 def build(name: str, preset: str | None = None, **overrides):
@@ -43,7 +54,12 @@ def build(name: str, preset: str | None = None, **overrides):
 
 
 __all__ = [
+    "CVAE",
+    "CVAEConfig",
+    "GMVAE",
+    "GMVAEConfig",
     "MODELS",
+    "cluster_accuracy",
     "PRESETS",
     "VAE",
     "FAConfig",
