@@ -107,7 +107,7 @@ def test_gumbel_temperature_anneals_and_evaluation_is_discrete():
         "trace",
         epochs=2,
         batch_size=6,
-        callback=lambda e, s, l: seen.append(model.y_prior(x).temperature.item()),
+        callback=lambda epoch, step, loss: seen.append(model.y_prior(x).temperature.item()),
     )
     assert seen[0] == 1.0 and seen[-1] < 1.0 and all(a >= b for a, b in zip(seen, seen[1:]))
     model.eval()
