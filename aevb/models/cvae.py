@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import cat_broadcast, mlp, one_hot, register
+from aevb.models.nets import cat_broadcast, one_hot, register
 from aevb.models.vae import VAE, VAEConfig
 
 
@@ -61,9 +61,13 @@ class CVAE(VAE):
         config = config or CVAEConfig()
         super().__init__(config)
         c = config
-        self.decoder = mlp(c.z_dim + c.num_classes, c.hidden, c.x_dim, c.activation)
         # p(z | y): a linear map of the one-hot label = a learned (mu, raw sigma) per class
         self.prior_net = nn.Linear(c.num_classes, 2 * c.z_dim)
+
+    @property
+    def decoder_input_dim(self) -> int:
+        """The decoder reads [z, onehot(y)]."""
+        return self.config.z_dim + self.config.num_classes  # type: ignore[attr-defined]
 
     @property
     def context_dim(self) -> int:

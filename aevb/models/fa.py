@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aevb.errors import DataError
+from aevb.models.base import LatentVariableModel
 from aevb.models.nets import register
 
 
@@ -49,7 +49,7 @@ class FAConfig:
     z_dim: int = 2
 
 
-class FactorAnalysis(nn.Module):
+class FactorAnalysis(LatentVariableModel):
     """p(x, z) = N(x; W z, diag sigma^2) N(z; 0, I)."""
 
     name = "fa"
@@ -72,21 +72,9 @@ class FactorAnalysis(nn.Module):
         nn.init.normal_(self.rho)
 
     @property
-    def x_dim(self) -> int:
-        return self.config.x_dim
-
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
-
-    @property
     def sigma(self) -> torch.Tensor:
         """Noise standard deviations, sqrt(diag Phi)."""
         return F.softplus(self.rho)
-
-    def check_data(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise DataError(f"FA expects data of shape [N, {self.x_dim}], got {tuple(x.shape)}")
 
     def prior(self) -> dist.TorchDistribution:
         """p(z) = N(0, I_L), as a MultivariateNormal so KL(q || p) is analytic for both the

@@ -45,8 +45,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from aevb.errors import ObjectiveError
-from aevb.models import likelihoods
-from aevb.models.nets import mlp, output_layer, register, safe_logit, xavier_
+from aevb.models.base import DecoderModel
+from aevb.models.nets import register, xavier_
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def temperature(config, step: int) -> float:
     return max(config.min_temperature, math.exp(-config.anneal_rate * step))
 
 
-class GMVAE(nn.Module):
+class GMVAE(DecoderModel):
     """p(x, z, y) = p(x | z) p(z | y) p(y) with a uniform p(y) over C clusters."""
 
     name = "gmvae"
@@ -92,8 +92,7 @@ class GMVAE(nn.Module):
     def __init__(self, config: GMVAEConfig | None = None):
         super().__init__()
         self.config = c = config or GMVAEConfig()
-        self.likelihood = likelihoods.get(c.likelihood)
-        self.decoder = mlp(c.z_dim, c.hidden, c.x_dim, c.activation)
+        self.build_decoder(c.z_dim)
         self.z_loc = nn.Parameter(torch.empty(c.num_clusters, c.z_dim))
         self.z_raw_scale = nn.Parameter(torch.empty(c.num_clusters, c.z_dim))
         self.step = 0
@@ -107,14 +106,6 @@ class GMVAE(nn.Module):
         nn.init.normal_(self.z_loc, std=std)
         nn.init.normal_(self.z_raw_scale, std=std)
         xavier_(self.decoder)
-
-    @property
-    def x_dim(self) -> int:
-        return self.config.x_dim
-
-    @property
-    def z_dim(self) -> int:
-        return self.config.z_dim
 
     @property
     def num_clusters(self) -> int:
@@ -140,19 +131,6 @@ class GMVAE(nn.Module):
                 "fully reparameterised guide. Use enum, trace, or the gumbel preset."
             )
 
-    def check_data(self, x: torch.Tensor) -> None:
-        from aevb.errors import DataError
-
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise DataError(
-                f"the GMVAE expects data of shape [N, {self.x_dim}], got {tuple(x.shape)}"
-            )
-        self.likelihood.check(x, self.config.likelihood)
-
-    def init_from_data(self, x_mean: torch.Tensor) -> None:
-        with torch.no_grad():
-            output_layer(self.decoder).bias.copy_(safe_logit(x_mean.reshape(-1)))
-
     def y_prior(self, like: torch.Tensor) -> dist.TorchDistribution:
         probs = like.new_full((self.num_clusters,), 1.0 / self.num_clusters)
         if self.config.relaxed and self.training:
@@ -163,9 +141,6 @@ class GMVAE(nn.Module):
     def z_prior(self, y: torch.Tensor) -> dist.TorchDistribution:
         """p(z | y) for one-hot (or relaxed) y [..., C]."""
         return dist.Normal(y @ self.z_loc, F.softplus(y @ self.z_raw_scale) + 1e-4).to_event(1)
-
-    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        return self.likelihood.make(self.decoder(z)).to_event(1)
 
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         register(self.name, self)

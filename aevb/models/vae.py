@@ -29,10 +29,9 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import nn
 
-from aevb.models import likelihoods
-from aevb.models.nets import mlp, output_layer, register, safe_logit
+from aevb.models.base import DecoderModel
+from aevb.models.nets import output_layer, register
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ VAE_PRESETS: dict[str, VAEConfig] = {
 }
 
 
-class VAE(nn.Module):
+class VAE(DecoderModel):
     """p(x, z) = p(x | z) p(z) with a standard-normal prior and an MLP decoder."""
 
     name = "vae"
@@ -70,33 +69,11 @@ class VAE(nn.Module):
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()
         self.config = config or VAEConfig()
-        self.likelihood = likelihoods.get(self.config.likelihood)
-        c = self.config
-        self.decoder = mlp(c.z_dim, c.hidden, c.x_dim, c.activation)
+        self.build_decoder(self.decoder_input_dim)
 
     @property
-    def x_dim(self) -> int:
-        return self.config.x_dim
-
-    @property
-    def z_dim(self) -> int:
+    def decoder_input_dim(self) -> int:
         return self.config.z_dim
-
-    def check_data(self, x: torch.Tensor) -> None:
-        """Raise a clear :class:`~aevb.errors.DataError` if ``x`` is outside p(x|z)'s support."""
-        from aevb.errors import DataError
-
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise DataError(
-                f"the VAE expects data of shape [N, {self.x_dim}], got {tuple(x.shape)}"
-            )
-        self.likelihood.check(x, self.config.likelihood)
-
-    def init_from_data(self, x_mean: torch.Tensor) -> None:
-        """Set the decoder's output bias to logit(mean pixel): the model starts at the
-        independent-pixel fit instead of p = 1/2 (Burda et al.'s code does the same)."""
-        with torch.no_grad():
-            output_layer(self.decoder).bias.copy_(safe_logit(x_mean.reshape(-1)))
 
     def prior(self, batch_shape: torch.Size, like: torch.Tensor) -> dist.TorchDistribution:
         """p(z) = N(0, I)."""
@@ -106,10 +83,6 @@ class VAE(nn.Module):
             .expand([*batch_shape, self.z_dim])
             .to_event(1)
         )
-
-    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | z)."""
-        return self.likelihood.make(self.decoder(z)).to_event(1)
 
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         """The Pyro model. Observes ``x`` [B, x_dim]; with ``x=None`` samples ``num_samples``."""
