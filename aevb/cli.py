@@ -87,6 +87,7 @@ def cmd_data(args) -> None:
 def cmd_train(args) -> dict:
 
     from aevb import data, guides, inference, models, plots
+    from aevb.models import likelihoods
 
     if args.inference == "mcem":
         raise ConfigError("--inference mcem is not available yet (Monte Carlo EM is planned)")
@@ -96,23 +97,28 @@ def cmd_train(args) -> dict:
     if objective not in SVI_OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; expected one of {SVI_OBJECTIVES}")
     k = args.particles or (5 if objective in ("iwae", "renyi") else 1)
-    train, test = data.load(args.data, args.binarize)
-    train, test = train.subset(args.subset), test.subset(args.test_subset)
-    out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
-    import pyro
-
-    pyro.set_rng_seed(args.seed)
     overrides = {
-        "x_dim": train.x_dim,
         "z_dim": args.z_dim,
         "hidden": args.hidden,
         "likelihood": args.likelihood,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
     preset = args.preset
-    if preset is None and args.likelihood == "continuous-bernoulli" and args.model == "vae":
+    presets = models.PRESETS.get(args.model, {})
+    if preset is None and args.likelihood == "continuous-bernoulli" and "tutorial-cb" in presets:
         preset = "tutorial-cb"
-    model = models.build(args.model, preset, **overrides)
+    # the data transform follows the likelihood unless given (continuous Bernoulli: (x+U)/256)
+    binarize = args.binarize
+    likelihood = args.likelihood or getattr(presets.get(preset), "likelihood", None)
+    if binarize is None and likelihood is not None and args.data in data.DATASETS:
+        binarize = likelihoods.get(likelihood).default_binarize
+    train, test = data.load(args.data, binarize)
+    train, test = train.subset(args.subset), test.subset(args.test_subset)
+    out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
+    import pyro
+
+    pyro.set_rng_seed(args.seed)
+    model = models.build(args.model, preset, x_dim=train.x_dim, **overrides)
     guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
     # the model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags
     settings = dict(getattr(model, "fit_defaults", {}))
@@ -123,7 +129,7 @@ def cmd_train(args) -> dict:
         settings["lr"] = args.lr
     spec = {
         "source": args.data,
-        "binarize": train.binarize if args.binarize is None else args.binarize,
+        "binarize": train.binarize,
         "subset": args.subset,
         "test_subset": args.test_subset,
     }

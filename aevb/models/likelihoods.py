@@ -30,6 +30,8 @@ class Likelihood:
     make: Callable[[torch.Tensor], dist.TorchDistribution]
     accepts: Callable[[torch.Tensor], bool]
     support: str
+    #: the data transform this likelihood is meant for (see aevb.data.BINARIZATIONS)
+    default_binarize: str
 
     def check(self, x: torch.Tensor, name: str) -> None:
         if not self.accepts(x):
@@ -42,11 +44,13 @@ class Likelihood:
 
 LIKELIHOODS: dict[str, Likelihood] = {
     # Bernoulli(sigmoid(logits)), the likelihood of Kingma & Welling and Burda et al.
-    "bernoulli": Likelihood(lambda logits: dist.Bernoulli(logits=logits), _binary, "{0, 1}"),
+    "bernoulli": Likelihood(
+        lambda logits: dist.Bernoulli(logits=logits), _binary, "{0, 1}", "dynamic"
+    ),
     # Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1],
     # used by the aevb-tutorial on dequantised MNIST.
     "continuous-bernoulli": Likelihood(
-        lambda logits: dist.ContinuousBernoulli(logits=logits), _unit, "[0, 1]"
+        lambda logits: dist.ContinuousBernoulli(logits=logits), _unit, "[0, 1]", "continuous"
     ),
 }
 

@@ -1,0 +1,70 @@
+"""Plumbing shared by the package's models (sizes, data checks, the decoder p(x | z)).
+
+A model need not inherit from these: any Pyro callable works with :func:`aevb.inference.fit`.
+They only keep the registered models from repeating the same few lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from aevb.errors import DataError
+from aevb.models import likelihoods
+from aevb.models.nets import mlp, output_layer, safe_logit
+
+
+class LatentVariableModel(nn.Module):
+    """A model p(x, z) over flat datapoints x in R^{x_dim} with latents z in R^{z_dim}."""
+
+    config: Any
+    default_guide = "gaussian"
+    uses_labels = False
+
+    @property
+    def x_dim(self) -> int:
+        return self.config.x_dim
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise a clear :class:`~aevb.errors.DataError` if ``x`` has the wrong shape or lies
+        outside the support of p(x | z)."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise DataError(
+                f"{type(self).__name__} expects data of shape [N, {self.x_dim}], "
+                f"got {tuple(x.shape)}"
+            )
+        likelihood = getattr(self, "likelihood", None)
+        if likelihood is not None:
+            likelihood.check(x, self.config.likelihood)
+
+
+class DecoderModel(LatentVariableModel):
+    """A model whose p(x | z) is an MLP decoder f_theta with a likelihood from
+    :mod:`aevb.models.likelihoods` (config fields ``hidden``, ``activation``, ``likelihood``)."""
+
+    #: start the decoder's output bias at logit(mean pixel) (see :meth:`init_from_data`)
+    init_output_bias = True
+
+    def build_decoder(self, in_dim: int) -> None:
+        c = self.config
+        self.likelihood = likelihoods.get(c.likelihood)
+        self.decoder = mlp(in_dim, c.hidden, c.x_dim, c.activation)
+
+    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z)."""
+        return self.likelihood.make(self.decoder(z)).to_event(1)
+
+    def init_from_data(self, x_mean: torch.Tensor) -> None:
+        """Set the decoder's output bias to logit(mean pixel): the model starts at the
+        independent-pixel fit instead of p = 1/2 (Burda et al.'s code does the same)."""
+        if not self.init_output_bias:
+            return
+        with torch.no_grad():
+            output_layer(self.decoder).bias.copy_(safe_logit(x_mean.reshape(-1)))
