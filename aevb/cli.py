@@ -84,10 +84,38 @@ def cmd_data(args) -> None:
     print(data.fetch(args.name))
 
 
-def cmd_train(args) -> dict:
+def _model_and_data(args):
+    """Data, model and guide for ``aevb train``: a preset, then field overrides; the data
+    transform follows the likelihood unless --binarize is given (continuous Bernoulli:
+    (x*255 + U)/256). The global seed is set before the weights are drawn."""
+    import pyro
 
-    from aevb import data, guides, inference, models, plots
+    from aevb import data, guides, models
     from aevb.models import likelihoods
+
+    overrides = {"z_dim": args.z_dim, "hidden": args.hidden, "likelihood": args.likelihood}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    preset = args.preset
+    presets = models.PRESETS.get(args.model, {})
+    if preset is None and args.likelihood == "continuous-bernoulli" and "tutorial-cb" in presets:
+        preset = "tutorial-cb"
+    # a model's own default transform (VRNN, GMVAE: x > 0.5, as in the aevb-tutorial)
+    binarize = args.binarize or getattr(models.MODELS[args.model], "default_binarize", None)
+    likelihood = args.likelihood or getattr(presets.get(preset), "likelihood", None)
+    if binarize is None and likelihood is not None and args.data in data.DATASETS:
+        binarize = likelihoods.get(likelihood).default_binarize
+    train, test = data.load(args.data, binarize)
+    train, test = train.subset(args.subset), test.subset(args.test_subset)
+    pyro.set_rng_seed(args.seed)
+    if "x_dim" in models.MODELS[args.model].config_class.__dataclass_fields__:
+        overrides["x_dim"] = train.x_dim  # sequence models size their steps themselves
+    model = models.build(args.model, preset, **overrides)
+    guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
+    return train, test, model, guide
+
+
+def cmd_train(args) -> dict:
+    from aevb import inference, models, plots
 
     if args.inference == "mcem":
         raise ConfigError("--inference mcem is not available yet (Monte Carlo EM is planned)")
@@ -97,29 +125,8 @@ def cmd_train(args) -> dict:
     if objective not in SVI_OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; expected one of {SVI_OBJECTIVES}")
     k = args.particles or (5 if objective in ("iwae", "renyi") else 1)
-    overrides = {
-        "z_dim": args.z_dim,
-        "hidden": args.hidden,
-        "likelihood": args.likelihood,
-    }
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    preset = args.preset
-    presets = models.PRESETS.get(args.model, {})
-    if preset is None and args.likelihood == "continuous-bernoulli" and "tutorial-cb" in presets:
-        preset = "tutorial-cb"
-    # the data transform follows the likelihood unless given (continuous Bernoulli: (x+U)/256)
-    binarize = args.binarize
-    likelihood = args.likelihood or getattr(presets.get(preset), "likelihood", None)
-    if binarize is None and likelihood is not None and args.data in data.DATASETS:
-        binarize = likelihoods.get(likelihood).default_binarize
-    train, test = data.load(args.data, binarize)
-    train, test = train.subset(args.subset), test.subset(args.test_subset)
+    train, test, model, guide = _model_and_data(args)
     out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
-    import pyro
-
-    pyro.set_rng_seed(args.seed)
-    model = models.build(args.model, preset, x_dim=train.x_dim, **overrides)
-    guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
     # the model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags
     settings = dict(getattr(model, "fit_defaults", {}))
     settings.update(num_particles=k, alpha=args.alpha, epochs=args.epochs, seed=args.seed)

@@ -63,10 +63,17 @@ def image_grid(
 @torch.no_grad()
 def reconstruct(model, guide, args: tuple) -> torch.Tensor:
     """Means of p(x | z) at z ~ q(z | x) for a batch ``args`` = (x,) or (x, y): the guide's
-    draws replayed through the model, so it works for any pair with an observed site "x"."""
+    draws replayed through the model, so it works for any pair; the observed sites' means
+    are concatenated in trace order."""
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    return model_trace.nodes["x"]["fn"].mean
+    batch = args[0].shape[0]
+    means = [  # one observed site ("x"), or one per step ("x_0", "x_1", ... for the VRNN)
+        site["fn"].mean.reshape(batch, -1)
+        for site in model_trace.nodes.values()
+        if site["type"] == "sample" and site["is_observed"]
+    ]
+    return torch.cat(means, -1)
 
 
 def reconstructions(model, guide, args: tuple, path: str | Path, n: int = 10) -> Path:

@@ -21,8 +21,7 @@ KEYS = {
 }
 
 
-@pytest.fixture
-def idx_folder(tmp_path):
+def make_idx_folder(tmp_path):
     """A tiny MNIST-shaped IDX folder: strokes on a blank 28 x 28 canvas."""
     g = np.random.default_rng(0)
 
@@ -38,6 +37,11 @@ def idx_folder(tmp_path):
     write_idx(folder / "train-images-idx3-ubyte.gz", images(120))
     write_idx(folder / "t10k-images-idx3-ubyte", images(40))
     return folder
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    return make_idx_folder(tmp_path)
 
 
 def test_train_then_evaluate_json(tmp_path, idx_folder, capsys):

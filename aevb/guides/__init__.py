@@ -13,12 +13,14 @@ from aevb.errors import ConfigError
 from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
 from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
+from aevb.guides.recurrent import RecurrentEncoder, RecurrentEncoderConfig
 from aevb.registry import make_config
 
 GUIDES: dict[str, Any] = {
     "gaussian": GaussianEncoder,
     "linear-gaussian": LinearGaussian,
     "mixture": MixtureEncoder,
+    "recurrent": RecurrentEncoder,
 }
 
 
@@ -55,6 +57,8 @@ __all__ = [
     "LinearGaussianConfig",
     "MixtureEncoder",
     "MixtureEncoderConfig",
+    "RecurrentEncoder",
+    "RecurrentEncoderConfig",
     "build",
     "default_for",
     "from_config",

@@ -16,6 +16,7 @@ from aevb.models.fa import FAConfig, FactorAnalysis
 from aevb.models.gmvae import GMVAE, GMVAE_PRESETS, GMVAEConfig, cluster_accuracy
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
+from aevb.models.vrnn import VRNN, VRNN_PRESETS, VRNNConfig
 from aevb.registry import make_config
 
 MODELS: dict[str, Any] = {
@@ -23,6 +24,7 @@ MODELS: dict[str, Any] = {
     "fa": FactorAnalysis,
     "cvae": CVAE,
     "gmvae": GMVAE,
+    "vrnn": VRNN,
 }
 
 #: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
@@ -30,6 +32,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "vae": dict(VAE_PRESETS),
     "cvae": dict(CVAE_PRESETS),
     "gmvae": dict(GMVAE_PRESETS),
+    "vrnn": dict(VRNN_PRESETS),
 }
 
 
@@ -65,6 +68,8 @@ __all__ = [
     "FAConfig",
     "FactorAnalysis",
     "VAEConfig",
+    "VRNN",
+    "VRNNConfig",
     "build",
     "mlp",
 ]
