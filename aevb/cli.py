@@ -107,8 +107,7 @@ def _model_and_data(args):
     train, test = data.load(args.data, binarize)
     train, test = train.subset(args.subset), test.subset(args.test_subset)
     pyro.set_rng_seed(args.seed)
-    if "x_dim" in models.MODELS[args.model].config_class.__dataclass_fields__:
-        overrides["x_dim"] = train.x_dim  # sequence models size their steps themselves
+    overrides.update(models.MODELS[args.model].config_from_data(train))
     model = models.build(args.model, preset, **overrides)
     guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
     return train, test, model, guide

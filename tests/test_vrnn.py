@@ -100,3 +100,56 @@ def test_cli_smoke_on_a_subset(tmp_path):
         == 0
     )
     assert (out / "samples.png").exists() and (out / "history.csv").exists()
+
+
+def test_ragged_sequences_load_and_train_through_the_cli(tmp_path, capsys):
+    """A user's .npz of sequences [N, T, D] with a length mask goes the same path."""
+    import json
+
+    import numpy as np
+
+    from aevb import data
+    from aevb.cli import main
+
+    g = np.random.default_rng(0)
+    x = (g.random((40, 7, 3)) < 0.3).astype(np.float32)
+    lengths = g.integers(3, 8, 40)
+    mask = np.arange(7)[None, :] < lengths[:, None]
+    x[~mask] = 0.0
+    np.savez(tmp_path / "seqs.npz", x=x, mask=mask)
+    train, test = data.load(str(tmp_path / "seqs.npz"))
+    assert train.mask is not None and train.mask.shape == (36, 7)
+    args = next(train.batches(5))
+    assert len(args) == 2 and args[1].dtype == torch.bool
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "vrnn",
+                "--data",
+                str(tmp_path / "seqs.npz"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "12",
+                "--z-dim",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--num-samples", "5", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_test"] == 4
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["config"]["seq_len"] == 7 and config["model"]["config"]["step_dim"] == 3
+    np.savez(tmp_path / "bad.npz", x=x, mask=mask[:, :5])
+    from aevb.errors import DataError
+
+    with pytest.raises(DataError, match="mask must have shape"):
+        data.load(str(tmp_path / "bad.npz"))

@@ -90,8 +90,9 @@ def load_idx_folder(folder: str | Path, binarize: str = "dynamic"):
 
 
 def load_array_file(path: str | Path, binarize: str = "none", test_fraction: float = 0.1):
-    """Load a user's ``.npz`` (keys ``x_train``/``x_test``, optional ``y_train``/``y_test``;
-    or a single ``x`` [+ ``y``]) or ``.npy`` (one array). A single array is split
+    """Load a user's ``.npz`` (keys ``x_train``/``x_test``, optional ``y_train``/``y_test``
+    and, for ragged sequences [N, T, D], ``mask_train``/``mask_test`` [N, T]; or a single
+    ``x`` [+ ``y``, ``mask``]) or ``.npy`` (one array). A single array is split
     deterministically: the last ``test_fraction`` of its rows form the test set."""
     path = Path(path)
     if not path.is_file():
@@ -103,20 +104,21 @@ def load_array_file(path: str | Path, binarize: str = "none", test_fraction: flo
             arrays = {k: f[k] for k in f.files}
     else:
         raise DataError(f"{path}: expected a .npz or .npy file, an IDX folder or a dataset name")
+    parts: dict[str, tuple]
     if "x_train" in arrays and "x_test" in arrays:
         parts = {
-            "train": (arrays["x_train"], arrays.get("y_train")),
-            "test": (arrays["x_test"], arrays.get("y_test")),
+            "train": (arrays["x_train"], arrays.get("y_train"), arrays.get("mask_train")),
+            "test": (arrays["x_test"], arrays.get("y_test"), arrays.get("mask_test")),
         }
     elif "x" in arrays:
-        x, y = arrays["x"], arrays.get("y")
+        x, y, m = arrays["x"], arrays.get("y"), arrays.get("mask")
         n_test = max(1, int(round(len(x) * test_fraction)))
         if len(x) < 2:
             raise DataError(f"{path}: need at least 2 datapoints to split off a test set")
         cut = len(x) - n_test
         parts = {
-            "train": (x[:cut], None if y is None else y[:cut]),
-            "test": (x[cut:], None if y is None else y[cut:]),
+            "train": tuple(None if a is None else a[:cut] for a in (x, y, m)),
+            "test": tuple(None if a is None else a[cut:] for a in (x, y, m)),
         }
     else:
         raise DataError(
@@ -124,8 +126,12 @@ def load_array_file(path: str | Path, binarize: str = "none", test_fraction: flo
             f"or a single x (optional y); found {sorted(arrays)}"
         )
     stem = path.stem
-    train = Dataset.from_arrays(*parts["train"], binarize=binarize, name=f"{stem}-train")
-    test = Dataset.from_arrays(*parts["test"], binarize=binarize, name=f"{stem}-test")
+    train = Dataset.from_arrays(
+        parts["train"][0], parts["train"][1], binarize, f"{stem}-train", parts["train"][2]
+    )
+    test = Dataset.from_arrays(
+        parts["test"][0], parts["test"][1], binarize, f"{stem}-test", parts["test"][2]
+    )
     return train, test.fixed(TEST_BINARIZATION_SEED)
 
 

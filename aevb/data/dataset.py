@@ -84,7 +84,8 @@ def _is_int(t: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Datapoints ``x`` [N, *event_shape] (float32), labels ``y`` [N] (int64) or None.
+    """Datapoints ``x`` [N, *event_shape] (float32), labels ``y`` [N] (int64) or None, and for
+    ragged sequences x [N, T, D] a ``mask`` [N, T] (bool, True on real steps) or None.
 
     ``binarize`` names the transform applied per batch (see :data:`BINARIZATIONS`).
     """
@@ -93,6 +94,7 @@ class Dataset:
     y: torch.Tensor | None = field(default=None, repr=False)
     binarize: str = "none"
     name: str = "arrays"
+    mask: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.binarize not in BINARIZATIONS:
@@ -101,10 +103,18 @@ class Dataset:
             )
         if self.y is not None and len(self.y) != len(self.x):
             raise DataError(f"{len(self.x)} datapoints but {len(self.y)} labels")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(self.x.shape[:2]):
+            raise DataError(
+                f"{self.name}: a sequence mask must have shape [N, T] = "
+                f"{tuple(self.x.shape[:2])}, got {tuple(self.mask.shape)}"
+            )
 
     @classmethod
-    def from_arrays(cls, x, y=None, binarize: str = "none", name: str = "arrays") -> Dataset:
-        """Validate user arrays (see :func:`validate_array`) and wrap them."""
+    def from_arrays(
+        cls, x, y=None, binarize: str = "none", name: str = "arrays", mask=None
+    ) -> Dataset:
+        """Validate user arrays (see :func:`validate_array`) and wrap them. ``mask`` [N, T]
+        (bool or 0/1) marks the real steps of ragged sequences x [N, T, D]."""
         if binarize not in BINARIZATIONS:
             raise DataError(
                 f"unknown binarisation {binarize!r}; expected one of {sorted(BINARIZATIONS)}"
@@ -116,7 +126,17 @@ class Dataset:
             if not _is_int(yt):
                 raise DataError(f"{name}: labels must be integers, got dtype {yt.dtype}")
             yt = yt.long()
-        return cls(xt, yt, binarize, name)
+        mt = None
+        if mask is not None:
+            mt = torch.as_tensor(np.asarray(mask))
+            if xt.dim() != 3:
+                raise DataError(
+                    f"{name}: a mask needs sequences x [N, T, D], got {tuple(xt.shape)}"
+                )
+            if not bool(((mt == 0) | (mt == 1)).all()):
+                raise DataError(f"{name}: the mask must be boolean (0/1)")
+            mt = mt.bool()
+        return cls(xt, yt, binarize, name, mt)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -138,7 +158,11 @@ class Dataset:
         if n is None or n >= len(self):
             return self
         return replace(
-            self, x=self.x[:n], y=None if self.y is None else self.y[:n], name=f"{self.name}[:{n}]"
+            self,
+            x=self.x[:n],
+            y=None if self.y is None else self.y[:n],
+            mask=None if self.mask is None else self.mask[:n],
+            name=f"{self.name}[:{n}]",
         )
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -164,7 +188,8 @@ class Dataset:
         labels: bool = False,
         drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Yield argument tuples ``(x,)`` or ``(x, y)`` of minibatches, binarised per batch."""
+        """Yield argument tuples of minibatches, binarised per batch: ``(x,)``, ``(x, y)`` with
+        ``labels``, and the sequence mask last where the dataset has one."""
         n = len(self)
         if labels and self.y is None:
             raise DataError(f"{self.name}: this model needs labels but the dataset has none")
@@ -172,13 +197,15 @@ class Dataset:
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             if order is None:
-                sl = slice(start, min(start + batch_size, n))
-                xb, yb = self.x[sl], (self.y[sl] if self.y is not None else None)
+                idx: slice | torch.Tensor = slice(start, min(start + batch_size, n))
             else:
                 idx = order[start : start + batch_size]
-                xb, yb = self.x[idx], (self.y[idx] if self.y is not None else None)
-            xb = self.transform(xb, generator)
-            yield (xb, yb) if labels else (xb,)  # type: ignore[misc]
+            args = [self.transform(self.x[idx], generator)]
+            if labels:
+                args.append(self.y[idx])  # type: ignore[index]
+            if self.mask is not None:
+                args.append(self.mask[idx])
+            yield tuple(args)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)

@@ -29,10 +29,15 @@ def build(name: str, model):
     return _get(name).for_model(model)
 
 
-def from_config(name: str, config: dict):
-    """Rebuild a guide from its registry name and config fields (as in ``config.json``)."""
+def from_config(name: str, config: dict, model=None):
+    """Rebuild a guide from its registry name and config fields (as in ``config.json``);
+    a guide that follows its model's computation (the VRNN's) is bound to ``model``."""
     cls = _get(name)
-    return cls(make_config(cls.config_class, None, name, **config))
+    guide = cls(make_config(cls.config_class, None, name, **config))
+    bind = getattr(guide, "bind", None)
+    if bind is not None:
+        bind(model)
+    return guide
 
 
 def _get(name: str):

@@ -38,7 +38,11 @@ class RecurrentEncoder(nn.Module):
         super().__init__()
         self.config = c = config or RecurrentEncoderConfig()
         self.net = mlp(c.hidden + c.rnn_dim, (c.hidden,), 2 * c.z_dim, c.activation)
-        # the model whose recurrence this guide follows (not a submodule: not owned)
+        self.bind(model)
+
+    def bind(self, model) -> None:
+        """Follow ``model``'s recurrence (held by reference, not as a submodule: the guide
+        does not own, save or reset the model's weights)."""
         self.__dict__["model"] = model
 
     @classmethod

@@ -430,6 +430,6 @@ def load_run(run_dir: str | Path):
             "Python and load the checkpoint's params there"
         )
     model = models.build(mspec["name"], **mspec["config"])
-    guide = guides.from_config(gspec["name"], gspec["config"])
+    guide = guides.from_config(gspec["name"], gspec["config"], model)
     _load_params(model, guide, state)
     return model, guide, record, pd.DataFrame(state["history"])

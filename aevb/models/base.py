@@ -24,6 +24,11 @@ class LatentVariableModel(nn.Module):
     default_guide = "gaussian"
     uses_labels = False
 
+    @classmethod
+    def config_from_data(cls, data) -> dict:
+        """Config fields a dataset fixes (here the datapoint size ``x_dim``)."""
+        return {"x_dim": data.x_dim}
+
     @property
     def x_dim(self) -> int:
         return self.config.x_dim

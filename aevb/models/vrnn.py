@@ -80,6 +80,14 @@ class VRNN(LatentVariableModel):
         self.prior_net = mlp(c.rnn_dim, (c.hidden,), 2 * c.z_dim, c.activation)
         self.emit_net = mlp(c.hidden + c.rnn_dim, (c.hidden,), c.step_dim, c.activation)
 
+    @classmethod
+    def config_from_data(cls, data) -> dict:
+        """Sequences [N, T, D] fix ``seq_len`` and ``step_dim``; flat MNIST images are read
+        as the default 28 rows of 28 pixels."""
+        if len(data.event_shape) == 2:
+            return {"seq_len": data.event_shape[0], "step_dim": data.event_shape[1]}
+        return {}
+
     @property
     def x_dim(self) -> int:  # a datapoint is a whole sequence
         return self.config.seq_len * self.config.step_dim
