@@ -52,6 +52,8 @@ class VRNNConfig:
 
 VRNN_PRESETS: dict[str, VRNNConfig] = {
     "cpu": VRNNConfig(),
+    # the aevb-tutorial's sizes (z_t of 2 dims, 256 units); its recurrence stacks two LSTM
+    # layers where this one has a single LSTM cell
     "tutorial": VRNNConfig(z_dim=2, rnn_dim=256, hidden=256),
 }
 
