@@ -53,13 +53,18 @@ def tracker(model, guide, test, truth_evidence, rows, phase=""):
     return record
 
 
-def experiment_1(out: Path, epochs: int, seed: int) -> pd.DataFrame:
+def setup(seed: int):
+    """fa-synthetic, the true model's mean test evidence, and a fresh FA model and guide."""
     train, test = data.load("fa-synthetic")
     with torch.no_grad():
         truth = float(data.fa_truth().log_evidence(test.x).mean())
     pyro.set_rng_seed(seed)
     model = models.build("fa")
-    guide = guides.default_for(model)
+    return train, test, truth, model, guides.default_for(model)
+
+
+def experiment_1(out: Path, epochs: int, seed: int) -> pd.DataFrame:
+    train, test, truth, model, guide = setup(seed)
     rows: list[dict] = []
     stages = {1: None, 100: None, 400: None}
     record = tracker(model, guide, test, truth, rows)
@@ -119,12 +124,7 @@ def experiment_1(out: Path, epochs: int, seed: int) -> pd.DataFrame:
 
 
 def experiment_2(out: Path, steps: int, rounds: int, seed: int) -> pd.DataFrame:
-    train, test = data.load("fa-synthetic")
-    with torch.no_grad():
-        truth = float(data.fa_truth().log_evidence(test.x).mean())
-    pyro.set_rng_seed(seed)
-    model = models.build("fa")
-    guide = guides.default_for(model)
+    train, test, truth, model, guide = setup(seed)
     rows: list[dict] = []
     first = True
     for r in range(rounds):

@@ -61,14 +61,21 @@ def _params():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
-@pytest.mark.parametrize("objective, k", [("trace", 1), ("iwae", 3)])
-def test_resume_matches_an_uninterrupted_run(tmp_path, binary_data, objective, k):
+@pytest.mark.parametrize("objective, k, binarize", [("trace", 1, "none"), ("iwae", 3, "dynamic")])
+def test_resume_matches_an_uninterrupted_run(tmp_path, binary_data, objective, k, binarize):
+    from aevb.data import Dataset
+
+    # dynamic binarisation draws afresh every pass: resume must reproduce those draws too
+    data = Dataset.from_arrays(binary_data * 0.8 + 0.1, binarize=binarize)
+    if binarize == "none":
+        data = Dataset.from_arrays(binary_data)
+
     def run(out, epochs, resume=False):
         model = models.build("vae", x_dim=16, z_dim=2, hidden=(8,))
         return inference.fit(
             model,
             None,
-            binary_data,
+            data,
             objective,
             test=binary_data[:64],
             num_particles=k,

@@ -248,16 +248,19 @@ def fit(
         if init is not None:
             init(ds.transform(ds.x, torch.Generator().manual_seed(cfg.seed)).mean(0))
 
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out_dir / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2)))
-
+    # refuse a wrong (model, guide, objective) before anything is written; the check must
+    # not touch the global random state, or a resumed run would draw differently
     _set_mode(True, model, guide)
-    first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels))
-    with torch.random.fork_rng(devices=[]):  # the check must not shift the training draws
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(cfg.seed)
+        first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels, generator=g))
         check_compatible(cfg.objective, model, guide, *first, alpha=cfg.alpha)
     train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
     hooks = [h for h in (getattr(model, "set_step", None), getattr(guide, "set_step", None)) if h]
+
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out_dir / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2)))
 
     nb = ds.num_batches(cfg.batch_size)
     show = _auto_progress(progress)

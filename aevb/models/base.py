@@ -37,6 +37,15 @@ class LatentVariableModel(nn.Module):
     def z_dim(self) -> int:
         return self.config.z_dim
 
+    @staticmethod
+    def batch_size(x: torch.Tensor | None, num_samples: int | None) -> int:
+        """B for ``model(x)`` (observe x) or ``model(None, num_samples=B)`` (generate)."""
+        if x is not None:
+            return x.shape[0]
+        if num_samples is None:
+            raise ValueError("give x or num_samples")
+        return num_samples
+
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a clear :class:`~aevb.errors.DataError` if ``x`` has the wrong shape or lies
         outside the support of p(x | z)."""

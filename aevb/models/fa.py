@@ -88,9 +88,7 @@ class FactorAnalysis(LatentVariableModel):
 
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         register(self.name, self)
-        batch = x.shape[0] if x is not None else num_samples
-        if batch is None:
-            raise ValueError("give x or num_samples")
+        batch = self.batch_size(x, num_samples)
         with pyro.plate("data", batch):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.decode(z), obs=x)

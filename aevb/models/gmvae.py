@@ -150,9 +150,7 @@ class GMVAE(DecoderModel):
 
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         register(self.name, self)
-        batch = x.shape[0] if x is not None else num_samples
-        if batch is None:
-            raise ValueError("give x or num_samples")
+        batch = self.batch_size(x, num_samples)
         with pyro.plate("data", batch):
             y = pyro.sample("y", self.y_prior(self.z_loc))
             z = pyro.sample("z", self.z_prior(y))

@@ -87,9 +87,7 @@ class VAE(DecoderModel):
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         """The Pyro model. Observes ``x`` [B, x_dim]; with ``x=None`` samples ``num_samples``."""
         register(self.name, self)
-        batch = x.shape[0] if x is not None else num_samples
-        if batch is None:
-            raise ValueError("give x or num_samples")
+        batch = self.batch_size(x, num_samples)
         anchor = output_layer(self.decoder).bias
         with pyro.plate("data", batch):
             z = pyro.sample("z", self.prior(torch.Size(), anchor))

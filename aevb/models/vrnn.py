@@ -155,9 +155,7 @@ class VRNN(LatentVariableModel):
         register(self.name, self)
         c = self.config
         seqs = self.sequences(x) if x is not None else None
-        batch = seqs.shape[0] if seqs is not None else num_samples
-        if batch is None:
-            raise ValueError("give x or num_samples")
+        batch = self.batch_size(seqs, num_samples)
         like = next(self.parameters())
         state = self.initial_state(batch, like)
         xs = []
