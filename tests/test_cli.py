@@ -46,29 +46,24 @@ def idx_folder(tmp_path):
 
 def test_train_then_evaluate_json(tmp_path, idx_folder, capsys):
     out = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "vae",
-            "--data",
-            str(idx_folder),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "40",
-            "--z-dim",
-            "3",
-            "--hidden",
-            "32",
-            "--objective",
-            "iwae",
-            "--particles",
-            "3",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
-    )
+    train = [
+        "train",
+        "vae",
+        "--data",
+        str(idx_folder),
+        "--batch-size",
+        "40",
+        "--z-dim",
+        "3",
+        "--hidden",
+        "32",
+        "--objective",
+        "iwae",
+        "--particles",
+        "3",
+        "--quiet",
+    ]
+    code = main([*train, "--epochs", "2", "--out", str(out)])
     assert code == 0
     for name in (
         "config.json",
@@ -89,33 +84,7 @@ def test_train_then_evaluate_json(tmp_path, idx_folder, capsys):
     again = evaluate_run(out, 20)
     assert again["test_log_likelihood"] == pytest.approx(result["test_log_likelihood"])
     # resume to a third epoch
-    assert (
-        main(
-            [
-                "train",
-                "vae",
-                "--data",
-                str(idx_folder),
-                "--epochs",
-                "3",
-                "--batch-size",
-                "40",
-                "--z-dim",
-                "3",
-                "--hidden",
-                "32",
-                "--objective",
-                "iwae",
-                "--particles",
-                "3",
-                "--out",
-                str(out),
-                "--quiet",
-                "--resume",
-            ]
-        )
-        == 0
-    )
+    assert main([*train, "--epochs", "3", "--out", str(out), "--resume"]) == 0
     assert (out / "history.csv").read_text().count("\n") == 4
 
 

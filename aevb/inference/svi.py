@@ -129,7 +129,8 @@ def _is_frozen(name: str, prefixes: Sequence[str]) -> bool:
     return any(name.startswith(p) for p in prefixes)
 
 
-def _check_data(model, ds: Dataset, what: str) -> None:
+def _check_data(model, ds: Dataset) -> None:
+    """The model's own data check on (up to) 2000 transformed datapoints."""
     check = getattr(model, "check_data", None)
     if check is None:
         return
@@ -194,9 +195,9 @@ def fit(
         guide = _guides.default_for(model)
     ds = as_dataset(train)
     test_ds = None if test is None else as_dataset(test).fixed(0)
-    _check_data(model, ds, "train")
+    _check_data(model, ds)
     if test_ds is not None:
-        _check_data(model, test_ds, "test")
+        _check_data(model, test_ds)
     labels = bool(getattr(model, "uses_labels", False))
 
     out_dir = Path(out) if out is not None else None

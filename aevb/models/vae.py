@@ -99,7 +99,3 @@ class VAE(DecoderModel):
         anchor = output_layer(self.decoder).bias
         z = self.prior(torch.Size([n]), anchor).sample()
         return self.decode(z).mean
-
-    @torch.no_grad()
-    def reconstruct(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decode(z).mean
