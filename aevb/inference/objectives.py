@@ -47,6 +47,7 @@ from pyro.infer import (
 from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
+from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ OBJECTIVES: dict[str, Objective] = {
         "ELBO with discrete latents summed out exactly (parallel enumeration)",
         # expand=True: enumerated one-hot values have the full batch shape, so a guide can
         # concatenate them with per-datapoint features (PYRO_NOTES, enumeration shapes)
+        lambda guide: config_enumerate(guide, "parallel", expand=True),
+    ),
+    "enum-meanfield": Objective(
+        lambda k, a, n: TraceEnumMeanField_ELBO(
+            k, max_plate_nesting=n, vectorize_particles=_vectorize(k)
+        ),
+        False,
+        "enum, with analytic KL for reparameterised sites (estimator B)",
         lambda guide: config_enumerate(guide, "parallel", expand=True),
     ),
 }
