@@ -9,8 +9,6 @@ from pathlib import Path
 
 from aevb.errors import AevbError, ConfigError
 
-SVI_OBJECTIVES = ("trace", "meanfield", "iwae", "renyi", "enum")
-
 
 def _hidden(text: str) -> tuple[int, ...]:
     try:
@@ -31,19 +29,32 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model")
     t.add_argument("model", help="registered model name (vae, fa)")
     t.add_argument(
-        "--objective", default=None, help="trace|meanfield|iwae|renyi|enum (default: the model's)"
+        "--objective",
+        default=None,
+        help="trace|meanfield|iwae|renyi|enum|enum-meanfield (default: the model's)",
     )
     t.add_argument(
         "--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)"
     )
     t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
     t.add_argument("--inference", default="svi", choices=["svi", "mcem"])
-    t.add_argument("--sampler", default=None, choices=["hmc", "nuts", "batched-hmc"])
+    t.add_argument(
+        "--sampler",
+        default=None,
+        choices=["hmc", "nuts", "batched-hmc"],
+        help="MCEM's E-step sampler (default batched-hmc)",
+    )
+    t.add_argument(
+        "--proposal-epochs",
+        type=int,
+        default=None,
+        help="MCEM: epochs fitting q(z|x) with the model frozen, for evaluation (default 5)",
+    )
     t.add_argument("--data", default="mnist", help="dataset name, IDX folder or .npz/.npy")
     t.add_argument("--binarize", default=None, help="dynamic|threshold|continuous|none")
     t.add_argument("--subset", type=int, default=None, help="train on the first N datapoints")
     t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=None, help="default: the model's, else 10")
     t.add_argument(
         "--batch-size", type=int, default=None, help="default: the model's (VAE: 20, Burda et al.)"
     )
@@ -116,29 +127,22 @@ def _model_and_data(args):
 def cmd_train(args) -> dict:
     from aevb import inference, models, plots
 
-    if args.inference == "mcem":
-        raise ConfigError("--inference mcem is not available yet (Monte Carlo EM is planned)")
     if args.model not in models.MODELS:
         raise ConfigError(f"unknown model {args.model!r}; expected one of {sorted(models.MODELS)}")
+    if args.inference == "mcem":
+        return _train_mcem(args)
+    if args.sampler is not None:
+        raise ConfigError("--sampler applies to --inference mcem only")
     objective = args.objective or getattr(models.MODELS[args.model], "default_objective", "trace")
-    if objective not in SVI_OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; expected one of {SVI_OBJECTIVES}")
+    if objective not in inference.OBJECTIVES:
+        raise ConfigError(
+            f"unknown objective {objective!r}; expected one of {sorted(inference.OBJECTIVES)}"
+        )
     k = args.particles or (5 if objective in ("iwae", "renyi") else 1)
     train, test, model, guide = _model_and_data(args)
     out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
-    # the model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags
-    settings = dict(getattr(model, "fit_defaults", {}))
-    settings.update(num_particles=k, alpha=args.alpha, epochs=args.epochs, seed=args.seed)
-    if args.batch_size:
-        settings["batch_size"] = args.batch_size
-    if args.lr:
-        settings["lr"] = args.lr
-    spec = {
-        "source": args.data,
-        "binarize": train.binarize,
-        "subset": args.subset,
-        "test_subset": args.test_subset,
-    }
+    settings = _settings(args, model)
+    settings.update(num_particles=k, alpha=args.alpha)
     run = inference.fit(
         model,
         guide,
@@ -149,7 +153,7 @@ def cmd_train(args) -> dict:
         resume=args.resume,
         progress=False if args.quiet else None,
         verbose=not args.quiet,
-        meta={"data_spec": spec},
+        meta={"data_spec": _data_spec(args, train)},
         **settings,
     )
     plots.run_figures(model, guide, test, run.history, out, objective)
@@ -157,6 +161,64 @@ def cmd_train(args) -> dict:
     if not args.quiet:
         elbo = last.get("test_elbo", float("nan"))
         print(f"wrote {out}: epoch {int(last['epoch'])}, test ELBO {elbo:.3f}")
+    return last
+
+
+def _settings(args, model, recipe: str = "fit_defaults") -> dict:
+    """The model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags."""
+    settings = dict(getattr(model, recipe, None) or getattr(model, "fit_defaults", {}))
+    settings["seed"] = args.seed
+    if args.epochs:
+        settings["epochs"] = args.epochs
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
+    if args.lr:
+        settings["lr"] = args.lr
+    return settings
+
+
+def _data_spec(args, train) -> dict:
+    return {
+        "source": args.data,
+        "binarize": train.binarize,
+        "subset": args.subset,
+        "test_subset": args.test_subset,
+    }
+
+
+def _train_mcem(args) -> dict:
+    from aevb import inference, plots
+
+    if args.objective or args.particles or args.alpha is not None:
+        raise ConfigError("--objective/--particles/--alpha are SVI settings; MCEM has none")
+    sampler = args.sampler or "batched-hmc"
+    train, test, model, guide = _model_and_data(args)
+    out = Path(args.out or f"runs/{args.model}-mcem-{sampler}-seed{args.seed}")
+    settings = _settings(args, model, "mcem_defaults")
+    if args.proposal_epochs is not None:
+        settings["proposal_epochs"] = args.proposal_epochs
+    run = inference.mcem_fit(
+        model,
+        train,
+        guide=guide,
+        test=test,
+        out=out,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        verbose=not args.quiet,
+        meta={"data_spec": _data_spec(args, train)},
+        sampler=sampler,
+        **settings,
+    )
+    plots.run_figures(
+        model, run.guide, test, run.history, out, f"mcem-{sampler}", "log p(x, z) at draws"
+    )
+    last = run.history.iloc[-1].to_dict()
+    if not args.quiet:
+        print(
+            f"wrote {out}: epoch {int(last['epoch'])}, acceptance {last['accept_prob']:.3f}, "
+            f"step size {last['step_size']:.3g}"
+        )
     return last
 
 

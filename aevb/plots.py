@@ -16,11 +16,17 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def learning_curves(histories: dict[str, pd.DataFrame], path: str | Path, title: str = "") -> Path:
-    """Train bound (negated loss) and test ELBO per epoch, one colour per labelled run."""
+def learning_curves(
+    histories: dict[str, pd.DataFrame],
+    path: str | Path,
+    title: str = "",
+    train_curve: str = "train bound",
+) -> Path:
+    """Negated train loss (``train_curve`` names it: the bound for SVI, log p(x, z) at the
+    E-step draws for MCEM) and test ELBO per epoch, one colour per labelled run."""
     frames = []
     for label, h in histories.items():
-        f = pd.DataFrame({"epoch": h["epoch"], "value": -h["train_loss"], "curve": "train bound"})
+        f = pd.DataFrame({"epoch": h["epoch"], "value": -h["train_loss"], "curve": train_curve})
         frames.append(f.assign(run=label))
         if "test_elbo" in h:
             g = pd.DataFrame({"epoch": h["epoch"], "value": h["test_elbo"], "curve": "test ELBO"})
@@ -132,13 +138,23 @@ def cluster_embedding(guide, test, path: str | Path, n: int = 3000) -> Path:
     return _save(fig, path)
 
 
-def run_figures(model, guide, test, history: pd.DataFrame, out: str | Path, label: str) -> list:
+def run_figures(
+    model,
+    guide,
+    test,
+    history: pd.DataFrame,
+    out: str | Path,
+    label: str,
+    train_curve: str = "train bound",
+) -> list:
     """The figures a run directory gets, by what the model and data offer."""
     out = Path(out)
-    made = [learning_curves({label: history}, out / "learning_curve.png")]
+    made = [learning_curves({label: history}, out / "learning_curve.png", train_curve=train_curve)]
     side = int(round(test.x_dim**0.5))
     if side * side != test.x_dim or side < 8:  # not image data: curves only
         return made
+    if guide is None:
+        return made + [prior_samples(model, out / "samples.png")] * hasattr(model, "generate")
     labels = bool(getattr(model, "uses_labels", False))
     args = next(test.batches(10, labels=labels))
     made.append(reconstructions(model, guide, args, out / "reconstructions.png"))

@@ -187,9 +187,12 @@ class Dataset:
         generator: torch.Generator | None = None,
         labels: bool = False,
         drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        indexed: bool = False,
+    ) -> Iterator:
         """Yield argument tuples of minibatches, binarised per batch: ``(x,)``, ``(x, y)`` with
-        ``labels``, and the sequence mask last where the dataset has one."""
+        ``labels``, and the sequence mask last where the dataset has one. With ``indexed``
+        yield ``(index, args)``, ``index`` the datapoints' positions [B] (for per-datapoint
+        state such as MCEM's chains)."""
         n = len(self)
         if labels and self.y is None:
             raise DataError(f"{self.name}: this model needs labels but the dataset has none")
@@ -205,7 +208,10 @@ class Dataset:
                 args.append(self.y[idx])  # type: ignore[index]
             if self.mask is not None:
                 args.append(self.mask[idx])
-            yield tuple(args)
+            if indexed:
+                yield torch.arange(n)[idx], tuple(args)
+            else:
+                yield tuple(args)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)

@@ -1,5 +1,6 @@
-"""Inference: objectives (:mod:`.objectives`), the one SVI loop (:mod:`.svi`) and estimators
-of log p(x) (:mod:`.evaluate`)."""
+"""Inference: objectives (:mod:`.objectives`), the shared training loop (:mod:`.loop`) run by
+SVI (:mod:`.svi`) and Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`), and
+estimators of log p(x) (:mod:`.evaluate`)."""
 
 from aevb.inference.evaluate import (
     Bounds,
@@ -10,6 +11,8 @@ from aevb.inference.evaluate import (
     log_weights,
     posterior_means,
 )
+from aevb.inference.mcem import MCEMConfig
+from aevb.inference.mcem import fit as mcem_fit
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.svi import FitConfig, Run, fit, load_run
 
@@ -17,6 +20,7 @@ __all__ = [
     "OBJECTIVES",
     "Bounds",
     "FitConfig",
+    "MCEMConfig",
     "Run",
     "active_units",
     "bounds",
@@ -27,5 +31,6 @@ __all__ = [
     "log_likelihood",
     "log_weights",
     "make_objective",
+    "mcem_fit",
     "posterior_means",
 ]

@@ -1,0 +1,324 @@
+"""Monte Carlo EM: learn theta of p_theta(x, z) with posterior samples instead of an encoder.
+
+EM maximises log p_theta(x) by alternating an E-step (the posterior p_theta(z | x)) and an
+M-step (maximise E_{p_theta_old(z|x)}[log p_theta(x, z)] over theta). With an intractable
+posterior the E-step is replaced by MCMC draws, and the M-step by stochastic gradient steps on
+the Monte Carlo average (Wei & Tanner 1990). Per minibatch x_1..x_B:
+
+    E-step:  z_i^(s) ~ p_theta(z | x_i), s = 1..S, by HMC/NUTS with theta held fixed,
+             continuing each datapoint's chain from where it stopped at its last visit;
+    M-step:  ``m_steps`` Adam steps on  -(1/(B S)) sum_i sum_s log p_theta(x_i, z_i^(s)).
+
+This is the baseline of Kingma & Welling (2013, sec. 5): 10 leapfrog steps per E-step with the
+step size tuned to ~90% acceptance, then 5 weight updates. MCEM needs the model only; no guide
+is trained. To score the trained model by importance sampling, :func:`fit` then fits a
+proposal q(z | x) (the model's default guide) with theta frozen — the approximate E-step of
+AEVB — and stores it in the run, so ``aevb evaluate`` works as for an SVI run. The proposal
+used is recorded in ``config.json`` under ``"proposal"``.
+
+References:
+    G. C. G. Wei, M. A. Tanner (1990), A Monte Carlo Implementation of the EM Algorithm,
+    JASA 85(411).
+    D. P. Kingma, M. Welling (2013), Auto-Encoding Variational Bayes, arXiv:1312.6114, sec. 5.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import pyro.poutine as poutine
+import torch
+
+from aevb.data.dataset import Dataset, as_dataset
+from aevb.errors import ConfigError
+from aevb.inference import loop
+from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe, set_lr
+from aevb.inference.samplers import Latents, find_step_size, make_sampler
+
+
+@dataclass(frozen=True)
+class MCEMConfig(LoopConfig):
+    """Settings of one MCEM run (recorded in ``config.json``)."""
+
+    #: ``hmc`` / ``nuts`` (Pyro's kernels, the minibatch as one chain) or ``batched-hmc``
+    sampler: str = "batched-hmc"
+    #: leapfrog steps per HMC transition: 10, Kingma & Welling's setting
+    num_steps: int = 10
+    #: step sizes are tuned towards this acceptance: 0.9 as in Kingma & Welling
+    target_accept_prob: float = 0.9
+    #: transitions per E-step, each one draw in the M-step average
+    num_samples: int = 1
+    #: extra adapting transitions at a datapoint's (or the shared chain's) first visit
+    first_visit_warmup: int = 10
+    #: Adam steps per E-step: 5 "weight updates" per HMC sample in Kingma & Welling
+    m_steps: int = 5
+    #: starting step size before the first-visit search
+    init_step_size: float = 0.1
+    #: NUTS only: Pyro's default tree depth bound
+    max_tree_depth: int = 10
+    #: the learning rate decays geometrically to lr * lr_decay at the last step: the M-step's
+    #: Monte Carlo noise then averages out instead of leaving theta jittering at the end
+    #: (decreasing gains as in stochastic-approximation EM, Delyon et al. 1999)
+    lr_decay: float = 1.0
+    #: after training, epochs of fitting the proposal q(z|x) with theta frozen (0: none)
+    proposal_epochs: int = 5
+    #: the objective that fits the proposal
+    proposal_objective: str = "trace"
+
+
+class MCEMAlgorithm:
+    """E-step by a sampler from :data:`aevb.inference.samplers.SAMPLERS`, M-step by Adam;
+    one chain state per training datapoint, kept in the checkpoint."""
+
+    def __init__(self, model, cfg: MCEMConfig):
+        self.model, self.cfg = model, cfg
+        options = {"num_steps": cfg.num_steps, "target_accept_prob": cfg.target_accept_prob}
+        if cfg.sampler == "nuts":
+            options = {"target_accept_prob": cfg.target_accept_prob}
+            options["max_tree_depth"] = cfg.max_tree_depth
+        self.sampler = make_sampler(cfg.sampler, adapt_online=True, **options)
+        self.per_datapoint = cfg.sampler == "batched-hmc"
+        self.optim = pyro.optim.Adam(  # type: ignore[attr-defined]
+            {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps}
+        )
+        self.latents: Latents | None = None
+        self.u = torch.empty(0)
+        self.step_size = torch.empty(0)
+        self.visited = torch.empty(0, dtype=torch.bool)
+        self.t = 0
+        self.total_steps = 1
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._acc: list[float] = []
+        self._eps: list[float] = []
+        self._e_seconds = 0.0
+        self._m_seconds = 0.0
+        self._divergences = 0
+
+    def prepare(self, ds: Dataset, first_batch: tuple) -> None:
+        self.latents = Latents(self.model, first_batch)
+        n, d = len(ds), self.latents.dim
+        self.u = torch.zeros(n, d)
+        self.visited = torch.zeros(n, dtype=torch.bool)
+        size = n if self.per_datapoint else 1
+        self.step_size = torch.full((size,), self.cfg.init_step_size)
+        self.total_steps = self.cfg.epochs * ds.num_batches(self.cfg.batch_size)
+        if self.cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.cfg.max_steps)
+
+    def step(self, args: tuple, index: torch.Tensor) -> float:
+        assert self.latents is not None
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        new = ~self.visited[index]
+        warmup = 0
+        if bool(new.any()):  # start fresh chains from z ~ p(z)
+            self.u[index[new]] = self.latents.prior_draw(args)[new]
+        u0 = self.u[index]
+        adapt = True
+        if self.per_datapoint:
+            eps = self.step_size[index]
+            if bool(new.any()):  # a starting step size per new chain, then adapting warm-up
+                eps = torch.where(new, find_step_size(self.latents, args, u0, eps), eps)
+                warmup = cfg.first_visit_warmup
+        else:
+            eps = self.step_size
+            if bool(new.any()):  # burn the new chains in; Pyro's dual averaging only once
+                warmup = cfg.first_visit_warmup
+                adapt = not bool(self.visited.any())
+        state = self.sampler.sample(
+            self.latents, args, u0, eps, cfg.num_samples, warmup, adapt=adapt
+        )
+        self.u[index] = state.u.detach()
+        self.visited[index] = True
+        if self.per_datapoint:
+            self.step_size[index] = state.step_size
+        else:
+            self.step_size = state.step_size.reshape(1)
+        self._acc.append(float(state.accept_prob.mean()))
+        self._eps.append(float(state.step_size.mean()))
+        self._divergences += int(state.diagnostics.get("divergences", 0))
+        t1 = time.perf_counter()
+        self._e_seconds += t1 - t0
+
+        samples = state.samples.detach()
+        frac = self.t / max(self.total_steps - 1, 1)
+        set_lr(self.optim, cfg.lr * cfg.lr_decay**frac)
+        self.t += 1
+        losses = []
+        for _ in range(cfg.m_steps):
+            with poutine.trace(param_only=True) as capture:
+                joint = torch.stack([self.latents.log_joint(z, args).sum() for z in samples])
+                loss = -joint.mean()
+                loss.backward()
+            apply_gradients(self.optim, capture.trace, len(index), cfg.freeze)
+            losses.append(loss.item())
+        self._m_seconds += time.perf_counter() - t1
+        return losses[0] if losses else float("nan")  # at the E-step's theta, as in EM
+
+    def epoch_diagnostics(self) -> dict:
+        row = {
+            "accept_prob": sum(self._acc) / max(len(self._acc), 1),
+            "step_size": sum(self._eps) / max(len(self._eps), 1),
+            "e_step_seconds": self._e_seconds,
+            "m_step_seconds": self._m_seconds,
+        }
+        if not self.per_datapoint:
+            row["divergences"] = self._divergences
+        self._reset_counters()
+        return row
+
+    def state_dict(self) -> dict:
+        return {
+            "optim": self.optim.get_state(),
+            "u": self.u.clone(),
+            "step_size": self.step_size.clone(),
+            "visited": self.visited.clone(),
+            "t": self.t,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.set_state(state["optim"])
+        self.u, self.step_size, self.visited = state["u"], state["step_size"], state["visited"]
+        self.t = state["t"]
+
+
+def fit(
+    model,
+    train,
+    *,
+    guide=None,
+    test=None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    verbose: bool = False,
+    reset: bool = True,
+    meta: dict | None = None,
+    callback: Callable[[int, int, float], None] | None = None,
+    **settings,
+) -> Run:
+    """Train ``model`` by Monte Carlo EM on ``train``; return a :class:`Run`.
+
+    :param model: a Pyro model ``model(x)`` whose latents are continuous and local (inside one
+        data plate); its default guide (or ``guide``) becomes the evaluation proposal.
+    :param settings: fields of :class:`MCEMConfig` (``sampler``, ``epochs``, ``m_steps``, ...).
+
+    The history's ``train_loss`` is -log p_theta(x, z) per datapoint at the E-step's draws
+    (before the M-step); it also records the mean acceptance probability, step size and the
+    seconds spent in E- and M-steps per epoch.
+
+    Example:
+        >>> import torch
+        >>> from aevb import data, inference
+        >>> truth = data.fa_truth()
+        >>> x = truth.generate(64)
+        >>> from aevb import models
+        >>> fa = models.build("fa")
+        >>> run = inference.mcem_fit(fa, x, epochs=2, batch_size=32, proposal_epochs=0)
+        >>> list(run.history["epoch"])
+        [1, 2]
+    """
+    unknown = set(settings) - set(MCEMConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown MCEM setting(s) {sorted(unknown)}")
+    cfg = MCEMConfig(**settings)
+    make_sampler(cfg.sampler)  # unknown names fail before anything runs
+    if guide is None and cfg.proposal_epochs > 0:
+        from aevb import guides as _guides
+
+        guide = _guides.default_for(model)
+    ds = as_dataset(train)
+    test_ds = None if test is None else as_dataset(test).fixed(0)
+    proposal = None
+    if guide is not None and cfg.proposal_epochs > 0:
+        proposal = {
+            "guide": describe(guide),
+            "objective": cfg.proposal_objective,
+            "epochs": cfg.proposal_epochs,
+            "note": "q(z|x) fitted after MCEM with the model's parameters frozen",
+        }
+    record = {
+        "inference": "mcem",
+        "fit": asdict(cfg),
+        "model": describe(model),
+        "guide": describe(guide) if guide is not None else {"callable": "none"},
+        "proposal": proposal,
+        "data": {
+            "train": ds.name,
+            "test": None if test_ds is None else test_ds.name,
+            "num_train": len(ds),
+            "num_test": None if test_ds is None else len(test_ds),
+            "binarize": ds.binarize,
+        },
+        **(meta or {}),
+    }
+    run = loop.train(
+        MCEMAlgorithm(model, cfg),
+        model,
+        None,
+        ds,
+        cfg,
+        record,
+        test=test_ds,
+        out=out,
+        resume=resume,
+        reset=reset,
+        progress=progress,
+        verbose=verbose,
+        callback=callback,
+        desc=f"{describe(model).get('name', 'model')}/mcem-{cfg.sampler}",
+    )
+    if proposal is not None:
+        fit_proposal(run, guide, ds, cfg, test=test_ds, progress=progress)
+    return run
+
+
+def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, progress=None):
+    """Fit q(z|x) to the trained model with the model's parameters frozen; store it in the
+    run directory's checkpoint so the run can be evaluated like an SVI run."""
+    from aevb.inference import svi
+
+    model = run.model
+    frozen = _param_names(model, ds)
+    prop = svi.fit(
+        model,
+        guide,
+        ds,
+        cfg.proposal_objective,
+        test=test,
+        epochs=cfg.proposal_epochs,
+        batch_size=cfg.batch_size,
+        lr=1e-3,
+        seed=cfg.seed,
+        freeze=tuple(frozen),
+        reset=False,
+        progress=progress,
+    )
+    # the model's parameters were restored untouched; reset the guide only once, here
+    run.guide = guide
+    run.extra["proposal_history"] = prop.history
+    if run.out is not None:
+        state = torch.load(run.out / loop.CHECKPOINT, weights_only=False)
+        state["params"] = pyro.get_param_store().get_state()
+        state["modules"] = loop.module_states(model, guide)
+        state["proposal_history"] = prop.history.to_dict("records")
+        loop.atomic_write(run.out / loop.CHECKPOINT, lambda p: torch.save(state, p))
+        loop.atomic_write(
+            run.out / "proposal_history.csv", lambda p: prop.history.to_csv(p, index=False)
+        )
+    return run
+
+
+def _param_names(model, ds: Dataset) -> list[str]:
+    """The Pyro param names the model registers (to freeze them while fitting a guide)."""
+    x = next(ds.batches(min(2, len(ds)), generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad(), poutine.trace(param_only=True) as capture:
+        model(*x)
+    return list(capture.trace.nodes)
