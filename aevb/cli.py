@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--proposal-epochs",
         type=int,
         default=None,
-        help="MCEM: epochs fitting q(z|x) with the model frozen, for evaluation (default 5)",
+        help="MCEM: epochs fitting q(z|x) with the model frozen, for evaluation (default 10)",
     )
     t.add_argument("--data", default="mnist", help="dataset name, IDX folder or .npz/.npy")
     t.add_argument("--binarize", default=None, help="dynamic|threshold|continuous|none")

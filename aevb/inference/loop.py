@@ -55,6 +55,9 @@ class LoopConfig:
     freeze: tuple[str, ...] = ()
     #: stop after this many minibatch steps in total (the last epoch may be partial)
     max_steps: int | None = None
+    #: stop once this many seconds of training (evaluation excluded) have passed in total,
+    #: for comparisons under one wall-clock budget (the last epoch may be partial)
+    max_seconds: float | None = None
     max_plate_nesting: int = 1
 
 
@@ -163,7 +166,9 @@ def load_params(model, guide, state: dict) -> None:
 
 def check_resumable(saved: dict, now: dict) -> None:
     def norm(record: dict) -> dict:
-        fit = {k: v for k, v in record["fit"].items() if k != "epochs"}
+        # the length of a run may change on resume; its settings may not
+        stops = ("epochs", "max_steps", "max_seconds")
+        fit = {k: v for k, v in record["fit"].items() if k not in stops}
         return json.loads(json.dumps({"fit": fit, "model": record.get("model")}))
 
     a, b = norm(saved), norm(now)
@@ -255,6 +260,18 @@ def train(
     )
     step = rows[-1]["step"] if rows else 0
     train_seconds = rows[-1]["train_seconds"] if rows else 0.0
+    seen = rows[-1].get("datapoints", 0) if rows else 0
+
+    def out_of_budget(running: float = 0.0) -> bool:
+        """The step or time budget is spent (``running``: seconds of the current epoch)."""
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            return True
+        return cfg.max_seconds is not None and train_seconds + running >= cfg.max_seconds
+
+    if out_of_budget():
+        bar.close()
+        set_mode(False, model, guide)
+        return Run(model, guide, pd.DataFrame(rows), record, out_dir)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         t0 = time.perf_counter()
@@ -284,10 +301,11 @@ def train(
                 bar.set_postfix(epoch=epoch, loss=f"{loss / b:.2f}")
             if callback is not None:
                 callback(epoch, step, loss / b)
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+            if out_of_budget(time.perf_counter() - t0):
                 break
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
+        seen += count
         row = {
             "epoch": epoch,
             "step": step,
@@ -295,6 +313,7 @@ def train(
             "epoch_seconds": epoch_seconds,
             "train_seconds": train_seconds,
             "samples_per_second": count / epoch_seconds,
+            "datapoints": seen,
             **algorithm.epoch_diagnostics(),
         }
         if test is not None:
@@ -308,7 +327,7 @@ def train(
             tqdm.write(msg + f"  ({epoch_seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
             save(out_dir, record, model, guide, algorithm, rows)
-        if cfg.max_steps is not None and step >= cfg.max_steps:
+        if out_of_budget():
             break
     bar.close()
     set_mode(False, model, guide)

@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -65,8 +66,10 @@ class MCEMConfig(LoopConfig):
     #: Monte Carlo noise then averages out instead of leaving theta jittering at the end
     #: (decreasing gains as in stochastic-approximation EM, Delyon et al. 1999)
     lr_decay: float = 1.0
-    #: after training, epochs of fitting the proposal q(z|x) with theta frozen (0: none)
-    proposal_epochs: int = 5
+    #: after training, epochs of fitting the proposal q(z|x) with theta frozen (0: none), at
+    #: the run's lr: on fa-synthetic 5 epochs left IS-1000 1.4 nats below the exact
+    #: evidence, 10 reached it within 0.001
+    proposal_epochs: int = 10
     #: the objective that fits the proposal
     proposal_objective: str = "trace"
 
@@ -90,6 +93,11 @@ class MCEMAlgorithm:
         self.u = torch.empty(0)
         self.step_size = torch.empty(0)
         self.visited = torch.empty(0, dtype=torch.bool)
+        #: batched-hmc: a shared log-scale on every chain's step size, moved after each
+        #: E-step by the batch's mean acceptance. theta changes between two visits of a
+        #: datapoint (one epoch apart); the shared scale follows it every step, the
+        #: per-datapoint sizes keep what differs between datapoints.
+        self.log_scale = 0.0
         self.t = 0
         self.total_steps = 1
         self._reset_counters()
@@ -123,7 +131,7 @@ class MCEMAlgorithm:
         u0 = self.u[index]
         adapt = True
         if self.per_datapoint:
-            eps = self.step_size[index]
+            eps = self.step_size[index] * math.exp(self.log_scale)
             if bool(new.any()):  # a starting step size per new chain, then adapting warm-up
                 eps = torch.where(new, find_step_size(self.latents, args, u0, eps), eps)
                 warmup = cfg.first_visit_warmup
@@ -138,7 +146,9 @@ class MCEMAlgorithm:
         self.u[index] = state.u.detach()
         self.visited[index] = True
         if self.per_datapoint:
-            self.step_size[index] = state.step_size
+            self.step_size[index] = state.step_size / math.exp(self.log_scale)
+            gap = float(state.accept_prob.mean()) - cfg.target_accept_prob
+            self.log_scale += self.sampler.adapt_gain * gap  # type: ignore[attr-defined]
         else:
             self.step_size = state.step_size.reshape(1)
         self._acc.append(float(state.accept_prob.mean()))
@@ -181,12 +191,13 @@ class MCEMAlgorithm:
             "step_size": self.step_size.clone(),
             "visited": self.visited.clone(),
             "t": self.t,
+            "log_scale": self.log_scale,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.optim.set_state(state["optim"])
         self.u, self.step_size, self.visited = state["u"], state["step_size"], state["visited"]
-        self.t = state["t"]
+        self.t, self.log_scale = state["t"], state["log_scale"]
 
 
 def fit(
@@ -286,7 +297,7 @@ def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, pr
     from aevb.inference import svi
 
     model = run.model
-    frozen = _param_names(model, ds)
+    frozen = model_param_names(model, ds)
     prop = svi.fit(
         model,
         guide,
@@ -295,7 +306,7 @@ def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, pr
         test=test,
         epochs=cfg.proposal_epochs,
         batch_size=cfg.batch_size,
-        lr=1e-3,
+        lr=cfg.lr,
         seed=cfg.seed,
         freeze=tuple(frozen),
         reset=False,
@@ -316,7 +327,7 @@ def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, pr
     return run
 
 
-def _param_names(model, ds: Dataset) -> list[str]:
+def model_param_names(model, ds: Dataset) -> list[str]:
     """The Pyro param names the model registers (to freeze them while fitting a guide)."""
     x = next(ds.batches(min(2, len(ds)), generator=torch.Generator().manual_seed(0)))
     with torch.no_grad(), poutine.trace(param_only=True) as capture:
