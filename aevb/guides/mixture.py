@@ -60,11 +60,6 @@ class MixtureEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         xavier_(self)  # see aevb.models.nets.xavier_: default init collapsed q(y | x)
-        # the split first layer is initialised as the single Linear(x_dim + C, H) it stands
-        # for: Glorot std sqrt(2 / (x_dim + C + H)) for the y columns too
-        fan = self.z_in_x.in_features + self.z_in_y.in_features + self.z_in_x.out_features
-        for layer in (self.z_in_x, self.z_in_y):
-            nn.init.normal_(layer.weight, std=(2.0 / fan) ** 0.5)
 
     @classmethod
     def for_model(cls, model) -> MixtureEncoder:
