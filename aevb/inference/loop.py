@@ -117,6 +117,26 @@ def describe(obj) -> dict:
     return {"callable": getattr(obj, "__qualname__", repr(obj))}
 
 
+def make_record(inference: str, cfg, model, guide, ds: Dataset, test, meta=None, **extra) -> dict:
+    """What ``config.json`` records of a run: algorithm and settings, model and guide
+    (registry name and config), the data; ``versions()`` is added by :func:`train`."""
+    return {
+        "inference": inference,
+        "fit": asdict(cfg),
+        "model": describe(model),
+        "guide": describe(guide) if guide is not None else {"callable": "none"},
+        **extra,
+        "data": {
+            "train": ds.name,
+            "test": None if test is None else test.name,
+            "num_train": len(ds),
+            "num_test": None if test is None else len(test),
+            "binarize": ds.binarize,
+        },
+        **(meta or {}),
+    }
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -255,21 +255,7 @@ def fit(
             "epochs": cfg.proposal_epochs,
             "note": "q(z|x) fitted after MCEM with the model's parameters frozen",
         }
-    record = {
-        "inference": "mcem",
-        "fit": asdict(cfg),
-        "model": describe(model),
-        "guide": describe(guide) if guide is not None else {"callable": "none"},
-        "proposal": proposal,
-        "data": {
-            "train": ds.name,
-            "test": None if test_ds is None else test_ds.name,
-            "num_train": len(ds),
-            "num_test": None if test_ds is None else len(test_ds),
-            "binarize": ds.binarize,
-        },
-        **(meta or {}),
-    }
+    record = loop.make_record("mcem", cfg, model, guide, ds, test_ds, meta, proposal=proposal)
     run = loop.train(
         MCEMAlgorithm(model, cfg),
         model,

@@ -14,7 +14,7 @@ only what SVI does on a minibatch (:class:`SVIAlgorithm`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,20 +139,7 @@ def fit(
         guide = _guides.default_for(model)
     ds = as_dataset(train)
     test_ds = None if test is None else as_dataset(test).fixed(0)
-    record = {
-        "inference": "svi",
-        "fit": asdict(cfg),
-        "model": describe(model),
-        "guide": describe(guide),
-        "data": {
-            "train": ds.name,
-            "test": None if test_ds is None else test_ds.name,
-            "num_train": len(ds),
-            "num_test": None if test_ds is None else len(test_ds),
-            "binarize": ds.binarize,
-        },
-        **(meta or {}),
-    }
+    record = loop.make_record("svi", cfg, model, guide, ds, test_ds, meta)
     return loop.train(
         SVIAlgorithm(model, guide, cfg),
         model,
