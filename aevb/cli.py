@@ -72,8 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
     e.add_argument("run_dir")
-    e.add_argument("--num-samples", type=int, default=1000, help="k proposals per datapoint")
+    e.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="IS: k proposals per datapoint (default 1000); AIS: chains per datapoint (16)",
+    )
     e.add_argument("--estimator", default="is", choices=["is", "ais"])
+    e.add_argument("--ais-temperatures", type=int, default=500, help="AIS: annealing steps")
     e.add_argument("--subset", type=int, default=None, help="first N test points only")
     e.add_argument("--batch-size", type=int, default=100)
     e.add_argument("--seed", type=int, default=0)
@@ -225,10 +231,12 @@ def _train_mcem(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from aevb.inference.evaluate import evaluate_run
 
+    k = args.num_samples or (16 if args.estimator == "ais" else 1000)
     result = evaluate_run(
         args.run_dir,
-        args.num_samples,
+        k,
         args.estimator,
+        ais_temperatures=args.ais_temperatures,
         subset=args.subset,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -236,7 +244,7 @@ def cmd_evaluate(args) -> dict:
     )
     path = Path(args.run_dir) / "evaluation.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
-    saved[f"{args.estimator}-{args.num_samples}"] = result
+    saved[f"{args.estimator}-{k}"] = result
     path.write_text(json.dumps(saved, indent=2))
     if args.json:
         print(json.dumps(result))

@@ -112,12 +112,13 @@ def test_batched_hmc_chains_accept_and_reject_independently(fa_problem):
     latents = Latents(truth, (x,))
     pyro.set_rng_seed(2)
     u = latents.prior_draw((x,))
-    from aevb.inference.samplers import potential_and_grad
+    from aevb.inference.samplers import potential, potential_and_grad
 
     U, g = potential_and_grad(latents, u, (x,))
     # chain 0 takes absurd steps (its proposal is rejected), chains 1, 2 tiny ones (accepted)
     eps = torch.tensor([50.0, 1e-3, 1e-3])
-    new_u, new_U, new_g, prob, accepted = BatchedHMC().transition(latents, (x,), u, U, g, eps)
+    target = potential(latents, (x,))
+    new_u, new_U, new_g, prob, accepted = BatchedHMC().transition(target, u, U, g, eps)
     assert accepted.tolist() == [False, True, True]
     assert torch.equal(new_u[0], u[0]) and torch.equal(new_g[0], g[0])
     assert not torch.equal(new_u[1], u[1]) and not torch.equal(new_u[2], u[2])

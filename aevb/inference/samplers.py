@@ -138,7 +138,14 @@ class Latents:
 
     def log_joint(self, u: torch.Tensor, args: tuple) -> torch.Tensor:
         """log p(x_i, z_i) + log|det J_i| per datapoint [B], differentiable in u."""
-        values, total = self.unflatten(u)
+        prior, likelihood = self.log_parts(u, args)
+        return prior + likelihood
+
+    def log_parts(self, u: torch.Tensor, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(z_i) + log|det J_i|, log p(x_i | z_i)) per datapoint, each [B]: the latent
+        sites' terms and the observed sites' terms (AIS anneals the second)."""
+        values, prior = self.unflatten(u)
+        likelihood = torch.zeros_like(prior)
         # sample sites stay private; param sites stay visible (the M-step collects them).
         # Validation is off: a diverging leapfrog trajectory reaches inf/NaN states, whose
         # (non-finite) potential rejects the proposal rather than raising.
@@ -154,17 +161,27 @@ class Latents:
             if not frames:
                 raise ObjectiveError(f"site {name!r} is outside the data plate {self.plate!r}")
             lp = lp.movedim(lp.dim() + int(frames[0].dim or 0), 0).reshape(u.shape[0], -1).sum(-1)
-            total = total + lp
-        return total
+            if site["is_observed"] and name not in values:
+                likelihood = likelihood + lp
+            else:
+                prior = prior + lp
+        return prior, likelihood
 
 
-def potential_and_grad(latents: Latents, u: torch.Tensor, args: tuple):
-    """U_i(u_i) = -log p(x_i, z_i) - log|J_i| [B] and its gradient dU/du [B, D]."""
+def potential_and_grad(latents: Latents, u: torch.Tensor, args: tuple, beta: float = 1.0):
+    """U_i(u_i) = -log p(z_i) - log|J_i| - beta log p(x_i | z_i) [B] and dU/du [B, D];
+    beta = 1 is the posterior, beta < 1 an annealed intermediate (AIS)."""
     u = u.detach().requires_grad_(True)
     with torch.enable_grad():
-        U = -latents.log_joint(u, args)
+        prior, likelihood = latents.log_parts(u, args)
+        U = -(prior + beta * likelihood) if beta != 1.0 else -(prior + likelihood)
         (grad,) = torch.autograd.grad(U.sum(), u)
     return U.detach(), grad
+
+
+def potential(latents: Latents, args: tuple, beta: float = 1.0):
+    """u -> (U(u) [B], dU/du [B, D]) for :func:`potential_and_grad` at fixed data and beta."""
+    return lambda u: potential_and_grad(latents, u, args, beta)
 
 
 @dataclass
@@ -221,8 +238,9 @@ class BatchedHMC:
     jitter: float = 0.5
     name: str = "batched-hmc"
 
-    def transition(self, latents, args, u, U, grad, eps):
-        """One HMC transition per chain; returns (u, U, grad, accept_prob, accepted)."""
+    def transition(self, potential_fn, u, U, grad, eps):
+        """One HMC transition per chain on ``potential_fn: u -> (U [B], dU/du)``; returns
+        (u, U, grad, accept_prob, accepted)."""
         r = torch.randn_like(u)
         h0 = U + 0.5 * (r * r).sum(-1)
         e = (eps * (1.0 + self.jitter * (2.0 * torch.rand_like(eps) - 1.0))).unsqueeze(-1)
@@ -230,7 +248,7 @@ class BatchedHMC:
         r1 = r - 0.5 * e * g1
         for step in range(self.num_steps):
             u1 = u1 + e * r1
-            U1, g1 = potential_and_grad(latents, u1, args)
+            U1, g1 = potential_fn(u1)
             if step < self.num_steps - 1:
                 r1 = r1 - e * g1
         r1 = r1 - 0.5 * e * g1
@@ -248,11 +266,12 @@ class BatchedHMC:
     ) -> ChainState:
         u = u.detach().clone()
         eps = step_size.detach().clone().expand(u.shape[0]).clone()
-        U, grad = potential_and_grad(latents, u, args)
+        target = potential(latents, args)
+        U, grad = target(u)
         samples, probs = [], []
         accepted = torch.zeros(u.shape[0])
         for t in range(warmup_steps + num_samples):
-            u, U, grad, a, acc = self.transition(latents, args, u, U, grad, eps)
+            u, U, grad, a, acc = self.transition(target, u, U, grad, eps)
             warm = t < warmup_steps
             if (warm and adapt) or (not warm and self.adapt_online):
                 gain = self.adapt_gain / math.sqrt(t + 1) if warm else self.adapt_gain
@@ -421,5 +440,6 @@ __all__ = [
     "RecordingNUTS",
     "find_step_size",
     "make_sampler",
+    "potential",
     "potential_and_grad",
 ]
