@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
     t.add_argument("--epochs", type=int, default=None, help="default: the model's, else 10")
     t.add_argument(
+        "--max-seconds", type=float, default=None, help="stop after this much training time"
+    )
+    t.add_argument(
         "--batch-size", type=int, default=None, help="default: the model's (VAE: 20, Burda et al.)"
     )
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
@@ -86,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="run a grid of experiments from a TOML config")
+    c.add_argument("config", help="e.g. scripts/configs/estimators_fa.toml")
+    c.add_argument("--out", default=None, help="output folder (default runs/compare-NAME)")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("demo", help="VAE on MNIST under trace, meanfield and iwae-5")
     m.add_argument("--epochs", type=int, default=None)
@@ -174,6 +183,8 @@ def _settings(args, model, recipe: str = "fit_defaults") -> dict:
     """The model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags."""
     settings = dict(getattr(model, recipe, None) or getattr(model, "fit_defaults", {}))
     settings["seed"] = args.seed
+    if args.max_seconds:
+        settings["max_seconds"] = args.max_seconds
     if args.epochs:
         settings["epochs"] = args.epochs
     if args.batch_size:
@@ -252,6 +263,15 @@ def cmd_evaluate(args) -> dict:
         for key, value in result.items():
             print(f"{key:>22}: {value}")
     return result
+
+
+def cmd_compare(args) -> None:
+    from aevb.experiments.compare import run_grid
+
+    results = run_grid(args.config, args.out, quiet=args.quiet)
+    failed = int((results["status"] != "ok").sum())
+    if failed:
+        print(f"{failed} of {len(results)} runs failed; see results.csv", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:

@@ -1,0 +1,234 @@
+"""``aevb compare CONFIG.toml``: a grid of training runs, evaluated alike, as one tidy table.
+
+A config names cells (model, data, inference back-end and its settings) and seeds::
+
+    name = "estimators_fa"
+    seeds = [0, 1]
+
+    [defaults]                  # shared by every cell; any ``aevb train`` flag, dashes as _
+    model = "fa"
+    data = "fa-synthetic"
+    epochs = 35
+
+    [evaluate]                  # estimators run on every finished cell
+    is = 1000                   # IS with k draws (needs a guide: SVI runs, MCEM's proposal)
+    ais = 16                    # AIS with C chains (optional)
+    ais_temperatures = 200
+
+    [[cells]]
+    objective = "meanfield"
+
+    [[cells]]
+    objective = "iwae"
+    particles = 10
+
+    [[cells]]
+    inference = "mcem"
+    sampler = "batched-hmc"
+
+Each (cell, seed) is trained and evaluated through the ``aevb`` command's own code paths
+(``aevb train ...`` then ``aevb evaluate ...``), in ``OUT/<cell label>-seed<S>``. Re-running the
+command skips cells already evaluated and resumes unfinished ones; a failing cell is recorded
+with its error and the grid goes on. ``results.csv`` holds one row per (cell, seed) — settings,
+seconds, throughput, bounds, model metrics, sampler diagnostics, library versions — and
+``report.md`` a summary (mean and standard deviation over seeds) with figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import tomllib
+
+from aevb.errors import ConfigError
+
+#: settings a cell may carry besides those of ``aevb train`` (handled here)
+_OWN = {"label"}
+_LABEL_KEYS = ("model", "inference", "objective", "particles", "alpha", "sampler", "preset")
+
+
+def load_config(path: str | Path) -> dict:
+    """Parse and check a grid config; return it with ``cells`` expanded by the defaults."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the grid config: {exc}") from exc
+    cells = raw.get("cells")
+    if not cells:
+        raise ConfigError(f"{path}: no [[cells]] in the grid config")
+    defaults = raw.get("defaults", {})
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: seeds must be a list of integers, got {seeds!r}")
+    expanded = []
+    for i, cell in enumerate(cells):
+        full = {**defaults, **cell}
+        if "model" not in full:
+            raise ConfigError(f"{path}: cell {i + 1} names no model (set it in [defaults])")
+        full.setdefault("label", cell_label(full))
+        expanded.append(full)
+    labels = [c["label"] for c in expanded]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: two cells share a label {labels}; give them label = ...")
+    return {
+        "name": raw.get("name", path.stem),
+        "seeds": seeds,
+        "cells": expanded,
+        "evaluate": raw.get("evaluate", {"is": 1000}),
+        "source": path.read_text(),
+    }
+
+
+def cell_label(cell: dict) -> str:
+    """A readable, unique-enough name: model-inference-objective-k... from the cell's keys."""
+    parts = []
+    for key in _LABEL_KEYS:
+        value = cell.get(key)
+        if value is None or (key == "inference" and value == "svi"):
+            continue
+        prefix = {"particles": "k", "alpha": "a"}.get(key, "")
+        parts.append(f"{prefix}{value}")
+    return "-".join(parts)
+
+
+def train_argv(cell: dict, seed: int, out: Path, resume: bool) -> list[str]:
+    """The ``aevb train`` command line of one (cell, seed)."""
+    argv = ["train", str(cell["model"])]
+    for key, value in cell.items():
+        if key in _OWN or key == "model" or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                argv.append(flag)
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        argv += [flag, str(value)]
+    argv += ["--seed", str(seed), "--out", str(out), "--quiet"]
+    if resume:
+        argv.append("--resume")
+    return argv
+
+
+def run_cell(cell: dict, seed: int, out: Path, evaluate: dict) -> dict:
+    """Train (or resume) and evaluate one (cell, seed); return its results row."""
+    from aevb import cli
+    from aevb.inference.evaluate import evaluate_run
+
+    evaluation = out / "evaluation.json"
+    wanted = _estimators(evaluate)
+    done = json.loads(evaluation.read_text()) if evaluation.exists() else {}
+    if not all(key in done for key in wanted):
+        args = cli.build_parser().parse_args(
+            train_argv(cell, seed, out, (out / "checkpoint.pt").exists())
+        )
+        args.func(args)
+        for key, (estimator, k) in wanted.items():
+            if key not in done:
+                done[key] = evaluate_run(
+                    out,
+                    k,
+                    estimator,
+                    ais_temperatures=int(evaluate.get("ais_temperatures", 500)),
+                    subset=evaluate.get("subset"),
+                )
+        evaluation.write_text(json.dumps(done, indent=2))
+    return results_row(cell, seed, out, done, wanted)
+
+
+def _estimators(evaluate: dict) -> dict[str, tuple[str, int]]:
+    wanted = {}
+    for estimator in ("is", "ais"):
+        if estimator in evaluate:
+            k = int(evaluate[estimator])
+            wanted[f"{estimator}-{k}"] = (estimator, k)
+    return wanted
+
+
+def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> dict:
+    record = json.loads((out / "config.json").read_text())
+    history = pd.read_csv(out / "history.csv")
+    last = history.iloc[-1]
+    fit = record["fit"]
+    row = {
+        "cell": cell["label"],
+        "model": cell["model"],
+        "data": cell.get("data", "mnist"),
+        "inference": record.get("inference", "svi"),
+        "objective": fit.get("objective"),
+        "k": fit.get("num_particles"),
+        "alpha": fit.get("alpha"),
+        "sampler": fit.get("sampler"),
+        "seed": seed,
+        "epochs": int(last["epoch"]),
+        "train_seconds": float(last["train_seconds"]),
+        "samples_per_second": float(history["samples_per_second"].mean()),
+        "status": "ok",
+        "error": "",
+        "run_dir": str(out),
+    }
+    for key in ("accept_prob", "step_size", "divergences"):
+        if key in history:
+            row[key] = float(history[key].mean())
+    for key, (estimator, k) in wanted.items():
+        result = done[key]
+        row["test_elbo"] = result["test_elbo"]
+        row[f"test_ll_{estimator}"] = result["test_log_likelihood"]
+        row[f"{estimator}_samples"] = k
+        if "test_log_likelihood_stderr" in result:
+            row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
+        row["active_units"] = result["active_units"]
+        for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
+            if extra in result:
+                row[extra] = result[extra]
+    row.update({f"version_{k}": v for k, v in record.get("versions", {}).items()})
+    return row
+
+
+def run_grid(config_path: str | Path, out: str | Path | None = None, quiet: bool = False):
+    """Run every (cell, seed) of the config; write results.csv and report.md; return the
+    results frame."""
+    config = load_config(config_path)
+    out = Path(out or f"runs/compare-{config['name']}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cell in config["cells"]:
+        for seed in config["seeds"]:
+            run_dir = out / f"{cell['label']}-seed{seed}"
+            try:
+                row = run_cell(cell, seed, run_dir, config["evaluate"])
+            except Exception as exc:  # one failing cell must not stop the grid
+                row = {
+                    "cell": cell["label"],
+                    "model": cell["model"],
+                    "seed": seed,
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "run_dir": str(run_dir),
+                }
+                (out / f"{cell['label']}-seed{seed}.error.txt").write_text(traceback.format_exc())
+            rows.append(row)
+            if not quiet:
+                status = row["status"] if row["status"] != "ok" else _short(row)
+                print(f"{cell['label']} seed {seed}: {status}", flush=True)
+            pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+    results = pd.DataFrame(rows)
+    from aevb.experiments.report import write_report
+
+    write_report(config, results, out)
+    return results
+
+
+def _short(row: dict) -> str:
+    parts = [f"{row['train_seconds']:.0f} s"]
+    for key in ("test_elbo", "test_ll_is", "test_ll_ais", "test_log_evidence_exact"):
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            parts.append(f"{key} {value:.4f}")
+    return ", ".join(parts)

@@ -1,0 +1,142 @@
+"""``report.md`` and figures for a grid of runs (:mod:`aevb.experiments.compare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+#: summary columns, in the order the table shows them, where the grid has them
+METRICS = (
+    "test_elbo",
+    "test_ll_is",
+    "test_ll_ais",
+    "test_log_evidence_exact",
+    "true_model_log_evidence",
+    "cluster_accuracy",
+    "active_units",
+    "train_seconds",
+    "samples_per_second",
+    "accept_prob",
+)
+
+
+def summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of every metric, one row per cell."""
+    ok = results[results["status"] == "ok"]
+    cols = [c for c in METRICS if c in ok and ok[c].notna().any()]
+    if ok.empty or not cols:
+        return pd.DataFrame()
+    grouped = ok.groupby("cell", sort=False)[cols]
+    table = grouped.mean().round(4).astype(str)
+    if ok["seed"].nunique() > 1:
+        std = grouped.std().round(4).astype(str)
+        table = table + " ± " + std
+    table.insert(0, "seeds", ok.groupby("cell", sort=False)["seed"].nunique())
+    return table
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join([frame.index.name or ""] + list(frame.columns)) + " |"
+    rule = "|" + "---|" * (len(frame.columns) + 1)
+    lines = [header, rule]
+    for idx, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
+    return "\n".join(lines)
+
+
+def _histories(results: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for _, row in results[results["status"] == "ok"].iterrows():
+        path = Path(row["run_dir"]) / "history.csv"
+        if path.exists():
+            frames.append(pd.read_csv(path).assign(cell=row["cell"], seed=row["seed"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def figures(results: pd.DataFrame, out: Path) -> list[Path]:
+    """Learning curves, time to quality, final log-likelihood per cell and bound gaps."""
+    sns.set_theme(style="whitegrid")
+    made = []
+    hist = _histories(results)
+    curve = "test_elbo" if "test_elbo" in hist else "train_loss"
+    for x, name, title in (
+        ("epoch", "learning_curves.png", "test ELBO per epoch"),
+        ("train_seconds", "time_to_quality.png", "test ELBO against training seconds"),
+    ):
+        if hist.empty:
+            break
+        fig, ax = plt.subplots(figsize=(7, 4))
+        y = hist[curve] if curve == "test_elbo" else -hist[curve]
+        sns.lineplot(data=hist.assign(value=y), x=x, y="value", hue="cell", marker="o", ax=ax)
+        ax.set_ylabel("nats per datapoint")
+        ax.set_title(title)
+        made.append(_save(fig, out / name))
+
+    ok = results[results["status"] == "ok"]
+    bounds = [c for c in ("test_elbo", "test_ll_is", "test_ll_ais", "test_log_evidence_exact")]
+    bounds = [c for c in bounds if c in ok and ok[c].notna().any()]
+    if not ok.empty and bounds:
+        long = ok.melt(id_vars=["cell", "seed"], value_vars=bounds, var_name="estimate")
+        fig, ax = plt.subplots(figsize=(7, 0.5 * ok["cell"].nunique() + 2))
+        sns.pointplot(
+            data=long, y="cell", x="value", hue="estimate", dodge=0.4, linestyle="none", ax=ax
+        )
+        if "true_model_log_evidence" in ok and ok["true_model_log_evidence"].notna().any():
+            ax.axvline(ok["true_model_log_evidence"].mean(), color="k", ls="--", lw=1)
+        ax.set_xlabel("nats per datapoint (dashed: the true model's evidence)")
+        ax.set_title("bounds and estimates per cell")
+        made.append(_save(fig, out / "bound_gaps.png"))
+    ll = next((c for c in ("test_ll_ais", "test_ll_is") if c in ok and ok[c].notna().any()), None)
+    if ll is not None and "k" in ok and ok["k"].notna().any() and "objective" in ok:
+        svi = ok[ok["inference"] == "svi"]
+        if not svi.empty:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            sns.pointplot(data=svi, x="k", y=ll, hue="objective", ax=ax)
+            ax.set_title("final test log-likelihood by objective and k")
+            ax.set_ylabel(f"{ll} (nats)")
+            made.append(_save(fig, out / "loglik_by_k.png"))
+    return made
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(config: dict, results: pd.DataFrame, out: Path) -> Path:
+    """Write ``report.md`` (setup, summary table, failures, figures) into ``out``."""
+    made = figures(results, out)
+    table = summary(results)
+    lines = [
+        f"# aevb compare: {config['name']}",
+        "",
+        f"{len(results)} runs: {len(config['cells'])} cells x seeds {config['seeds']}. "
+        "All numbers are nats per datapoint on the test set (mean ± std over seeds); "
+        "`test_ll_is` is importance sampling with the run's guide, `test_ll_ais` annealed "
+        "importance sampling from the prior; seconds are training time only.",
+        "",
+        "## Summary",
+        "",
+        markdown_table(table) if not table.empty else "(no finished runs)",
+        "",
+    ]
+    failed = results[results["status"] != "ok"]
+    if not failed.empty:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {r['cell']} seed {r['seed']}: {r['error']}" for _, r in failed.iterrows()]
+        lines.append("")
+    lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in made] + [""]
+    lines += ["## Setup", "", "```toml", config["source"].strip(), "```", ""]
+    lines += ["Full results: `results.csv` (one row per run); each run's folder holds its"]
+    lines += ["`config.json`, `history.csv`, `evaluation.json` and checkpoint.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
