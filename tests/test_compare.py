@@ -21,6 +21,11 @@ epochs = 2
 [evaluate]
 is = 20
 
+[reference]
+source = "a made-up table"
+[reference.cells.fa-meanfield]
+test_ll_is = -4.7
+
 [[cells]]
 objective = "meanfield"
 
@@ -57,6 +62,7 @@ def test_grid_runs_records_a_failure_and_resumes(tmp_path, capsys):
     assert (ok["test_ll_is"] >= ok["test_elbo"] - 1e-3).all()
     report = (out / "report.md").read_text()
     assert "## Summary" in report and "fa-no-such-objective" in report
+    assert "## Against a made-up table" in report and "| fa-meanfield | test_ll_is |" in report
     assert (out / "bound_gaps.png").exists() and (out / "learning_curves.png").exists()
 
     # finished cells are not trained again

@@ -111,6 +111,27 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def reference_section(reference: dict, results: pd.DataFrame) -> list[str]:
+    """Published figures beside ours (means over seeds), from the config's [reference]."""
+    cells = reference.get("cells") or {}
+    ok = results[results["status"] == "ok"]
+    if not cells or ok.empty:
+        return []
+    lines = [f"## Against {reference.get('source', 'published figures')}", ""]
+    if reference.get("note"):
+        lines += [str(reference["note"]), ""]
+    lines += ["| cell | metric | ours | published | ours - published |", "|---|---|---|---|---|"]
+    means = ok.groupby("cell").mean(numeric_only=True)
+    for cell, published in cells.items():
+        for metric, value in published.items():
+            ours = means[metric].get(cell) if metric in means and cell in means.index else None
+            if ours is None or pd.isna(ours):
+                lines.append(f"| {cell} | {metric} | (not run) | {value} | |")
+            else:
+                lines.append(f"| {cell} | {metric} | {ours:.2f} | {value} | {ours - value:+.2f} |")
+    return lines + [""]
+
+
 def write_report(config: dict, results: pd.DataFrame, out: Path) -> Path:
     """Write ``report.md`` (setup, summary table, failures, figures) into ``out``."""
     made = figures(results, out)
@@ -128,6 +149,7 @@ def write_report(config: dict, results: pd.DataFrame, out: Path) -> Path:
         markdown_table(table) if not table.empty else "(no finished runs)",
         "",
     ]
+    lines += reference_section(config.get("reference") or {}, results)
     failed = results[results["status"] != "ok"]
     if not failed.empty:
         lines += ["## Failed runs", ""]
