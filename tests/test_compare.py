@@ -60,6 +60,8 @@ def test_grid_runs_records_a_failure_and_resumes(tmp_path, capsys):
     ok = results[results["status"] == "ok"]
     assert ok["test_ll_is"].notna().all() and ok["test_log_evidence_exact"].notna().all()
     assert (ok["test_ll_is"] >= ok["test_elbo"] - 1e-3).all()
+    gap = ok["test_ll_is"] - ok["test_log_evidence_exact"]
+    assert (ok["test_ll_is_minus_exact"] - gap).abs().max() < 1e-9
     report = (out / "report.md").read_text()
     assert "## Summary" in report and "fa-no-such-objective" in report
     assert "## Against a made-up table" in report and "| fa-meanfield | test_ll_is |" in report

@@ -195,6 +195,11 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
             if extra in result:
                 row[extra] = result[extra]
+    exact = row.get("test_log_evidence_exact")
+    if exact is not None:  # distance of every estimate from the exact evidence (FA)
+        for key in ("test_elbo", "test_ll_is", "test_ll_ais"):
+            if key in row:
+                row[f"{key}_minus_exact"] = row[key] - exact
     row.update({f"version_{k}": v for k, v in record.get("versions", {}).items()})
     return row
 
