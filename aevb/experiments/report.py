@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 #: summary columns, in the order the table shows them, where the grid has them
 METRICS = (
@@ -79,6 +80,8 @@ def figures(results: pd.DataFrame, out: Path) -> list[Path]:
         y = hist[curve] if curve == "test_elbo" else -hist[curve]
         sns.lineplot(data=hist.assign(value=y), x=x, y="value", hue="cell", marker="o", ax=ax)
         ax.set_ylabel("nats per datapoint")
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         made.append(_save(fig, out / name))
 
