@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=None, help="default: the model's (VAE: 20, Burda et al.)"
     )
     t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    t.add_argument(
+        "--lr-schedule",
+        default=None,
+        choices=["constant", "burda"],
+        help="SVI: burda = 3^i passes at lr * 10^(-i/7), i = 0..7 (Burda et al. 2015)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--preset", default=None, help="named model configuration, e.g. tutorial-cb")
     t.add_argument("--z-dim", type=int, default=None)
@@ -158,6 +164,8 @@ def cmd_train(args) -> dict:
     out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
     settings = _settings(args, model)
     settings.update(num_particles=k, alpha=args.alpha)
+    if args.lr_schedule:
+        settings["lr_schedule"] = args.lr_schedule
     run = inference.fit(
         model,
         guide,
@@ -206,8 +214,10 @@ def _data_spec(args, train) -> dict:
 def _train_mcem(args) -> dict:
     from aevb import inference, plots
 
-    if args.objective or args.particles or args.alpha is not None:
-        raise ConfigError("--objective/--particles/--alpha are SVI settings; MCEM has none")
+    if args.objective or args.particles or args.alpha is not None or args.lr_schedule:
+        raise ConfigError(
+            "--objective/--particles/--alpha/--lr-schedule are SVI settings; MCEM has none"
+        )
     sampler = args.sampler or "batched-hmc"
     train, test, model, guide = _model_and_data(args)
     out = Path(args.out or f"runs/{args.model}-mcem-{sampler}-seed{args.seed}")

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pandas as pd
 import pyro
@@ -61,8 +62,17 @@ def _params():
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 
-@pytest.mark.parametrize("objective, k, binarize", [("trace", 1, "none"), ("iwae", 3, "dynamic")])
-def test_resume_matches_an_uninterrupted_run(tmp_path, binary_data, objective, k, binarize):
+@pytest.mark.parametrize(
+    "objective, k, binarize, schedule",
+    [
+        ("trace", 1, "none", "constant"),
+        ("iwae", 3, "dynamic", "constant"),
+        ("trace", 1, "none", "burda"),
+    ],
+)
+def test_resume_matches_an_uninterrupted_run(
+    tmp_path, binary_data, objective, k, binarize, schedule
+):
     from aevb.data import Dataset
 
     # dynamic binarisation draws afresh every pass: resume must reproduce those draws too
@@ -84,11 +94,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, binary_data, objective, k
             seed=4,
             out=out,
             resume=resume,
+            lr_schedule=schedule,
         )
 
     straight = run(tmp_path / "a", 3)
     p_straight = _params()
-    run(tmp_path / "b", 2)
+    # stop at the schedule's first change (epoch 1 -> 2) so the resumed optimiser states,
+    # saved at the old lr, must take the new one
+    run(tmp_path / "b", 1 if schedule == "burda" else 2)
     resumed = run(tmp_path / "b", 3, resume=True)
     p_resumed = _params()
     assert p_straight.keys() == p_resumed.keys()
@@ -99,6 +112,19 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, binary_data, objective, k
     assert list(on_disk["epoch"]) == [1, 2, 3]
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["fit"]["seed"] == 4 and "pyro" in config["versions"]
+    if schedule == "burda":  # epoch 1 at lr, epochs 2-4 at lr * 10^(-1/7)
+        assert list(on_disk["lr"]) == pytest.approx(
+            [1e-3, 1e-3 * 10 ** (-1 / 7)] + [1e-3 * 10 ** (-1 / 7)]
+        )
+
+
+def test_burda_schedule_stages():
+    from aevb.inference.svi import burda_lr
+
+    # stage i lasts 3^i passes: epochs 1 | 2-4 | 5-13 | 14-40 | ... | 1094-3280
+    stages = [round(-7 * math.log10(burda_lr(1.0, e))) for e in range(1, 3281)]
+    assert [stages.count(i) for i in range(8)] == [3**i for i in range(8)]
+    assert stages[0] == 0 and stages[1] == 1 and stages[4] == 2 and stages[-1] == 7
 
 
 def test_existing_run_is_not_overwritten(tmp_path, binary_data):

@@ -296,6 +296,9 @@ def train(
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         t0 = time.perf_counter()
         loss_sum, count = 0.0, 0
+        begin = getattr(algorithm, "begin_epoch", None)
+        if begin is not None:  # e.g. a learning-rate schedule by epoch
+            begin(epoch)
         batches = ds.batches(cfg.batch_size, shuffle=True, generator=g, labels=labels, indexed=True)
         for index, args in batches:
             for hook in hooks:  # e.g. an annealed temperature
@@ -413,7 +416,14 @@ def apply_gradients(optim, param_trace, batch: int, freeze=()) -> None:
 
 
 def set_lr(optim, lr: float) -> None:
-    """Set the learning rate of every per-parameter optimiser inside a ``PyroOptim``."""
+    """Set the learning rate of a ``PyroOptim``: its per-parameter optimisers, those it will
+    create, and the states restored from a checkpoint that wait for their parameter (which
+    would otherwise bring back the lr they were saved with)."""
     for opt in optim.optim_objs.values():
         for group in opt.param_groups:
+            group["lr"] = lr
+    if isinstance(optim.pt_optim_args, dict):
+        optim.pt_optim_args["lr"] = lr
+    for state in getattr(optim, "_state_waiting_to_be_consumed", {}).values():
+        for group in state.get("param_groups", []):
             group["lr"] = lr

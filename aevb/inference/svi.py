@@ -34,6 +34,7 @@ from aevb.inference.loop import (
     apply_gradients,
     describe,
     load_params,
+    set_lr,
 )
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 
@@ -48,6 +49,22 @@ class FitConfig(LoopConfig):
     num_particles: int = 1
     #: Renyi alpha, only for the ``renyi`` objective
     alpha: float | None = None
+    #: learning rate by epoch: "constant", or "burda" (Burda et al. 2015: stage i = 0..7
+    #: lasts 3^i passes at lr * 10^(-i/7), 3,280 passes in all)
+    lr_schedule: str = "constant"
+
+
+def burda_lr(lr: float, epoch: int) -> float:
+    """The learning rate of (1-based) ``epoch`` under Burda et al.'s schedule."""
+    rest, stage = epoch - 1, 0
+    while stage < 7 and rest >= 3**stage:
+        rest -= 3**stage
+        stage += 1
+    return lr * 10 ** (-stage / 7)
+
+
+#: ``lr_schedule`` names: (base lr, epoch) -> lr
+LR_SCHEDULES = {"constant": lambda lr, epoch: lr, "burda": burda_lr}
 
 
 class SVIAlgorithm:
@@ -63,6 +80,11 @@ class SVIAlgorithm:
             {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps}
         )
         self.train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown lr_schedule {cfg.lr_schedule!r}; expected one of {sorted(LR_SCHEDULES)}"
+            )
+        self.lr = cfg.lr
 
     def prepare(self, ds, first_batch) -> None:
         # refuse a wrong (model, guide, objective) before anything is written
@@ -76,8 +98,12 @@ class SVIAlgorithm:
         apply_gradients(self.optim, capture.trace, len(index), self.cfg.freeze)
         return float(loss)
 
+    def begin_epoch(self, epoch: int) -> None:
+        self.lr = LR_SCHEDULES[self.cfg.lr_schedule](self.cfg.lr, epoch)
+        set_lr(self.optim, self.lr)
+
     def epoch_diagnostics(self) -> dict:
-        return {}
+        return {"lr": self.lr} if self.cfg.lr_schedule != "constant" else {}
 
     def state_dict(self) -> dict:
         return {"optim": self.optim.get_state()}
