@@ -17,7 +17,7 @@ from pyro.ops.stats import effective_sample_size
 
 from aevb import data, inference, models
 from aevb.cli import main
-from aevb.errors import ObjectiveError
+from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.samplers import (
     BatchedHMC,
     FixedStepsHMC,
@@ -181,6 +181,8 @@ def test_mcem_refuses_discrete_latents():
     x = torch.bernoulli(torch.full((16, 6), 0.4))
     with pytest.raises(ObjectiveError, match="discrete"):
         inference.mcem_fit(model, x, epochs=1, batch_size=8, proposal_epochs=0)
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        inference.mcem_fit(model, x, sampler="gibbs")
 
 
 def test_cli_trains_a_vae_by_mcem_and_evaluates_it(tmp_path, capsys):

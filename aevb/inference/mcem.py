@@ -39,7 +39,7 @@ from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import loop
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe, set_lr
-from aevb.inference.samplers import Latents, find_step_size, make_sampler
+from aevb.inference.samplers import SAMPLERS, Latents, find_step_size, make_sampler
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,8 @@ def fit(
     if unknown:
         raise ConfigError(f"unknown MCEM setting(s) {sorted(unknown)}")
     cfg = MCEMConfig(**settings)
-    make_sampler(cfg.sampler)  # unknown names fail before anything runs
+    if cfg.sampler not in SAMPLERS:  # unknown names fail before anything runs
+        raise ConfigError(f"unknown sampler {cfg.sampler!r}; expected one of {sorted(SAMPLERS)}")
     if guide is None and cfg.proposal_epochs > 0:
         from aevb import guides as _guides
 
