@@ -209,7 +209,8 @@ class Dataset:
             if self.mask is not None:
                 args.append(self.mask[idx])
             if indexed:
-                yield torch.arange(n)[idx], tuple(args)
+                where = idx if torch.is_tensor(idx) else torch.arange(idx.start, idx.stop)
+                yield where, tuple(args)
             else:
                 yield tuple(args)
 

@@ -42,6 +42,8 @@ class GaussianEncoder(nn.Module):
 
     name = "gaussian"
     config_class = GaussianEncoderConfig
+    #: static structure: SVI may compile the objective (aevb.inference.jit)
+    jit_compatible = True
 
     def __init__(self, config: GaussianEncoderConfig | None = None):
         super().__init__()

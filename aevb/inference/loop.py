@@ -24,12 +24,12 @@ from typing import Any, Protocol
 import pandas as pd
 import pyro
 import torch
-from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError, TrainingDiverged
 from aevb.inference import evaluate as ev
+from aevb.inference.optim import Adam
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -59,6 +59,11 @@ class LoopConfig:
     #: for comparisons under one wall-clock budget (the last epoch may be partial)
     max_seconds: float | None = None
     max_plate_nesting: int = 1
+    #: Pyro's argument and support checks on every step. The first minibatch is always
+    #: checked (before training starts) and a non-finite loss always stops the run; the
+    #: checks cost ~15% of a VAE step on 2 cores (``scripts/bench.py``), so they are off
+    #: for the remaining steps unless this is set
+    validate: bool = False
 
 
 class Algorithm(Protocol):
@@ -186,8 +191,9 @@ def load_params(model, guide, state: dict) -> None:
 
 def check_resumable(saved: dict, now: dict) -> None:
     def norm(record: dict) -> dict:
-        # the length of a run may change on resume; its settings may not
-        stops = ("epochs", "max_steps", "max_seconds")
+        # the length of a run (and how its steps are executed) may change on resume; its
+        # settings may not
+        stops = ("epochs", "max_steps", "max_seconds", "jit", "validate")
         fit = {k: v for k, v in record["fit"].items() if k not in stops}
         return json.loads(json.dumps({"fit": fit, "model": record.get("model")}))
 
@@ -303,7 +309,8 @@ def train(
         for index, args in batches:
             for hook in hooks:  # e.g. an annealed temperature
                 hook(step)
-            loss = algorithm.step(args, index)
+            with pyro.validation_enabled(cfg.validate):
+                loss = algorithm.step(args, index)
             if not math.isfinite(loss):
                 bar.close()
                 where = (
@@ -398,32 +405,20 @@ def is_frozen(name: str, prefixes) -> bool:
     return any(name.startswith(p) for p in prefixes)
 
 
-def apply_gradients(optim, param_trace, batch: int, freeze=()) -> None:
-    """Divide the gradients of the params in ``param_trace`` (a ``poutine.trace(
-    param_only=True)`` of the step) by the batch size, so the step is per datapoint, and
-    take one optimiser step on all but the frozen ones."""
-    params = []
-    for name, site in param_trace.nodes.items():
-        p = site["value"].unconstrained()
+def apply_gradients(optim: Adam, batch: int, freeze=()) -> None:
+    """One optimiser step, per datapoint, on every param-store parameter the step's backward
+    pass reached (those with a ``.grad``) except the frozen ones.
+
+    Finding parameters by their gradients rather than by tracing the step's ``pyro.param``
+    sites saves a poutine pass per step and selects the same set: a parameter the loss does
+    not depend on gets no gradient and no Adam update either way.
+    """
+    named = []
+    for name, p in pyro.get_param_store().named_parameters():
+        if p.grad is None:
+            continue
         if freeze and is_frozen(name, freeze):
             p.grad = None
             continue
-        if p.grad is not None:
-            p.grad.div_(batch)
-        params.append(p)
-    optim(params)
-    zero_grads(params)
-
-
-def set_lr(optim, lr: float) -> None:
-    """Set the learning rate of a ``PyroOptim``: its per-parameter optimisers, those it will
-    create, and the states restored from a checkpoint that wait for their parameter (which
-    would otherwise bring back the lr they were saved with)."""
-    for opt in optim.optim_objs.values():
-        for group in opt.param_groups:
-            group["lr"] = lr
-    if isinstance(optim.pt_optim_args, dict):
-        optim.pt_optim_args["lr"] = lr
-    for state in getattr(optim, "_state_waiting_to_be_consumed", {}).values():
-        for group in state.get("param_groups", []):
-            group["lr"] = lr
+        named.append((name, p))
+    optim.step(named, batch)

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import pyro.poutine as poutine
 import torch
 
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import loop
-from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe, set_lr
+from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
+from aevb.inference.optim import Adam
 from aevb.inference.samplers import SAMPLERS, Latents, find_step_size, make_sampler
 
 
@@ -86,9 +86,7 @@ class MCEMAlgorithm:
             options["max_tree_depth"] = cfg.max_tree_depth
         self.sampler = make_sampler(cfg.sampler, adapt_online=True, **options)
         self.per_datapoint = cfg.sampler == "batched-hmc"
-        self.optim = pyro.optim.Adam(  # type: ignore[attr-defined]
-            {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps}
-        )
+        self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None
         self.u = torch.empty(0)
         self.step_size = torch.empty(0)
@@ -159,15 +157,14 @@ class MCEMAlgorithm:
 
         samples = state.samples.detach()
         frac = self.t / max(self.total_steps - 1, 1)
-        set_lr(self.optim, cfg.lr * cfg.lr_decay**frac)
+        self.optim.set_lr(cfg.lr * cfg.lr_decay**frac)
         self.t += 1
         losses = []
         for _ in range(cfg.m_steps):
-            with poutine.trace(param_only=True) as capture:
-                joint = torch.stack([self.latents.log_joint(z, args).sum() for z in samples])
-                loss = -joint.mean()
-                loss.backward()
-            apply_gradients(self.optim, capture.trace, len(index), cfg.freeze)
+            joint = torch.stack([self.latents.log_joint(z, args).sum() for z in samples])
+            loss = -joint.mean()
+            loss.backward()
+            apply_gradients(self.optim, len(index), cfg.freeze)
             losses.append(loss.item())
         self._m_seconds += time.perf_counter() - t1
         return losses[0] if losses else float("nan")  # at the E-step's theta, as in EM
@@ -186,7 +183,7 @@ class MCEMAlgorithm:
 
     def state_dict(self) -> dict:
         return {
-            "optim": self.optim.get_state(),
+            "optim": self.optim.state_dict(),
             "u": self.u.clone(),
             "step_size": self.step_size.clone(),
             "visited": self.visited.clone(),
@@ -195,7 +192,7 @@ class MCEMAlgorithm:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optim.set_state(state["optim"])
+        self.optim.load_state_dict(state["optim"])
         self.u, self.step_size, self.visited = state["u"], state["step_size"], state["visited"]
         self.t, self.log_scale = state["t"], state["log_scale"]
 

@@ -48,6 +48,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
+from aevb.inference.jit import PerSignature, jit_meanfield, jit_trace
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Objective:
     summary: str
     #: how the objective needs the guide prepared (enum: discrete sites enumerated)
     prepare_guide: Callable = lambda guide: guide  # noqa: E731
+    #: the compiled form, ``make_jit(num_particles, max_plate_nesting) -> ELBO``, if any
+    #: (:mod:`aevb.inference.jit`)
+    make_jit: Callable[[int, int], ELBO] | None = None
 
 
 def _vectorize(k: int) -> bool:
@@ -79,6 +83,7 @@ OBJECTIVES: dict[str, Objective] = {
         lambda k, a, n: Trace_ELBO(k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
         False,
         "ELBO, every term sampled (SGVB estimator A)",
+        make_jit=jit_trace,
     ),
     "meanfield": Objective(
         lambda k, a, n: TraceMeanField_ELBO(
@@ -86,6 +91,7 @@ OBJECTIVES: dict[str, Objective] = {
         ),
         False,
         "ELBO with analytic KL(q||p) (SGVB estimator B)",
+        make_jit=jit_meanfield,
     ),
     "iwae": Objective(
         lambda k, a, n: RenyiELBO(0.0, k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
@@ -121,6 +127,30 @@ def make_objective(
     if num_particles < 1:
         raise ConfigError(f"num_particles must be >= 1, got {num_particles}")
     return OBJECTIVES[name].make(num_particles, alpha, max_plate_nesting)
+
+
+def use_jit(name: str, model, guide, jit: bool | None) -> bool:
+    """Whether to train with the objective's compiled form.
+
+    ``jit=None`` (the default) compiles when the objective has a compiled form and both model
+    and guide declare ``jit_compatible = True`` (static structure, see
+    :mod:`aevb.inference.jit`); ``True`` insists (an error if the objective has none);
+    ``False`` never compiles.
+    """
+    has = name in OBJECTIVES and OBJECTIVES[name].make_jit is not None
+    if jit is None:
+        return has and all(getattr(f, "jit_compatible", False) for f in (model, guide))
+    if jit and not has:
+        compiled = sorted(k for k, o in OBJECTIVES.items() if o.make_jit is not None)
+        raise ConfigError(f"objective {name!r} has no compiled form; jit works with {compiled}")
+    return bool(jit)
+
+
+def make_jit_objective(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
+    """The compiled form of ``name``, one trace per argument signature."""
+    make = OBJECTIVES[name].make_jit
+    assert make is not None
+    return PerSignature(lambda: make(num_particles, max_plate_nesting))
 
 
 def check_compatible(name: str, model, guide, *args, alpha: float | None = None) -> None:

@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyro
-import pyro.optim
-import pyro.poutine as poutine
 import torch
 
 from aevb.data.dataset import as_dataset
@@ -34,9 +31,15 @@ from aevb.inference.loop import (
     apply_gradients,
     describe,
     load_params,
-    set_lr,
 )
-from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
+from aevb.inference.objectives import (
+    OBJECTIVES,
+    check_compatible,
+    make_jit_objective,
+    make_objective,
+    use_jit,
+)
+from aevb.inference.optim import Adam
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class FitConfig(LoopConfig):
     #: learning rate by epoch: "constant", or "burda" (Burda et al. 2015: stage i = 0..7
     #: lasts 3^i passes at lr * 10^(-i/7), 3,280 passes in all)
     lr_schedule: str = "constant"
+    #: train with the objective's compiled (``torch.jit.trace``) form: None = where the model
+    #: and guide declare ``jit_compatible`` (:mod:`aevb.inference.jit`), True/False = always
+    #: (an error if the objective has none) / never
+    jit: bool | None = None
 
 
 def burda_lr(lr: float, epoch: int) -> float:
@@ -73,12 +80,13 @@ class SVIAlgorithm:
 
     def __init__(self, model, guide, cfg: FitConfig):
         self.model, self.guide, self.cfg = model, guide, cfg
-        self.elbo: Any = make_objective(
-            cfg.objective, cfg.num_particles, cfg.alpha, cfg.max_plate_nesting
+        self.jit = use_jit(cfg.objective, model, guide, cfg.jit)
+        self.elbo: Any = (
+            make_jit_objective(cfg.objective, cfg.num_particles, cfg.max_plate_nesting)
+            if self.jit
+            else make_objective(cfg.objective, cfg.num_particles, cfg.alpha, cfg.max_plate_nesting)
         )
-        self.optim = pyro.optim.Adam(  # type: ignore[attr-defined]
-            {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps}
-        )
+        self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
         if cfg.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
@@ -93,23 +101,22 @@ class SVIAlgorithm:
         )
 
     def step(self, args, index) -> float:
-        with poutine.trace(param_only=True) as capture:
-            loss = self.elbo.loss_and_grads(self.model, self.train_guide, *args)
-        apply_gradients(self.optim, capture.trace, len(index), self.cfg.freeze)
+        loss = self.elbo.loss_and_grads(self.model, self.train_guide, *args)
+        apply_gradients(self.optim, len(index), self.cfg.freeze)
         return float(loss)
 
     def begin_epoch(self, epoch: int) -> None:
         self.lr = LR_SCHEDULES[self.cfg.lr_schedule](self.cfg.lr, epoch)
-        set_lr(self.optim, self.lr)
+        self.optim.set_lr(self.lr)
 
     def epoch_diagnostics(self) -> dict:
         return {"lr": self.lr} if self.cfg.lr_schedule != "constant" else {}
 
     def state_dict(self) -> dict:
-        return {"optim": self.optim.get_state()}
+        return {"optim": self.optim.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optim.set_state(state["optim"])
+        self.optim.load_state_dict(state["optim"])
 
 
 def fit(

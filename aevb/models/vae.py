@@ -65,6 +65,9 @@ class VAE(DecoderModel):
     config_class = VAEConfig
     default_guide = "gaussian"
     uses_labels = False
+    #: static structure (no Python branching on data or state): SVI may compile the
+    #: objective (aevb.inference.jit); subclasses inherit this promise (the CVAE keeps it)
+    jit_compatible = True
 
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()

@@ -1,0 +1,142 @@
+"""The performance paths must not change what is computed: the single Adam, the compiled
+objectives and the validation switch are checked against Pyro's own eager versions."""
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from aevb import guides, inference, models
+from aevb.errors import ConfigError
+from aevb.inference.jit import PerSignature, jit_meanfield, jit_trace, signature
+from aevb.inference.loop import apply_gradients
+from aevb.inference.objectives import use_jit
+from aevb.inference.optim import Adam
+
+
+def _vae():
+    model = models.build("vae", x_dim=16, z_dim=3, hidden=(8,))
+    return model, guides.default_for(model)
+
+
+def _params():
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+def _train(optim_step, binary_data, steps=5):
+    """``steps`` Trace_ELBO steps from seed 0 with the given ``optim_step(batch)``."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model, guide = _vae()
+    elbo = Trace_ELBO()
+    for i in range(steps):
+        x = binary_data[i * 16 : (i + 1) * 16]
+        elbo.loss_and_grads(model, guide, x)
+        optim_step(len(x))
+    return _params()
+
+
+def test_single_adam_matches_pyro_adam_bit_for_bit(binary_data):
+    settings = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-4}
+    ours = Adam(settings["lr"], settings["betas"], settings["eps"])
+    got = _train(lambda b: apply_gradients(ours, b), binary_data)
+
+    pyros = pyro.optim.Adam(settings)  # type: ignore[attr-defined]
+
+    def pyro_step(b):
+        params = [p for _, p in pyro.get_param_store().named_parameters() if p.grad is not None]
+        for p in params:
+            p.grad.div_(b)
+        pyros(params)
+        for p in params:
+            p.grad = None
+
+    want = _train(pyro_step, binary_data)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_adam_state_round_trips_and_reads_pyro_states(binary_data):
+    ours = Adam(1e-2)
+    _train(lambda b: apply_gradients(ours, b), binary_data, steps=2)
+    state = ours.state_dict()
+    names = set(pyro.get_param_store().keys())
+    assert set(state["state"]) == names
+    again = Adam(1e-3)
+    again.load_state_dict(state)
+    assert again.lr == 1e-2 and set(again.waiting) == names
+
+    # a checkpoint written by pyro.optim.Adam (runs from before this optimiser)
+    pyros = pyro.optim.Adam({"lr": 5e-3})  # type: ignore[attr-defined]
+    model, guide = _vae()
+    Trace_ELBO().loss_and_grads(model, guide, binary_data[:16])
+    pyros([p for _, p in pyro.get_param_store().named_parameters()])
+    old = Adam()
+    old.load_state_dict(pyros.get_state())
+    assert old.lr == 5e-3 and set(old.waiting) == names
+    with pytest.raises(ConfigError):
+        old.load_state_dict({"w": "not a state"})
+
+
+def test_frozen_parameters_are_not_stepped(binary_data):
+    model, guide = _vae()
+    Trace_ELBO().loss_and_grads(model, guide, binary_data[:16])
+    before = _params()
+    apply_gradients(Adam(1e-1), 16, freeze=("encoder",))
+    after = _params()
+    for name in before:
+        moved = not torch.equal(before[name], after[name])
+        assert moved == (not name.startswith("encoder")), name
+    assert all(p.grad is None for p in pyro.get_param_store().values())
+
+
+@pytest.mark.parametrize(
+    "eager, compiled", [(Trace_ELBO, jit_trace), (TraceMeanField_ELBO, jit_meanfield)]
+)
+def test_compiled_objective_computes_the_eager_loss_and_gradients(binary_data, eager, compiled):
+    model, guide = _vae()
+    x = binary_data[:32]
+    jitted = PerSignature(lambda: compiled(1, 1))
+    jitted.loss_and_grads(model, guide, x)  # compile (on a forked random stream)
+    for p in pyro.get_param_store().values():
+        p.grad = None
+    torch.manual_seed(1)
+    loss_jit = jitted.loss_and_grads(model, guide, x)
+    grads_jit = {k: v.unconstrained().grad.clone() for k, v in pyro.get_param_store().items()}
+    for p in pyro.get_param_store().values():
+        p.grad = None
+    torch.manual_seed(1)
+    loss = eager(max_plate_nesting=1).loss_and_grads(model, guide, x)
+    assert loss_jit == pytest.approx(loss, rel=1e-5)
+    for k, v in pyro.get_param_store().items():
+        torch.testing.assert_close(grads_jit[k], v.unconstrained().grad, rtol=1e-4, atol=1e-5)
+
+
+def test_meanfield_is_compiled_once_and_each_batch_shape_gets_its_own_trace(binary_data):
+    model, guide = _vae()
+    jitted = PerSignature(lambda: jit_meanfield(1, 1))
+    for x in (binary_data[:32], binary_data[32:64], binary_data[64:84]):  # 32, 32, then 20
+        jitted.loss_and_grads(model, guide, x)
+    assert len(jitted.compiled) == 2
+    elbo = jitted.compiled[signature((binary_data[:32],))]
+    compiled_fn = elbo._differentiable_loss
+    jitted.loss_and_grads(model, guide, binary_data[:32])
+    assert elbo._differentiable_loss is compiled_fn  # pyro 1.9's class would re-trace here
+
+
+def test_jit_selection():
+    model, guide = _vae()
+    assert use_jit("trace", model, guide, None)
+    assert use_jit("meanfield", model, guide, None)
+    assert not use_jit("iwae", model, guide, None)  # no compiled RenyiELBO
+    assert not use_jit("trace", models.build("gmvae", x_dim=16), guide, None)
+    assert not use_jit("trace", model, guide, False)
+    with pytest.raises(ConfigError, match="no compiled form"):
+        use_jit("iwae", model, guide, True)
+
+
+def test_uneven_last_batch_trains_under_jit(binary_data):
+    model, guide = _vae()
+    run = inference.fit(model, guide, binary_data[:70], "trace", epochs=2, batch_size=32, jit=True)
+    assert run.history["train_loss"].notna().all()
