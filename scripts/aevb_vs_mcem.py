@@ -43,13 +43,11 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pyro  # noqa: E402
 import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
-from pyro.ops.stats import effective_sample_size  # noqa: E402
 
 from aevb import data, guides, inference, models  # noqa: E402
 from aevb.inference.mcem import model_param_names  # noqa: E402
-from aevb.inference.samplers import Latents, find_step_size, make_sampler  # noqa: E402
+from aevb.inference.samplers import measure_ess  # noqa: E402
 
 #: method -> how it trains: SVI objective or MCEM sampler
 METHODS = {
@@ -172,31 +170,7 @@ def ess_per_second(model, args) -> pd.DataFrame:
     x = test.subset(args.ess_batch).fixed(args.seed).x
     rows = []
     for name in ("hmc", "nuts", "batched-hmc"):
-        pyro.set_rng_seed(args.seed)
-        latents = Latents(model, (x,))
-        u = latents.prior_draw((x,))
-        eps = torch.tensor(0.1)
-        if name == "batched-hmc":
-            eps = find_step_size(latents, (x,), u, eps)
-        sampler = make_sampler(name)
-        warm = sampler.sample(latents, (x,), u, eps, 1, warmup_steps=args.ess_warmup)
-        t0 = time.perf_counter()
-        state = sampler.sample(latents, (x,), warm.u, warm.step_size, args.ess_draws, adapt=False)
-        seconds = time.perf_counter() - t0
-        ess = effective_sample_size(state.samples.unsqueeze(0), chain_dim=0, sample_dim=1)
-        per_point = ess.min(-1).values  # [B]: the slowest-mixing latent dimension
-        rows.append(
-            {
-                "sampler": name,
-                "draws": args.ess_draws,
-                "batch": args.ess_batch,
-                "seconds": seconds,
-                "ess_per_datapoint_median": float(per_point.median()),
-                "ess_per_second_per_datapoint": float(per_point.median()) / seconds,
-                "accept_prob": float(state.accept_prob.mean()),
-                "step_size": float(state.step_size.mean()),
-            }
-        )
+        rows.append(measure_ess(model, x, name, args.ess_warmup, args.ess_draws, args.seed))
         print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     base = frame.set_index("sampler")["ess_per_second_per_datapoint"]

@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ObjectiveError
 
-#: Upper bound on particles x datapoints x features in one vectorised evaluation
-#: (~128 MB per float tensor of that size): keeps IS-5000 within a few GB.
-MAX_ELEMENTS = 2**25
+#: Upper bound on particles x datapoints x features in one vectorised evaluation: 2^22
+#: floats (16 MB per tensor of that size) keeps a chunk's elementwise work (likelihood, tanh)
+#: near the caches. Measured on 2 cores, IS-5000 on 100 MNIST test images, 784-200-200-50
+#: VAE: 2^25 4.2 s, 2^22 2.1 s, 2^20 2.2 s, 2^19 2.8 s (``scripts/bench.py`` measures it).
+MAX_ELEMENTS = 2**22
 
 
 def _with_particles(fn, k: int, nesting: int):
@@ -110,6 +112,9 @@ def bounds(
     for obj in (model, guide):  # evaluation is of the model itself (e.g. a discrete y)
         if isinstance(obj, torch.nn.Module):
             obj.eval()
+    check = getattr(model, "check_data", None)
+    if check is not None:  # the data are checked once here; Pyro's per-chunk checks are off
+        check(ds.transform(ds.x))
     x_size = max(1, ds.x_dim)
     batch_size = max(1, min(batch_size, len(ds)))
     chunk = max(1, min(num_samples, MAX_ELEMENTS // (batch_size * x_size)))
@@ -123,7 +128,7 @@ def bounds(
         desc=f"IS-{num_samples}",
         leave=False,
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
         torch.manual_seed(seed)
         for args in ds.batches(batch_size, labels=labels):
             b = args[0].shape[0]
