@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench docs docs-figures doctest clean
 
 install: $(STAMP)
 
@@ -24,9 +24,31 @@ lint: install
 	$(BIN)/ruff format --check aevb tests scripts
 	$(BIN)/mypy aevb
 
+# the benchmark of issue 8 (~8 min; BENCH_FLAGS=--quick for ~1 min, --json for one object)
+bench: install
+	$(BIN)/aevb data fetch mnist
+	$(BIN)/python scripts/bench.py $(BENCH_FLAGS)
+
+# the documentation site: figures from the repo's scripts first (~3 min, once), then Sphinx
+# with warnings as errors; open docs/_build/html/index.html
+docs: install docs/_generated/.stamp
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+docs-figures: install
+	rm -f docs/_generated/.stamp
+	$(MAKE) docs/_generated/.stamp
+
+docs/_generated/.stamp:
+	$(BIN)/python scripts/docs_figures.py --out docs/_generated
+	touch $@
+
+# every >>> example in the pages and in the docstrings they include
+doctest: install
+	$(BIN)/sphinx-build -W --keep-going -q -b doctest docs docs/_build/doctest
+
 format: install
 	$(BIN)/ruff check --fix aevb tests scripts
 	$(BIN)/ruff format aevb tests scripts
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build

@@ -18,6 +18,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``aevb`` command line: subcommands data, train, evaluate, compare, demo."""
     p = argparse.ArgumentParser(prog="aevb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_data(args) -> None:
+    """``aevb data fetch [NAME]``: download and checksum-verify a dataset, print its folder."""
     from aevb import data
 
     print(data.fetch(args.name))
@@ -146,6 +148,7 @@ def _model_and_data(args):
 
 
 def cmd_train(args) -> dict:
+    """``aevb train MODEL ...``: one SVI or MCEM run into ``--out``; returns its last row."""
     from aevb import inference, models, plots
 
     if args.model not in models.MODELS:
@@ -250,6 +253,7 @@ def _train_mcem(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
+    """``aevb evaluate RUN``: IS or AIS estimates on the run's test set (DESIGN.md keys)."""
     from aevb.inference.evaluate import evaluate_run
 
     k = args.num_samples or (16 if args.estimator == "ais" else 1000)
@@ -276,6 +280,7 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_compare(args) -> None:
+    """``aevb compare CONFIG.toml``: a grid of runs into one table and report."""
     from aevb.experiments.compare import run_grid
 
     results = run_grid(args.config, args.out, quiet=args.quiet)
@@ -285,12 +290,14 @@ def cmd_compare(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    """``aevb demo``: the README's demo grid (fetch MNIST, train, score, report)."""
     from aevb.experiments.demo import run_demo
 
     run_demo(out=args.out, epochs=args.epochs, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aevb`` command; returns the exit status (2 on a clear user error)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

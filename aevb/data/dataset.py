@@ -84,8 +84,8 @@ def _is_int(t: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Datapoints ``x`` [N, *event_shape] (float32), labels ``y`` [N] (int64) or None, and for
-    ragged sequences x [N, T, D] a ``mask`` [N, T] (bool, True on real steps) or None.
+    """Datapoints ``x`` ``[N, *event_shape]`` (float32), labels ``y`` [N] (int64) or None, and
+    for ragged sequences x [N, T, D] a ``mask`` [N, T] (bool, True on real steps) or None.
 
     ``binarize`` names the transform applied per batch (see :data:`BINARIZATIONS`).
     """
@@ -166,6 +166,7 @@ class Dataset:
         )
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply this dataset's binarisation to a batch ``x`` (draws from ``generator``)."""
         return BINARIZATIONS[self.binarize](x, generator)
 
     def fixed(self, seed: int = 0) -> Dataset:
@@ -215,6 +216,7 @@ class Dataset:
                 yield tuple(args)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        """Minibatches per epoch at ``batch_size`` (the last one partial unless ``drop_last``)."""
         n = len(self)
         return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
 

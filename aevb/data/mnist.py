@@ -53,6 +53,7 @@ def cache_dir() -> Path:
 
 
 def sha256(raw: bytes) -> str:
+    """Hex SHA-256 digest of ``raw`` (the checksum MNIST files are verified against)."""
     return hashlib.sha256(raw).hexdigest()
 
 

@@ -15,6 +15,8 @@ A config names cells (model, data, inference back-end and its settings) and seed
     ais = 16                    # AIS with C chains (optional)
     ais_temperatures = 200
 
+    modules = ["my_models"]     # optional: your own models, imported first (beside this file)
+
     [reference]                 # optional: published figures per cell label, for report.md
     source = "Burda et al. 2015, Table 1"
     note = "they trained 3,280 passes; these cells 5"
@@ -43,8 +45,10 @@ seconds, throughput, bounds, model metrics, sampler diagnostics, library version
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import sys
 import traceback
 from pathlib import Path
 
@@ -65,6 +69,7 @@ def load_config(path: str | Path) -> dict:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the grid config: {exc}") from exc
+    _import_modules(raw.get("modules", []), path)
     cells = raw.get("cells")
     if not cells:
         raise ConfigError(f"{path}: no [[cells]] in the grid config")
@@ -90,6 +95,21 @@ def load_config(path: str | Path) -> dict:
         "reference": raw.get("reference", {}),
         "source": path.read_text(),
     }
+
+
+def _import_modules(modules, path: Path) -> None:
+    """Import the config's ``modules`` (a user's models and guides registering themselves,
+    see :func:`aevb.models.register`), looked up beside the config file first."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"{path}: modules must be a list of module names, got {modules!r}")
+    folder = str(path.resolve().parent)
+    if modules and folder not in sys.path:
+        sys.path.insert(0, folder)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{path}: cannot import module {name!r}: {exc}") from exc
 
 
 def cell_label(cell: dict) -> str:
@@ -160,6 +180,9 @@ def _estimators(evaluate: dict) -> dict[str, tuple[str, int]]:
 
 
 def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> dict:
+    """One tidy ``results.csv`` row for a finished (cell, seed): settings, seconds, bounds,
+    diagnostics.
+    """
     record = json.loads((out / "config.json").read_text())
     history = pd.read_csv(out / "history.csv")
     last = history.iloc[-1]

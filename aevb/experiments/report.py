@@ -47,6 +47,7 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
+    """A pandas frame as a GitHub-flavoured markdown table."""
     header = "| " + " | ".join([frame.index.name or ""] + list(frame.columns)) + " |"
     rule = "|" + "---|" * (len(frame.columns) + 1)
     lines = [header, rule]

@@ -45,6 +45,7 @@ class LinearGaussian(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """V ~ N(0, 1) elementwise and L = I."""
         nn.init.normal_(self.V)
         with torch.no_grad():
             # L = I at the start: softplus(d) = 1 on the diagonal, zeros below it
@@ -69,6 +70,7 @@ class LinearGaussian(nn.Module):
         return self
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """q(z | x) = N(V x, L L^T) with batch shape [B]."""
         return dist.MultivariateNormal(x @ self.V.T, scale_tril=self.scale_tril)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):

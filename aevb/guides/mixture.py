@@ -59,6 +59,7 @@ class MixtureEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Glorot-normal weights and zero biases (the aevb-tutorial's initialisation)."""
         xavier_(self)  # see aevb.models.nets.xavier_: default init collapsed q(y | x)
 
     @classmethod
@@ -78,6 +79,7 @@ class MixtureEncoder(nn.Module):
         )
 
     def set_step(self, step: int) -> None:
+        """Called by the training loop before each step (drives the relaxed temperature)."""
         self.step = step
 
     def cluster_probs(self, x: torch.Tensor) -> torch.Tensor:

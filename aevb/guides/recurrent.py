@@ -54,6 +54,7 @@ class RecurrentEncoder(nn.Module):
         return cls(config, model)
 
     def step_posterior(self, fx: torch.Tensor, h: torch.Tensor) -> dist.TorchDistribution:
+        """q(z_t | x_t, h_{t-1}) from the step's features and the model's state."""
         loc, raw = self.net(cat_broadcast(fx, h)).chunk(2, -1)
         return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
 

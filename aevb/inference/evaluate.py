@@ -1,12 +1,12 @@
 """Estimators of log p(x) and friends, one value per datapoint, for any model/guide pair.
 
 With the guide q(z|x) as proposal and z_1..z_k ~ q(z|x) i.i.d., the log importance weights
-w_i = log p(x, z_i) - log q(z_i | x) give
+w_i = log p(x, z_i) - log q(z_i | x) give::
 
-* the ELBO estimate          (1/k) sum_i w_i                      (E = ELBO <= log p(x))
-* the importance-sampled     log (1/k) sum_i exp(w_i)             (E <= log p(x), increasing
-  log-likelihood (IS-k)                                             in k, -> log p(x); Burda et
-                                                                    al. 2015, Theorem 1)
+    the ELBO estimate          (1/k) sum_i w_i                 (E = ELBO <= log p(x))
+    the importance-sampled     log (1/k) sum_i exp(w_i)        (E <= log p(x), increasing
+    log-likelihood (IS-k)                                        in k, -> log p(x); Burda et
+                                                                 al. 2015, Theorem 1)
 
 Both are computed from the same draws, in chunks of particles and datapoints so that k=5000
 over 10,000 images runs in bounded memory. Particles are vectorised by an outer plate

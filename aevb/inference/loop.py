@@ -81,9 +81,13 @@ class Algorithm(Protocol):
         """Extra history columns for the epoch just finished (then reset)."""
         ...
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        """What the checkpoint keeps of the algorithm (optimiser, chains, ...)."""
+        ...
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output before the first step of a resumed run."""
+        ...
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Run:
 
 
 def versions() -> dict[str, str]:
+    """Library versions recorded with every run."""
     import numpy
     import pyro as _pyro
 
@@ -143,12 +148,14 @@ def make_record(inference: str, cfg, model, guide, ds: Dataset, test, meta=None,
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` via ``write(tmp_path)`` and an atomic rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
 def reset_parameters(obj) -> None:
+    """Re-initialise every ``nn.Module`` inside ``obj`` from the global random state."""
     if isinstance(obj, torch.nn.Module):
         # torch's layers first (in module order), then aevb's own modules innermost first,
         # so that a model's own scheme (e.g. Glorot for the GMVAE) has the last word
@@ -178,10 +185,12 @@ def set_mode(training: bool, *objs) -> None:
 
 
 def module_states(*objs) -> list:
+    """The ``state_dict`` of every ``nn.Module`` among model and guide, by role."""
     return [o.state_dict() if isinstance(o, torch.nn.Module) else None for o in objs]
 
 
 def load_params(model, guide, state: dict) -> None:
+    """Load a checkpoint's module states and param store into model and guide."""
     for obj, sd in zip((model, guide), state.get("modules", [None, None])):
         if sd is not None and isinstance(obj, torch.nn.Module):
             obj.load_state_dict(sd)
@@ -190,6 +199,8 @@ def load_params(model, guide, state: dict) -> None:
 
 
 def check_resumable(saved: dict, now: dict) -> None:
+    """Raise :class:`~aevb.errors.ConfigError` if a run would resume with other settings."""
+
     def norm(record: dict) -> dict:
         # the length of a run (and how its steps are executed) may change on resume; its
         # settings may not
@@ -402,6 +413,7 @@ def save(out_dir: Path, record: dict, model, guide, algorithm, rows: list[dict])
 
 
 def is_frozen(name: str, prefixes) -> bool:
+    """Whether param-store ``name`` falls under one of the frozen prefixes."""
     return any(name.startswith(p) for p in prefixes)
 
 

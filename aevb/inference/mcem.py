@@ -3,7 +3,7 @@
 EM maximises log p_theta(x) by alternating an E-step (the posterior p_theta(z | x)) and an
 M-step (maximise E_{p_theta_old(z|x)}[log p_theta(x, z)] over theta). With an intractable
 posterior the E-step is replaced by MCMC draws, and the M-step by stochastic gradient steps on
-the Monte Carlo average (Wei & Tanner 1990). Per minibatch x_1..x_B:
+the Monte Carlo average (Wei & Tanner 1990). Per minibatch x_1..x_B::
 
     E-step:  z_i^(s) ~ p_theta(z | x_i), s = 1..S, by HMC/NUTS with theta held fixed,
              continuing each datapoint's chain from where it stopped at its last visit;
@@ -108,6 +108,7 @@ class MCEMAlgorithm:
         self._divergences = 0
 
     def prepare(self, ds: Dataset, first_batch: tuple) -> None:
+        """Find the model's latents and allocate one chain state per datapoint."""
         self.latents = Latents(self.model, first_batch)
         n, d = len(ds), self.latents.dim
         self.u = torch.zeros(n, d)
@@ -119,6 +120,9 @@ class MCEMAlgorithm:
             self.total_steps = min(self.total_steps, self.cfg.max_steps)
 
     def step(self, args: tuple, index: torch.Tensor) -> float:
+        """E-step on the minibatch's chains, then ``m_steps`` Adam steps on the joint; returns the
+        loss.
+        """
         assert self.latents is not None
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -170,6 +174,7 @@ class MCEMAlgorithm:
         return losses[0] if losses else float("nan")  # at the E-step's theta, as in EM
 
     def epoch_diagnostics(self) -> dict:
+        """Mean acceptance, step size and E/M-step seconds of the epoch (then reset)."""
         row = {
             "accept_prob": sum(self._acc) / max(len(self._acc), 1),
             "step_size": sum(self._eps) / max(len(self._eps), 1),
@@ -182,6 +187,7 @@ class MCEMAlgorithm:
         return row
 
     def state_dict(self) -> dict:
+        """Optimiser, chains, step sizes and visit marks for the checkpoint."""
         return {
             "optim": self.optim.state_dict(),
             "u": self.u.clone(),
@@ -192,6 +198,7 @@ class MCEMAlgorithm:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (a resumed run continues every chain)."""
         self.optim.load_state_dict(state["optim"])
         self.u, self.step_size, self.visited = state["u"], state["step_size"], state["visited"]
         self.t, self.log_scale = state["t"], state["log_scale"]

@@ -3,7 +3,7 @@
 Every sampler works on the same target, the posterior of a model's local latents given a
 minibatch, through :class:`Latents`: it finds the model's latent sites inside its data plate,
 maps them to one unconstrained vector u_i in R^D per datapoint (z = T(u) with
-``biject_to(support)``), and evaluates
+``biject_to(support)``), and evaluates::
 
     log p_theta(x_i, z_i) + log |det dT/du_i|        one value per datapoint i,
 
@@ -18,7 +18,7 @@ vectorised leapfrog: per-datapoint momentum, Metropolis test, and step size adap
 target acceptance, as Kingma & Welling (2013, sec. 5) describe for their MCEM baseline.
 
 HMC follows Neal (2011): momentum r ~ N(0, I), ``num_steps`` leapfrog steps of size eps on
-H(u, r) = U(u) + |r|^2 / 2, accept with probability min(1, exp(H_old - H_new)).
+``H(u, r) = U(u) + |r|^2 / 2``, accept with probability min(1, exp(H_old - H_new)).
 
 References:
     D. P. Kingma, M. Welling (2013), Auto-Encoding Variational Bayes, arXiv:1312.6114, sec. 5.
@@ -227,8 +227,12 @@ class ChainState:
 
 
 class Sampler(Protocol):
+    """What MCEM needs of an E-step sampler (see :data:`SAMPLERS`)."""
+
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The sampler's registry name."""
+        ...
 
     def sample(
         self,
@@ -274,7 +278,7 @@ class BatchedHMC:
 
     def transition(self, potential_fn, u, U, grad, eps, inv_mass=None):
         """One HMC transition per chain on ``potential_fn: u -> (U [B], dU/du)`` with kinetic
-        energy |r|^2_{M^-1} / 2 (``inv_mass`` [B, D] the diagonal of M^-1, None = identity);
+        energy ``|r|^2_{M^-1} / 2`` (``inv_mass`` [B, D] the diagonal of M^-1, None = identity);
         returns (u, U, grad, accept_prob, accepted)."""
         r = torch.randn_like(u)
         if inv_mass is not None:
@@ -431,6 +435,7 @@ class PyroKernelSampler:
         return self.kind
 
     def kernel(self, potential_fn, step_size: float, adapt: bool, adapt_mass: bool = False):
+        """The Pyro kernel (fixed-step HMC or NUTS) on ``potential_fn``."""
         common = dict(
             potential_fn=potential_fn,
             step_size=step_size,
@@ -527,7 +532,13 @@ def find_step_size(
 
 
 def measure_ess(
-    model, x: torch.Tensor, sampler: str, warmup: int = 100, draws: int = 300, seed: int = 0
+    model,
+    x: torch.Tensor,
+    sampler: str,
+    warmup: int = 100,
+    draws: int = 300,
+    seed: int = 0,
+    options: dict | None = None,
 ) -> dict:
     """Effective samples per second of z | x for one sampler on the minibatch ``x``.
 
@@ -535,7 +546,8 @@ def measure_ess(
     ``draws`` timed ones at the adapted step size. The figure of merit is the median over
     datapoints of the worst latent dimension's ESS (``pyro.ops.stats.effective_sample_size``
     of the unconstrained draws), divided by the timed seconds: per datapoint, because an
-    E-step needs every datapoint's chain to move.
+    E-step needs every datapoint's chain to move. ``options`` go to the sampler's
+    constructor (e.g. ``{"adapt_mass": False}``).
     """
     import time
 
@@ -547,7 +559,7 @@ def measure_ess(
     eps = torch.tensor(0.1)
     if sampler == "batched-hmc":
         eps = find_step_size(latents, (x,), u, eps)
-    chains = make_sampler(sampler)
+    chains = make_sampler(sampler, **(options or {}))
     warm = chains.sample(latents, (x,), u, eps, 1, warmup_steps=warmup)
     t0 = time.perf_counter()
     more = {"inv_mass": warm.inv_mass} if warm.inv_mass is not None else {}
@@ -576,6 +588,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
 
 
 def make_sampler(name: str, **kwargs) -> Sampler:
+    """The sampler registered as ``name`` (a key of :data:`SAMPLERS`)."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](**kwargs)

@@ -96,26 +96,32 @@ class SVIAlgorithm:
 
     def prepare(self, ds, first_batch) -> None:
         # refuse a wrong (model, guide, objective) before anything is written
+        """Refuse a (model, guide, objective) that would train silently wrong."""
         check_compatible(
             self.cfg.objective, self.model, self.guide, *first_batch, alpha=self.cfg.alpha
         )
 
     def step(self, args, index) -> float:
+        """One objective evaluation and Adam step on the minibatch; returns the summed loss."""
         loss = self.elbo.loss_and_grads(self.model, self.train_guide, *args)
         apply_gradients(self.optim, len(index), self.cfg.freeze)
         return float(loss)
 
     def begin_epoch(self, epoch: int) -> None:
+        """Set the learning rate the schedule gives this (1-based) epoch."""
         self.lr = LR_SCHEDULES[self.cfg.lr_schedule](self.cfg.lr, epoch)
         self.optim.set_lr(self.lr)
 
     def epoch_diagnostics(self) -> dict:
+        """The learning rate, when it follows a schedule."""
         return {"lr": self.lr} if self.cfg.lr_schedule != "constant" else {}
 
     def state_dict(self) -> dict:
+        """The optimiser state for the checkpoint."""
         return {"optim": self.optim.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the optimiser state before the first step."""
         self.optim.load_state_dict(state["optim"])
 
 

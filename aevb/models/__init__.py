@@ -36,9 +36,44 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+def register(cls):
+    """Add a user's model class to :data:`MODELS` (usable as a class decorator), so that
+    ``aevb train``, ``aevb evaluate`` and ``aevb compare`` can name it.
+
+    The class needs what the registered models have: ``name``, a frozen-dataclass
+    ``config_class`` whose instance is its only constructor argument, ``default_guide`` (a
+    key of :data:`aevb.guides.GUIDES`) and ``config_from_data`` -- subclassing
+    :class:`aevb.models.base.LatentVariableModel` provides the last one and the ``x_dim`` /
+    ``z_dim`` properties the guides read.
+
+    >>> from aevb.models import MODELS, VAE, build, register
+    >>> @register
+    ... class WideVAE(VAE):
+    ...     name = "wide-vae"
+    >>> build("wide-vae", hidden=(400,)).config.hidden
+    (400,)
+    >>> _ = MODELS.pop("wide-vae")
+    """
+    missing = [
+        a
+        for a in ("name", "config_class", "default_guide", "config_from_data")
+        if not hasattr(cls, a)
+    ]
+    if missing:
+        raise ConfigError(
+            f"{cls.__name__} cannot be registered: it has no {missing} (subclass "
+            "aevb.models.base.LatentVariableModel and set name, config_class, default_guide)"
+        )
+    if cls.name in MODELS and MODELS[cls.name] is not cls:
+        raise ConfigError(f"a model named {cls.name!r} is already registered")
+    MODELS[cls.name] = cls
+    return cls
+
+
 def build(name: str, preset: str | None = None, **overrides):
     """Instantiate a registered model from a preset (or the defaults) with field overrides.
 
+    >>> from aevb.models import build
     >>> build("vae", z_dim=2, hidden=(16,)).config.z_dim
     2
     """
@@ -72,4 +107,5 @@ __all__ = [
     "VRNNConfig",
     "build",
     "mlp",
+    "register",
 ]

@@ -67,6 +67,7 @@ class DecoderModel(LatentVariableModel):
     init_output_bias = True
 
     def build_decoder(self, in_dim: int) -> None:
+        """The MLP f_theta from ``in_dim`` to ``x_dim`` and the likelihood p(x | z)."""
         c = self.config
         self.likelihood = likelihoods.get(c.likelihood)
         self.decoder = mlp(in_dim, c.hidden, c.x_dim, c.activation)

@@ -71,7 +71,7 @@ class FactorAnalysis(LatentVariableModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # standard-normal W and pre-softplus scale, as in the aevb-tutorial
+        """W and the pre-softplus noise scales ~ N(0, 1), as in the aevb-tutorial."""
         nn.init.normal_(self.W)
         nn.init.normal_(self.rho)
 

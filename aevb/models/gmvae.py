@@ -108,6 +108,7 @@ class GMVAE(DecoderModel):
         # Glorot-normal scale for the per-cluster (mu, raw sigma), as if each were a linear
         # map of the one-hot y: clusters start close together and the data break the
         # symmetry. Means spread as N(0, 1) made one cluster win every x (collapse).
+        """Per-cluster (mu, raw sigma) close together; Glorot-normal decoder."""
         std = math.sqrt(2.0 / (self.num_clusters + self.z_dim))
         nn.init.normal_(self.z_loc, std=std)
         nn.init.normal_(self.z_raw_scale, std=std)
@@ -138,6 +139,7 @@ class GMVAE(DecoderModel):
             )
 
     def y_prior(self, like: torch.Tensor) -> dist.TorchDistribution:
+        """p(y): uniform one-hot over the clusters (relaxed in training with the gumbel preset)."""
         probs = like.new_full((self.num_clusters,), 1.0 / self.num_clusters)
         if self.config.relaxed and self.training:
             tau = like.new_tensor(temperature(self.config, self.step))
@@ -165,6 +167,7 @@ class GMVAE(DecoderModel):
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
+        """n images: means of p(x | z) for y ~ p(y), z ~ p(z | y)."""
         y = dist.OneHotCategorical(logits=self.z_loc.new_zeros(self.num_clusters)).sample((n,))
         return self.decode(self.z_prior(y).sample()).mean
 

@@ -34,6 +34,7 @@ class Likelihood:
     default_binarize: str
 
     def check(self, x: torch.Tensor, name: str) -> None:
+        """Raise a clear :class:`~aevb.errors.DataError` if ``x`` lies outside the support."""
         if not self.accepts(x):
             raise DataError(
                 f"the {name} likelihood needs data in {self.support}; got values in "
@@ -56,6 +57,7 @@ LIKELIHOODS: dict[str, Likelihood] = {
 
 
 def get(name: str) -> Likelihood:
+    """The likelihood registered as ``name`` (a key of :data:`LIKELIHOODS`)."""
     if name not in LIKELIHOODS:
         raise ConfigError(f"unknown likelihood {name!r}; expected one of {sorted(LIKELIHOODS)}")
     return LIKELIHOODS[name]

@@ -60,6 +60,7 @@ def output_layer(net: nn.Sequential) -> nn.Linear:
 
 
 def safe_logit(p: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """logit(p) with p clipped to [eps, 1 - eps]."""
     p = p.clamp(eps, 1 - eps)
     return torch.log(p) - torch.log1p(-p)
 

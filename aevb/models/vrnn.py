@@ -111,6 +111,7 @@ class VRNN(LatentVariableModel):
 
     # --- the recurrence, shared with the guide -------------------------------------------
     def initial_state(self, batch: int, like: torch.Tensor):
+        """h_0 (and the LSTM cell state) for ``batch`` sequences: zeros."""
         h = like.new_zeros(batch, self.config.rnn_dim)
         return (h, h.clone()) if self.config.rnn == "lstm" else h
 
@@ -133,6 +134,7 @@ class VRNN(LatentVariableModel):
         return self.cell(flat(inp), flat(state)).reshape(*lead, -1)
 
     def features_x(self, x: torch.Tensor) -> torch.Tensor:
+        """phi_x(x_t), the features of one step's pixels."""
         return self.act(self.phi_x(x))
 
     def step_prior(self, h: torch.Tensor) -> dist.TorchDistribution:

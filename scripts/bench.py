@@ -1,0 +1,396 @@
+"""Benchmark: what writing a model as a Pyro program costs, measured as ratios in one run.
+
+    python scripts/bench.py [--quick] [--json] [--out DIR]        (also: make bench)
+
+This machine is shared and noisy, so every figure that is compared is measured in the same
+run, after a warm-up, with the contenders interleaved (A B A B ...), and reported as the
+median (and min) over repetitions. Four parts:
+
+1. **SVI throughput** (images/s) of the package's ``trace``, ``meanfield`` and ``iwae``
+   (k = 5, 50) steps on the 784-200-200-50 VAE at batch 100 -- the real training loop
+   (``inference.fit``: data shuffling, dynamic binarisation, Adam) -- against the same
+   estimator, architecture, batch, data path and optimiser written by hand in PyTorch
+   (``scripts/torch_reference.py``). ``svi_ratio_X`` = package / hand-written, median over
+   interleaved repetitions of the per-repetition ratio. Also seconds per epoch of the CVAE,
+   GMVAE (enum) and VRNN with their default recipes, extrapolated from timed steps.
+2. **IS evaluation**: seconds for IS-5000 over the 10,000 MNIST test images (``--quick``: a
+   slice, extrapolated and labelled so), run in a child process so that its peak resident
+   memory is its own; the decoder's matmul GFLOP/s achieved against this machine's measured
+   matmul GFLOP/s (a 2048 x 2048 ``torch.mm``).
+3. **MCEM E-step**: effective samples of z per second per datapoint
+   (:func:`aevb.inference.samplers.measure_ess`) for Pyro ``hmc``, Pyro ``nuts`` and
+   ``batched-hmc`` on one decoder (the VAE after a short training) and one minibatch of
+   test images. All three adapt a diagonal mass matrix in their warm-up; the ratio against
+   Pyro's HMC with the identity mass matrix (Kingma & Welling's setting, the package's
+   default before the benchmark existed) is reported beside it.
+
+``--json`` prints one object with ``svi_ratio_trace``, ``svi_ratio_meanfield``,
+``svi_ratio_iwae5``, ``is5000_seconds``, ``is_gflops_fraction_of_peak``, ``is_peak_rss_mb``,
+``ess_per_s_batched_over_pyro_hmc`` and the raw figures behind them (docs/README.md,
+"make bench" describes every key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from torch_reference import ReferenceVAE, train_steps  # noqa: E402
+
+from aevb import cli, data, guides, inference, models  # noqa: E402
+from aevb.inference import evaluate as ev  # noqa: E402
+from aevb.inference.samplers import measure_ess  # noqa: E402
+
+BATCH = 100
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- SVI
+
+
+def reference_rate(images: torch.Tensor, objective: str, k: int, steps: int, seed: int) -> float:
+    """Images/s of the hand-written step (10 untimed warm-up steps first)."""
+    torch.manual_seed(seed)
+    model = ReferenceVAE()
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    train_steps(model, optim, images, objective, k, BATCH, 10, g)
+    t0 = time.perf_counter()
+    train_steps(model, optim, images, objective, k, BATCH, steps, g)
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def package_rate(train, model_name: str, objective: str, k: int, steps: int, seed: int, **kw):
+    """Steady-state images/s (or s/step) of ``inference.fit``'s own loop: steps are
+    timestamped by the loop's callback and the first 10 (compilation, warm-up) dropped."""
+    model = models.build(model_name, **kw.pop("model_kw", {}))
+    guide = kw.pop("guide", None) or guides.default_for(model)
+    stamps: list[float] = []
+    batch = kw.pop("batch_size", BATCH)
+    inference.fit(
+        model,
+        guide,
+        train,
+        objective,
+        num_particles=k,
+        epochs=10**6,
+        max_steps=steps + 10,
+        batch_size=batch,
+        seed=seed,
+        progress=False,
+        callback=lambda e, s, loss: stamps.append(time.perf_counter()),
+        **kw,
+    )
+    seconds_per_step = (stamps[-1] - stamps[9]) / (len(stamps) - 10)
+    return batch / seconds_per_step, seconds_per_step
+
+
+def bench_svi(train, reps: int, steps: int) -> dict:
+    out: dict = {}
+    images = train.x
+    for name, objective, k in (
+        ("trace", "trace", 1),
+        ("meanfield", "meanfield", 1),
+        ("iwae5", "iwae", 5),
+        ("iwae50", "iwae", 50),
+    ):
+        n = max(20, steps // max(1, k // 5))  # fewer steps where a step is k times dearer
+        ref, pkg, ratios = [], [], []
+        for rep in range(reps):
+            r = reference_rate(images, objective, k, n, seed=rep)
+            p, _ = package_rate(train, "vae", objective, k, n, seed=rep)
+            ref.append(r)
+            pkg.append(p)
+            ratios.append(p / r)
+            log(f"svi {name:9s} rep {rep}: hand-written {r:8.0f} img/s, package {p:8.0f} img/s")
+        out[f"svi_ratio_{name}"] = statistics.median(ratios)
+        out[f"svi_ratio_{name}_min"] = min(ratios)
+        out[f"svi_{name}_images_per_s_package"] = statistics.median(pkg)
+        out[f"svi_{name}_images_per_s_reference"] = statistics.median(ref)
+        out[f"svi_{name}_steps_timed"] = n
+        log(f"svi {name}: ratio median {out[f'svi_ratio_{name}']:.3f} (min {min(ratios):.3f})")
+    return out
+
+
+def bench_models(steps: int) -> dict:
+    """Seconds per epoch of the other models under their CLI defaults (extrapolated)."""
+    out: dict = {}
+    for name, flags in (("cvae", []), ("gmvae", []), ("vrnn", [])):
+        args = cli.build_parser().parse_args(["train", name, *flags])
+        train, _, model, guide = cli._model_and_data(args)  # noqa: SLF001
+        settings = cli._settings(args, model)  # noqa: SLF001
+        objective = getattr(model, "default_objective", "trace")
+        batch = settings.get("batch_size", 20)
+        t0 = time.perf_counter()
+        stamps: list[float] = []
+        inference.fit(
+            model,
+            guide,
+            train,
+            objective,
+            epochs=1,
+            max_steps=steps + 5,
+            batch_size=batch,
+            lr=settings.get("lr", 1e-3),
+            progress=False,
+            callback=lambda e, s, loss, stamps=stamps: stamps.append(time.perf_counter()),
+        )
+        per_step = (stamps[-1] - stamps[4]) / (len(stamps) - 5)
+        epoch = per_step * math.ceil(len(train) / batch)
+        out[f"{name}_seconds_per_epoch_extrapolated"] = epoch
+        out[f"{name}_batch_size"] = batch
+        log(
+            f"{name} ({objective}, batch {batch}): {epoch:.1f} s/epoch ({steps} steps timed, "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ IS evaluation
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """This machine's fp32 matmul rate: best of ``reps`` n x n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def decoder_flops_per_sample(model) -> int:
+    """Multiply-adds x 2 of the decoder's linear layers for one z."""
+    return sum(
+        2 * m.in_features * m.out_features
+        for m in model.decoder.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def is_child(args) -> None:
+    """Run IS-k on ``--is-images`` test images with the saved model; print one JSON line."""
+    torch.set_num_threads(args.threads)
+    _, test = data.load("mnist", "dynamic")
+    model = models.build("vae")
+    model.load_state_dict(torch.load(args.model_state))
+    guide = guides.default_for(model)
+    guide.load_state_dict(torch.load(args.guide_state))
+    test = test.subset(args.is_images)
+    t0 = time.perf_counter()
+    b = ev.bounds(model, guide, test, args.is_k, batch_size=100)
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": rss,
+                "log_likelihood": float(b.log_likelihood.mean()),
+            }
+        )
+    )
+
+
+def bench_is(args, model, guide, workdir: Path) -> dict:
+    torch.save(model.state_dict(), workdir / "model.pt")
+    torch.save(guide.state_dict(), workdir / "guide.pt")
+    images = 200 if args.quick else 10_000
+    cmd = [
+        sys.executable,
+        __file__,
+        "--part",
+        "is-child",
+        "--is-images",
+        str(images),
+        "--is-k",
+        "5000",
+        "--threads",
+        str(args.threads),
+        "--model-state",
+        str(workdir / "model.pt"),
+        "--guide-state",
+        str(workdir / "guide.pt"),
+    ]
+    log(f"IS-5000 on {images} test images (child process) ...")
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    seconds = res["seconds"] * 10_000 / images
+    flops = decoder_flops_per_sample(model) * 5000 * images
+    peak = matmul_gflops()
+    achieved = flops / res["seconds"] / 1e9
+    out = {
+        "is5000_seconds": seconds,
+        "is5000_seconds_extrapolated": images < 10_000,
+        "is5000_images_timed": images,
+        "is_peak_rss_mb": res["peak_rss_mb"],
+        "is_decoder_gflops": achieved,
+        "machine_matmul_gflops": peak,
+        "is_gflops_fraction_of_peak": achieved / peak,
+        "is5000_log_likelihood": res["log_likelihood"],
+    }
+    label = " (extrapolated)" if images < 10_000 else ""
+    log(
+        f"IS-5000: {seconds:.0f} s for 10k images{label}, decoder {achieved:.0f} GFLOP/s of "
+        f"{peak:.0f} measured, peak RSS {res['peak_rss_mb']:.0f} MB"
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------------- MCEM
+
+
+def bench_ess(model, args) -> dict:
+    _, test = data.load("mnist", "dynamic")
+    x = test.subset(args.ess_batch).fixed(0).x
+    warmup, draws = (60, 150) if args.quick else (100, 300)
+    rows = {}
+    for name, options in (
+        ("hmc", {}),
+        ("nuts", {}),
+        ("batched-hmc", {}),
+        ("hmc-identity-mass", {"adapt_mass": False}),
+    ):
+        sampler = name.replace("-identity-mass", "")
+        r = measure_ess(model, x, sampler, warmup, draws, seed=0, options=options)
+        rows[name] = r
+        log(
+            f"ess {name:18s}: {r['ess_per_second_per_datapoint']:7.2f} ESS/s per datapoint "
+            f"(median ESS {r['ess_per_datapoint_median']:.0f} of {draws}, {r['seconds']:.1f} s, "
+            f"accept {r['accept_prob']:.2f}, step {r['step_size']:.3f})"
+        )
+    rate = {k: v["ess_per_second_per_datapoint"] for k, v in rows.items()}
+    return {
+        "ess_per_s_batched_over_pyro_hmc": rate["batched-hmc"] / rate["hmc"],
+        "ess_per_s_batched_over_pyro_hmc_identity_mass": rate["batched-hmc"]
+        / rate["hmc-identity-mass"],
+        "ess_per_s_per_datapoint": rate,
+        "ess_per_datapoint_median": {k: v["ess_per_datapoint_median"] for k, v in rows.items()},
+        "ess_batch": args.ess_batch,
+        "ess_warmup": warmup,
+        "ess_draws": draws,
+    }
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small budgets (~2 min); IS extrapolated")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", type=Path, help="also write bench.json here")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (3; quick 2)")
+    p.add_argument("--ess-batch", type=int, default=20, help="minibatch for the E-step")
+    p.add_argument("--part", default="all", choices=["all", "svi", "is", "ess", "is-child"])
+    p.add_argument("--is-images", type=int, default=10_000, help=argparse.SUPPRESS)
+    p.add_argument("--is-k", type=int, default=5000, help=argparse.SUPPRESS)
+    p.add_argument("--model-state", help=argparse.SUPPRESS)
+    p.add_argument("--guide-state", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.part == "is-child":
+        return is_child(args)
+    torch.set_num_threads(args.threads)
+    reps = args.reps or (2 if args.quick else 3)
+    steps = 60 if args.quick else 200
+    started = time.perf_counter()
+    result: dict = {
+        "quick": args.quick,
+        "threads": args.threads,
+        "batch_size": BATCH,
+        "torch": torch.__version__,
+        "pyro": __import__("pyro").__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    train, _ = data.load("mnist", "dynamic")
+    if args.part in ("all", "svi"):
+        result.update(bench_svi(train, reps, steps))
+        result.update(bench_models(20 if args.quick else 60))
+    if args.part in ("all", "is", "ess"):
+        # one decoder and encoder for the IS and E-step parts: the VAE after a short training
+        model = models.build("vae")
+        guide = guides.default_for(model)
+        train_steps_n = 300 if args.quick else 1200
+        inference.fit(
+            model,
+            guide,
+            train,
+            "trace",
+            epochs=10**6,
+            max_steps=train_steps_n,
+            batch_size=BATCH,
+            seed=0,
+            progress=False,
+        )
+        result["decoder_training_steps"] = train_steps_n
+        workdir = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / "aevb-bench"
+        workdir.mkdir(parents=True, exist_ok=True)
+        if args.part in ("all", "is"):
+            result.update(bench_is(args, model, guide, workdir))
+        if args.part in ("all", "ess"):
+            model.eval()
+            result.update(bench_ess(model, args))
+    result["bench_seconds"] = time.perf_counter() - started
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.json").write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(summary(result))
+
+
+def summary(r: dict) -> str:
+    lines = ["aevb benchmark" + (" (--quick)" if r["quick"] else "")]
+    for name in ("trace", "meanfield", "iwae5", "iwae50"):
+        if f"svi_ratio_{name}" in r:
+            lines.append(
+                f"  svi {name:9s}: package / hand-written {r[f'svi_ratio_{name}']:.3f} "
+                f"({r[f'svi_{name}_images_per_s_package']:.0f} vs "
+                f"{r[f'svi_{name}_images_per_s_reference']:.0f} images/s)"
+            )
+    for name in ("cvae", "gmvae", "vrnn"):
+        if f"{name}_seconds_per_epoch_extrapolated" in r:
+            lines.append(
+                f"  {name:5s} seconds/epoch (extrapolated): "
+                f"{r[f'{name}_seconds_per_epoch_extrapolated']:.1f}"
+            )
+    if "is5000_seconds" in r:
+        ex = " (extrapolated)" if r["is5000_seconds_extrapolated"] else ""
+        lines.append(
+            f"  IS-5000, 10k test images: {r['is5000_seconds']:.0f} s{ex}, "
+            f"{r['is_gflops_fraction_of_peak']:.2f} of peak matmul GFLOP/s, "
+            f"peak RSS {r['is_peak_rss_mb']:.0f} MB"
+        )
+    if "ess_per_s_batched_over_pyro_hmc" in r:
+        lines.append(
+            f"  E-step ESS/s, batched-hmc / Pyro hmc: "
+            f"{r['ess_per_s_batched_over_pyro_hmc']:.1f} (identity-mass Pyro hmc: "
+            f"{r['ess_per_s_batched_over_pyro_hmc_identity_mass']:.1f})"
+        )
+    lines.append(f"  ({r['bench_seconds']:.0f} s)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
