@@ -94,3 +94,52 @@ def test_grid_config_errors_are_clear(tmp_path):
     bad.write_text("[[cells]]\nobjective = 'trace'\n")
     with pytest.raises(ConfigError, match="no model"):
         load_config(bad)
+
+
+def test_a_users_model_joins_a_grid_through_the_modules_key(tmp_path):
+    """docs/examples/my_models.py, imported by ``modules = [...]`` beside the config, trains
+    and is scored next to the package's VAE (the "write your own model" page's grid)."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    from aevb import models
+
+    examples = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    shutil.copy(examples / "my_models.py", tmp_path / "my_models.py")
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "bits.npz", x=(g.random((300, 12)) < 0.3).astype(np.float32))
+    grid = f"""
+name = "mine"
+modules = ["my_models"]
+[defaults]
+data = "{tmp_path / "bits.npz"}"
+epochs = 1
+z_dim = 2
+hidden = "8"
+[evaluate]
+is = 10
+[[cells]]
+model = "vae"
+[[cells]]
+model = "laplace-vae"
+objective = "iwae"
+particles = 3
+"""
+    (tmp_path / "mine.toml").write_text(grid)
+    try:
+        assert main(["compare", str(tmp_path / "mine.toml"), "--out", str(tmp_path / "g")]) == 0
+        results = pd.read_csv(tmp_path / "g" / "results.csv")
+        assert list(results["status"]) == ["ok", "ok"]
+        assert list(results["cell"]) == ["vae", "laplace-vae-iwae-k3"]
+        assert results["test_ll_is"].notna().all()
+    finally:
+        models.MODELS.pop("laplace-vae", None)
+
+
+def test_a_missing_module_is_a_clear_error(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('modules = ["no_such_module_here"]\n[[cells]]\nmodel = "vae"\n')
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module_here'"):
+        load_config(config)

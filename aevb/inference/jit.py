@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pyro
 import torch
@@ -58,12 +59,12 @@ class PerSignature:
 
     def __init__(self, factory: Callable[[], ELBO]):
         self.factory = factory
-        self.compiled: dict[tuple, ELBO] = {}
+        self.compiled: dict[tuple, Any] = {}
 
-    def _get(self, model, guide, args: tuple, kwargs: dict) -> ELBO:
+    def _get(self, model, guide, args: tuple, kwargs: dict) -> Any:
         key = signature(args)
         if key not in self.compiled:
-            elbo = self.factory()
+            elbo: Any = self.factory()
             # Compiling runs the model and guide twice more (Pyro's param capture, then the
             # trace). Do it on a forked random stream and drop its gradients, so a run draws
             # the same numbers whether or not it compiled at this step: a resumed run

@@ -243,9 +243,11 @@ class Sampler(Protocol):
         num_samples: int,
         warmup_steps: int = 0,
         adapt: bool = True,
+        inv_mass: torch.Tensor | None = None,
     ) -> ChainState:
         """Run ``warmup_steps`` discarded transitions (adapting the step size if ``adapt``),
-        then ``num_samples`` kept ones, from u [B, D]."""
+        then ``num_samples`` kept ones, from u [B, D]; ``inv_mass`` [B, D] continues a
+        previously adapted diagonal mass matrix (``ChainState.inv_mass``)."""
         ...
 
 
@@ -562,8 +564,9 @@ def measure_ess(
     chains = make_sampler(sampler, **(options or {}))
     warm = chains.sample(latents, (x,), u, eps, 1, warmup_steps=warmup)
     t0 = time.perf_counter()
-    more = {"inv_mass": warm.inv_mass} if warm.inv_mass is not None else {}
-    state = chains.sample(latents, (x,), warm.u, warm.step_size, draws, adapt=False, **more)
+    state = chains.sample(
+        latents, (x,), warm.u, warm.step_size, draws, adapt=False, inv_mass=warm.inv_mass
+    )
     seconds = time.perf_counter() - t0
     ess = effective_sample_size(state.samples.unsqueeze(0), chain_dim=0, sample_dim=1)
     per_point = ess.min(-1).values  # [B]: the slowest-mixing latent dimension
