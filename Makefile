@@ -29,7 +29,7 @@ bench: install
 	$(BIN)/aevb data fetch mnist
 	$(BIN)/python scripts/bench.py $(BENCH_FLAGS)
 
-# the documentation site: figures from the repo's scripts first (~3 min, once), then Sphinx
+# the documentation site: figures from the repo's scripts first (~5 min, once), then Sphinx
 # with warnings as errors; open docs/_build/html/index.html
 docs: install docs/_generated/.stamp
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html

@@ -1,4 +1,4 @@
-"""The documentation's regenerable figures, with small budgets (``make docs-figures``, ~3 min).
+"""The documentation's regenerable figures, with small budgets (``make docs-figures``, ~5 min).
 
     python scripts/docs_figures.py [--out docs/_generated]
 
@@ -7,6 +7,8 @@ the pages use:
 
 * ``scripts/fa_experiments.py`` (AEVB as approximate EM, ELBO vs exact evidence):
   ``fa_exp1.png``, ``fa_exp2.png``;
+* ``scripts/gradient_variance.py`` (estimators A, B, score function, IWAE):
+  ``gradient_variance.png``;
 * ``aevb train MODEL`` for ``vae`` (3 epochs), ``cvae`` (2), ``gmvae`` (2) and ``vrnn`` (1
   epoch on 10,000 images): each run's ``learning_curve.png``, ``samples.png``,
   ``reconstructions.png`` and, where the model has them, ``class_samples.png`` and
@@ -50,6 +52,8 @@ def main(argv=None) -> None:
     run([sys.executable, str(here / "fa_experiments.py"), "--out", str(runs / "fa")])
     for name in ("fa_exp1.png", "fa_exp2.png"):
         shutil.copy(runs / "fa" / name, out / name)
+    run([sys.executable, str(here / "gradient_variance.py"), "--out", str(runs / "gv")])
+    shutil.copy(runs / "gv" / "gradient_variance.png", out / "gradient_variance.png")
     aevb = str(Path(sys.executable).with_name("aevb"))
     for model, flags in RUNS.items():
         run_dir = runs / model
