@@ -99,7 +99,21 @@ def _anneal(latents, args, betas, hmc, eps, adapt: bool):
 
 
 def ais(model, args: tuple, config: AISConfig | None = None) -> AISResult:
-    """AIS estimates of log p(x_i) for the minibatch ``args`` (e.g. ``(x,)``) of ``model``."""
+    """AIS estimates of log p(x_i) for the minibatch ``args`` (e.g. ``(x,)``) of ``model``.
+
+    Example (factor analysis, whose evidence is known in closed form):
+        >>> import pyro
+        >>> from aevb import data, models
+        >>> from aevb.inference.ais import AISConfig, ais
+        >>> pyro.set_rng_seed(0)
+        >>> _, test = data.load("fa-synthetic")
+        >>> model = models.build("fa")
+        >>> x = test.x[:20]
+        >>> result = ais(model, (x,), AISConfig(num_temperatures=100, num_chains=16))
+        >>> gap = (result.log_likelihood - model.log_evidence(x).detach()).mean()
+        >>> bool(gap.abs() < 0.1)                   # nats per datapoint, over 20 points
+        True
+    """
     cfg = config or AISConfig()
     b, c = args[0].shape[0], cfg.num_chains
     betas = sigmoid_schedule(cfg.num_temperatures, cfg.schedule_sharpness)

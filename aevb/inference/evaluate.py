@@ -106,6 +106,15 @@ def bounds(
     :param data: a :class:`~aevb.data.Dataset` (binarised once if stochastic), tensor or array.
     :param num_samples: k, the number of proposals per datapoint.
     :param seed: draws are reproducible and do not disturb the global random state.
+
+    Example:
+        >>> from aevb import data, guides, models
+        >>> from aevb.inference.evaluate import bounds
+        >>> _, test = data.load("fa-synthetic")
+        >>> model = models.build("fa")
+        >>> b = bounds(model, guides.default_for(model), test.subset(50), num_samples=100)
+        >>> b.elbo.shape, bool((b.elbo <= b.log_likelihood).all())
+        (torch.Size([50]), True)
     """
     ds = _fixed(as_dataset(data))
     labels = bool(getattr(model, "uses_labels", False))

@@ -10,6 +10,19 @@ single-tensor Adam, so results match ``pyro.optim.Adam`` to the last bit.
 Checkpoints store the Adam state per param-store name (``state_dict``), which is what makes
 resuming independent of the order in which parameters were first seen. States saved by
 ``pyro.optim.PyroOptim.get_state`` (older runs) load too.
+
+References:
+    D. P. Kingma, J. Ba (2014), Adam: A Method for Stochastic Optimization, arXiv:1412.6980.
+
+Example:
+    >>> import torch
+    >>> from aevb.inference.optim import Adam
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> (w ** 2).sum().backward()
+    >>> opt = Adam(lr=0.1)
+    >>> opt.step([("w", w)])
+    >>> w.detach()                      # one Adam step moves each coordinate by ~lr
+    tensor([0.9000, 0.9000, 0.9000])
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ touched. Works for the package's models and for plain Pyro functions ``model(x)`
 The epochs, run directory (``config.json``, ``history.csv``, ``checkpoint.pt``), resume and
 progress bar are the shared training loop's (:mod:`aevb.inference.loop`); this module adds
 only what SVI does on a minibatch (:class:`SVIAlgorithm`).
+
+References:
+    D. P. Kingma, M. Welling (2013), Auto-Encoding Variational Bayes, arXiv:1312.6114
+    (minibatch AEVB, Algorithm 1).
+    M. D. Hoffman, D. M. Blei, C. Wang, J. Paisley (2013), Stochastic Variational
+    Inference, JMLR 14.
 """
 
 from __future__ import annotations

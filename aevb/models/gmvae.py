@@ -182,7 +182,14 @@ class GMVAE(DecoderModel):
 
 def cluster_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     """Accuracy under the best one-to-one matching of clusters to labels (Hungarian
-    algorithm, ``scipy.optimize.linear_sum_assignment``)."""
+    algorithm, ``scipy.optimize.linear_sum_assignment``).
+
+    Example (cluster ids are arbitrary; 4 of 5 points are matched):
+        >>> import numpy as np
+        >>> from aevb.models.gmvae import cluster_accuracy
+        >>> cluster_accuracy(np.array([2, 2, 0, 0, 1]), np.array([0, 0, 1, 1, 1]))
+        0.8
+    """
     k = int(max(pred.max(), labels.max())) + 1
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (pred, labels), 1)
