@@ -25,6 +25,7 @@ Two Pyro issues are worked around:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,15 @@ class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):  # noqa: N801 (Pyro'
         kwargs["_pyro_model_id"] = id(model)
         kwargs["_pyro_guide_id"] = id(guide)
         return compiled(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_trace():
+    """Silence torch 2.13's deprecation warning for ``torch.jit.trace``, which Pyro's JIT
+    (``pyro.ops.jit`` and the JIT ELBOs) relies on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated")
+        yield
 
 
 def signature(args: tuple) -> tuple:
@@ -69,9 +79,7 @@ class PerSignature:
             # trace). Do it on a forked random stream and drop its gradients, so a run draws
             # the same numbers whether or not it compiled at this step: a resumed run
             # compiles at a different step than the run it continues.
-            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-                # torch 2.13 marks torch.jit.trace deprecated; Pyro's JIT ELBOs rely on it
-                warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated")
+            with torch.random.fork_rng(devices=[]), quiet_trace():
                 elbo.loss_and_grads(model, guide, *args, **kwargs)
             for _, p in pyro.get_param_store().named_parameters():
                 p.grad = None

@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 import math
-import warnings
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,11 +39,12 @@ import pyro.ops.jit
 import pyro.poutine as poutine
 import torch
 from pyro.infer.mcmc import HMC, MCMC, NUTS
+from pyro.ops.stats import effective_sample_size
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to
 
 from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference.jit import signature
+from aevb.inference.jit import quiet_trace, signature
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,7 @@ class Latents:
             return self._log_parts(u, *args)
         key = signature((u, *args))
         if key not in self._compiled:
-            with warnings.catch_warnings():
-                # torch 2.13 marks torch.jit.trace deprecated; pyro.ops.jit relies on it
-                warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated")
+            with quiet_trace():
                 fn = pyro.ops.jit.trace(self._log_parts, ignore_warnings=True)
                 out = fn(u, *args)
             self._compiled[key] = fn
@@ -566,10 +565,6 @@ def measure_ess(
     E-step needs every datapoint's chain to move. ``options`` go to the sampler's
     constructor (e.g. ``{"adapt_mass": False}``).
     """
-    import time
-
-    from pyro.ops.stats import effective_sample_size
-
     pyro.set_rng_seed(seed)
     latents = Latents(model, (x,))
     u = latents.prior_draw((x,))
