@@ -58,3 +58,38 @@ def test_active_units(trained):
     n = inference.active_units(guide, x)
     assert n == int((means.var(0) > 0.01).sum())
     assert 1 <= n <= 2
+
+
+@pytest.mark.parametrize("max_elements, batch_size", [(None, 64), (16 * 30 * 7, 30)])
+def test_is_k_is_logsumexp_of_the_log_weights_minus_log_k(
+    trained, monkeypatch, max_elements, batch_size
+):
+    """Draw for draw under one seed: the datapoints in order, per batch the particles in
+    chunks of at most MAX_ELEMENTS / (B * D), IS-k = logsumexp(w) - log k, ELBO = mean(w)."""
+    import pyro
+
+    from aevb.inference import evaluate
+
+    model, guide, x = trained
+    x = x[:64]
+    k = 40
+    if max_elements is not None:  # several batches and several particle chunks
+        monkeypatch.setattr(evaluate, "MAX_ELEMENTS", max_elements)
+    got = inference.bounds(model, guide, x, k, seed=3, batch_size=batch_size)
+    chunk = min(k, evaluate.MAX_ELEMENTS // (batch_size * x.shape[1]))
+    torch.manual_seed(3)
+    parts = []
+    with pyro.validation_enabled(False):
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size]
+            sizes = [min(chunk, k - done) for done in range(0, k, chunk)]
+            parts.append(
+                torch.cat([inference.log_weights(model, guide, (batch,), s) for s in sizes])
+            )
+    w = torch.cat(parts, 1)  # [k, N]
+    assert w.shape == (k, len(x))
+    # float32 sums of k terms of size ~50: a few ulps of 50, ~1e-5
+    torch.testing.assert_close(
+        got.log_likelihood, torch.logsumexp(w, 0) - math.log(k), rtol=0, atol=5e-5
+    )
+    torch.testing.assert_close(got.elbo, w.mean(0), rtol=0, atol=5e-5)

@@ -31,6 +31,32 @@ def test_idx_layout_matches_the_format(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "f.gz"), [[1, 2, 3], [4, 5, 6]])
 
 
+def test_idx_multibyte_values_are_big_endian():
+    # magic 00 00 0C 01 (int32, one dim), 2 elements: 1 and 258 as big-endian int32
+    raw = bytes([0, 0, 0x0C, 1, 0, 0, 0, 2]) + (1).to_bytes(4, "big") + (258).to_bytes(4, "big")
+    np.testing.assert_array_equal(parse_idx(raw), [1, 258])
+    raw = bytes([0, 0, 0x0D, 1, 0, 0, 0, 1]) + np.array([1.5], ">f4").tobytes()
+    np.testing.assert_array_equal(parse_idx(raw), [1.5])
+
+
+def test_shuffled_batches_keep_points_labels_masks_and_indices_together():
+    n = 53
+    x = torch.arange(n, dtype=torch.float32).reshape(n, 1, 1).expand(n, 4, 2).contiguous()
+    y = torch.arange(n) % 7
+    mask = torch.arange(4).expand(n, 4) < (torch.arange(n) % 4 + 1).unsqueeze(1)
+    ds = data.Dataset.from_arrays(x, y, mask=mask)
+    g = torch.Generator().manual_seed(0)
+    seen = []
+    for index, (xb, yb, mb) in ds.batches(10, shuffle=True, generator=g, labels=True, indexed=True):
+        assert torch.equal(xb[:, 0, 0].long(), index)
+        assert torch.equal(yb, index % 7) and torch.equal(mb, mask[index])
+        seen.append(index)
+    order = torch.cat(seen)
+    assert sorted(order.tolist()) == list(range(n))  # each datapoint once per epoch
+    assert not torch.equal(order, torch.arange(n))  # shuffled
+    assert ds.num_batches(10) == len(seen) == 6
+
+
 @pytest.mark.parametrize(
     "raw, msg",
     [

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aevb.errors import ConfigError
 from aevb.inference.samplers import BatchedHMC, Latents, find_step_size, potential
 
 
@@ -98,8 +99,14 @@ def _anneal(latents, args, betas, hmc, eps, adapt: bool):
     return log_w, torch.stack(used), accept / (len(betas) - 1)
 
 
-def ais(model, args: tuple, config: AISConfig | None = None) -> AISResult:
+def ais(
+    model, args: tuple, config: AISConfig | None = None, step_sizes: torch.Tensor | None = None
+) -> AISResult:
     """AIS estimates of log p(x_i) for the minibatch ``args`` (e.g. ``(x,)``) of ``model``.
+
+    :param step_sizes: a fixed step-size schedule [T, B] (temperature t, datapoint i) for the
+        chains; None (the default) adapts one in a pilot pass with one chain per datapoint.
+        A schedule must not be adapted on the chains it moves (see the module docstring).
 
     Example (factor analysis, whose evidence is known in closed form):
         >>> import pyro
@@ -118,13 +125,19 @@ def ais(model, args: tuple, config: AISConfig | None = None) -> AISResult:
     b, c = args[0].shape[0], cfg.num_chains
     betas = sigmoid_schedule(cfg.num_temperatures, cfg.schedule_sharpness)
     hmc = BatchedHMC(num_steps=cfg.num_steps, target_accept_prob=cfg.target_accept_prob)
-    # pilot: one chain per datapoint adapts the step-size schedule (its weights are dropped)
-    pilot = Latents(model, args)
-    eps0 = find_step_size(pilot, args, pilot.prior_draw(args), torch.tensor(0.1))
-    _, schedule, _ = _anneal(pilot, args, betas, hmc, eps0, adapt=True)
+    if step_sizes is None:
+        # pilot: one chain per datapoint adapts the step-size schedule (its weights are dropped)
+        pilot = Latents(model, args)
+        eps0 = find_step_size(pilot, args, pilot.prior_draw(args), torch.tensor(0.1))
+        _, step_sizes, _ = _anneal(pilot, args, betas, hmc, eps0, adapt=True)
+    elif tuple(step_sizes.shape) != (cfg.num_temperatures, b):
+        raise ConfigError(
+            f"step_sizes must have shape [num_temperatures, B] = "
+            f"[{cfg.num_temperatures}, {b}], got {list(step_sizes.shape)}"
+        )
     # the C chains per datapoint, on the fixed schedule
     rep = tuple(_repeat(a, c) for a in args)
-    fixed = schedule.repeat(1, c)  # [T, C * B], chain-major like rep
+    fixed = step_sizes.repeat(1, c)  # [T, C * B], chain-major like rep
     log_w, _, accept = _anneal(Latents(model, rep), rep, betas, hmc, fixed, adapt=False)
     log_w = log_w.reshape(c, b)
     est = torch.logsumexp(log_w, 0) - math.log(c)

@@ -295,23 +295,19 @@ class BatchedHMC:
     def transition(self, potential_fn, u, U, grad, eps, inv_mass=None):
         """One HMC transition per chain on ``potential_fn: u -> (U [B], dU/du)`` with kinetic
         energy ``|r|^2_{M^-1} / 2`` (``inv_mass`` [B, D] the diagonal of M^-1, None = identity);
-        returns (u, U, grad, accept_prob, accepted)."""
+        returns (u, U, grad, accept_prob, accepted).
+
+        Random draws, in this order: the momentum r ~ N(0, M) (``randn_like(u)``), the step
+        jitter (``rand_like(eps)``), then one uniform per chain for the Metropolis test
+        (:func:`metropolis`)."""
         r = torch.randn_like(u)
         if inv_mass is not None:
             r = r / inv_mass.sqrt()
-        h0 = U + 0.5 * _kinetic(r, inv_mass)
+        h0 = U + 0.5 * kinetic_energy(r, inv_mass)
         e = (eps * (1.0 + self.jitter * (2.0 * torch.rand_like(eps) - 1.0))).unsqueeze(-1)
-        u1, g1 = u, grad
-        r1 = r - 0.5 * e * g1
-        for step in range(self.num_steps):
-            u1 = u1 + e * (r1 if inv_mass is None else inv_mass * r1)
-            U1, g1 = potential_fn(u1)
-            if step < self.num_steps - 1:
-                r1 = r1 - e * g1
-        r1 = r1 - 0.5 * e * g1
-        h1 = U1 + 0.5 * _kinetic(r1, inv_mass)
-        log_a = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
-        accept = torch.rand_like(log_a).log() < log_a
+        u1, r1, U1, g1 = leapfrog(potential_fn, u, r, grad, e, self.num_steps, inv_mass)
+        h1 = U1 + 0.5 * kinetic_energy(r1, inv_mass)
+        log_a, accept = metropolis(h0, h1)
         keep = accept.unsqueeze(-1)
         u = torch.where(keep, u1, u)
         grad = torch.where(keep, g1, grad)
@@ -361,8 +357,46 @@ class BatchedHMC:
         )
 
 
-def _kinetic(r: torch.Tensor, inv_mass: torch.Tensor | None) -> torch.Tensor:
+def kinetic_energy(r: torch.Tensor, inv_mass: torch.Tensor | None) -> torch.Tensor:
+    """r^T M^-1 r per chain [B] (twice the kinetic energy) for momenta r [B, D] and the
+    diagonal ``inv_mass`` of M^-1 ([B, D]; None = identity)."""
     return (r * r).sum(-1) if inv_mass is None else (r * r * inv_mass).sum(-1)
+
+
+def leapfrog(potential_fn, u, r, grad, step_size, num_steps: int, inv_mass=None):
+    """``num_steps`` leapfrog steps of size ``step_size`` (a scalar or [B, 1]) on
+    H(u, r) = U(u) + r^T M^-1 r / 2 (Neal 2011, eq. 5.18-5.20): a half step of the momentum,
+    alternating full steps of position and momentum, a final half step of the momentum.
+
+    :param potential_fn: u -> (U(u) [B], dU/du [B, D]).
+    :param grad: dU/du at the starting ``u`` (carried between calls, so each step costs one
+        potential-and-gradient evaluation).
+    :returns: (u, r, U(u), dU/du) at the end of the trajectory.
+
+    The map is volume-preserving and time-reversible: from the end point with the momentum
+    negated, the same number of steps leads back to the start.
+    """
+    if num_steps < 1:
+        raise ConfigError(f"a leapfrog trajectory needs num_steps >= 1, got {num_steps}")
+    r = r - 0.5 * step_size * grad
+    U = None
+    for step in range(num_steps):
+        u = u + step_size * (r if inv_mass is None else inv_mass * r)
+        U, grad = potential_fn(u)
+        if step < num_steps - 1:
+            r = r - step_size * grad
+    r = r - 0.5 * step_size * grad
+    return u, r, U, grad
+
+
+def metropolis(h0: torch.Tensor, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Metropolis test per chain for a move from energy ``h0`` to ``h1`` (both [B]):
+    log a = min(0, h0 - h1) (a NaN energy counts as -inf, a rejection), and accept exactly
+    when log v < log a for one uniform v ~ U(0, 1) per chain (``torch.rand_like``).
+    Returns (log a, accepted)."""
+    log_a = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
+    accept = torch.rand_like(log_a).log() < log_a
+    return log_a, accept
 
 
 class _Welford:
@@ -530,18 +564,16 @@ def find_step_size(
     probability exceeds 1/2, halve it while below (Hoffman & Gelman 2014, Alg. 4, one
     step per iteration); ``inv_mass`` as in :meth:`BatchedHMC.transition`."""
     eps = eps.detach().clone().expand(u.shape[0]).clone()
-    U, g = potential_and_grad(latents, u, args)
+    target = potential(latents, args)
+    U, g = target(u)
     for _ in range(iters):
         r = torch.randn_like(u)
         if inv_mass is not None:
             r = r / inv_mass.sqrt()
-        e = eps.unsqueeze(-1)
-        r1 = r - 0.5 * e * g
-        u1 = u + e * (r1 if inv_mass is None else inv_mass * r1)
-        U1, g1 = potential_and_grad(latents, u1, args)
-        r1 = r1 - 0.5 * e * g1
+        _, r1, U1, _ = leapfrog(target, u, r, g, eps.unsqueeze(-1), 1, inv_mass)
         log_a = torch.nan_to_num(
-            U + 0.5 * _kinetic(r, inv_mass) - U1 - 0.5 * _kinetic(r1, inv_mass), nan=-math.inf
+            U + 0.5 * kinetic_energy(r, inv_mass) - U1 - 0.5 * kinetic_energy(r1, inv_mass),
+            nan=-math.inf,
         )
         eps = torch.where(log_a > math.log(0.5), eps * 2.0, eps / 2.0)
     return eps
@@ -616,7 +648,10 @@ __all__ = [
     "PyroKernelSampler",
     "RecordingNUTS",
     "find_step_size",
+    "kinetic_energy",
+    "leapfrog",
     "make_sampler",
+    "metropolis",
     "measure_ess",
     "potential",
     "potential_and_grad",

@@ -123,14 +123,19 @@ class FactorAnalysis(LatentVariableModel):
         E_q[log N(x; W z, Phi)] - KL(q || N(0, I)), with
         E_q[(x - W z)_d^2] = (x - W m)_d^2 + (W S W^T)_dd and
         KL = (tr S + m^T m - L - log det S) / 2, S = L L^T.
+
+        ``scale_tril`` is one factor [L, L] shared by every datapoint (the linear guide) or
+        one per datapoint [N, L, L] (e.g. ``torch.diag_embed`` of a diagonal encoder's scales).
         """
         var = self.sigma**2
-        S = scale_tril @ scale_tril.T
+        S = scale_tril @ scale_tril.mT
         resid = x - loc @ self.W.T
-        quad = (resid**2 + torch.diagonal(self.W @ S @ self.W.T)) / var
+        spread = torch.diagonal(self.W @ S @ self.W.T, dim1=-2, dim2=-1)
+        quad = (resid**2 + spread) / var
         expected_ll = -0.5 * (quad + torch.log(2 * torch.pi * var)).sum(-1)
-        logdet = 2 * torch.log(torch.diagonal(scale_tril)).sum()
-        kl = 0.5 * (torch.trace(S) + (loc**2).sum(-1) - self.z_dim - logdet)
+        logdet = 2 * torch.log(torch.diagonal(scale_tril, dim1=-2, dim2=-1)).sum(-1)
+        trace = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1)
+        kl = 0.5 * (trace + (loc**2).sum(-1) - self.z_dim - logdet)
         return expected_ll - kl
 
     @torch.no_grad()
