@@ -120,3 +120,26 @@ def test_bernoulli_vae_refuses_non_binary_data():
         inference.fit(model, guide, torch.rand(10, 4), epochs=1)
     with pytest.raises(DataError, match=r"shape \[N, 4\]"):
         inference.fit(model, guide, torch.ones(10, 5), epochs=1)
+
+
+def _feature_plate_model(x):
+    """z is shared by every datapoint: its only plate runs over the D features."""
+    with pyro.plate("features", x.shape[1]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0).expand(x.shape), obs=x)  # batch shape [B, D]
+
+
+def _feature_plate_guide(x):
+    loc = pyro.param("loc", torch.zeros(x.shape[1]))
+    with pyro.plate("features", x.shape[1]):
+        pyro.sample("z", dist.Normal(loc, 1.0))
+
+
+def test_renyi_refuses_a_plate_that_does_not_run_over_the_datapoints():
+    x = torch.randn(8, 3)  # B = 8 datapoints, D = 3 features
+    for name in ("iwae", "renyi"):
+        with pytest.raises(ObjectiveError, match="batch's size 8.*features\\(3\\)"):
+            check_compatible(name, _feature_plate_model, _feature_plate_guide, x, alpha=0.5)
+    check_compatible("trace", _feature_plate_model, _feature_plate_guide, x)
+    with pytest.raises(ObjectiveError, match="data plate"):
+        inference.fit(_feature_plate_model, _feature_plate_guide, x, "iwae", epochs=1)

@@ -198,25 +198,43 @@ def load_params(model, guide, state: dict) -> None:
     pyro.get_param_store().set_state(state["params"])
 
 
+#: settings a resumed run may change: how long it runs and how its steps are executed
+RESUMABLE_CHANGES = ("epochs", "max_steps", "max_seconds", "jit", "validate")
+
+
+def _settings(record: dict) -> dict:
+    """A run record as {dotted key: JSON value}, without what may change on resume (the
+    library versions and :data:`RESUMABLE_CHANGES`)."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", json.loads(json.dumps({k: v for k, v in record.items() if k != "versions"})))
+    for key in RESUMABLE_CHANGES:
+        flat.pop(f"fit.{key}", None)
+    return flat
+
+
 def check_resumable(saved: dict, now: dict) -> None:
-    """Raise :class:`~aevb.errors.ConfigError` if a run would resume with other settings."""
-
-    def norm(record: dict) -> dict:
-        # the length of a run (and how its steps are executed) may change on resume; its
-        # settings may not
-        stops = ("epochs", "max_steps", "max_seconds", "jit", "validate")
-        fit = {k: v for k, v in record["fit"].items() if k not in stops}
-        return json.loads(json.dumps({"fit": fit, "model": record.get("model")}))
-
-    a, b = norm(saved), norm(now)
-    if a != b:
-        diff = {
-            k: (a["fit"].get(k), b["fit"].get(k))
-            for k in a["fit"]
-            if a["fit"].get(k) != b["fit"].get(k)
-        }
+    """Raise :class:`~aevb.errors.ConfigError` if a run would resume with other settings:
+    anything in the record (algorithm, objective and its settings, model, guide, data) other
+    than :data:`RESUMABLE_CHANGES`; the message lists every difference."""
+    a, b = _settings(saved), _settings(now)
+    missing = "(not set)"
+    diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
+    if diff:
+        changes = "; ".join(
+            f"{k}: {a.get(k, missing)!r} then, {b.get(k, missing)!r} now" for k in diff
+        )
         raise ConfigError(
-            f"cannot resume: the run was started with different settings {diff or a['model']}"
+            f"cannot resume: the run was started with different settings ({changes}). Resume "
+            "with the run's own settings (only epochs, max_steps and max_seconds may change), "
+            "or train into another output folder"
         )
 
 

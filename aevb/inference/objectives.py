@@ -166,6 +166,7 @@ def check_compatible(name: str, model, guide, *args, alpha: float | None = None)
         check(name, alpha)
     if name not in OBJECTIVES or not OBJECTIVES[name].needs_shared_plate:
         return
+    batch = args[0].shape[0]
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     common: set[str] | None = None
@@ -180,13 +181,19 @@ def check_compatible(name: str, model, guide, *args, alpha: float | None = None)
                     "minibatches without subsampling or poutine.scale; aevb normalises the "
                     "loss per datapoint itself."
                 )
-            # subsampling shows up as scale != 1 above, so any vectorised plate here is full
-            plates = {frame.name for frame in site["cond_indep_stack"] if frame.vectorized}
+            # subsampling shows up as scale != 1 above, so any vectorised plate here is full;
+            # a data plate runs over the B datapoints of the batch (a plate over features,
+            # say, leaves a latent shared by the whole batch)
+            stack = site["cond_indep_stack"]
+            plates = {f.name for f in stack if f.vectorized and f.size == batch}
             common = plates if common is None else common & plates
             if not common:
+                others = sorted(f"{f.name}({f.size})" for f in stack if f.vectorized)
                 raise ObjectiveError(
-                    f"{name}: {who} site {site_name!r} is not inside the data plate shared by "
-                    "the other sites. RenyiELBO's logsumexp would then run over the whole "
-                    "minibatch: one joint bound, not one per datapoint. Put every latent "
-                    "inside pyro.plate('data', B), or use trace/meanfield for global latents."
+                    f"{name}: {who} site {site_name!r} is not inside a data plate of the "
+                    f"batch's size {batch} shared by the other sites (its plates: "
+                    f"{', '.join(others) or 'none'}). RenyiELBO's logsumexp would then run "
+                    "over the whole minibatch: one joint bound, not one per datapoint. Put "
+                    "every latent inside pyro.plate('data', B), or use trace/meanfield for "
+                    "global latents."
                 )
