@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all lint format bench docs docs-figures doctest clean
+.PHONY: install demo test test-all lint format bench mutants docs docs-figures doctest clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: install
 bench: install
 	$(BIN)/aevb data fetch mnist
 	$(BIN)/python scripts/bench.py $(BENCH_FLAGS)
+
+# plant known bugs one at a time and report which the tests catch (~10 min; not part of test)
+mutants: install
+	$(BIN)/python scripts/mutation_check.py $(MUTANT_FLAGS)
 
 # the documentation site: figures from the repo's scripts first (~5 min, once), then Sphinx
 # with warnings as errors; open docs/_build/html/index.html

@@ -1,0 +1,409 @@
+"""Plant known bugs in the package, one at a time, and report which the test suite catches.
+
+Each mutant is a one-place text edit of a source file (the exact text is replaced, so a
+mutant whose text no longer exists is reported as ``stale`` instead of silently passing).
+For every mutant the repository is copied to a temporary folder, the edit applied there and
+the tests named for it run with pytest (``-x``: the first failure decides); ``--full`` runs the
+whole suite instead. A mutant is *caught* when pytest fails, *survived* when it passes.
+The unmutated copy is run first, so a red baseline is reported rather than counted as catches.
+
+Run before a large refactor (``make test`` does not run it):
+
+    python scripts/mutation_check.py                 # all mutants, their tests (~6 min)
+    python scripts/mutation_check.py --only ais-     # mutants whose id starts with ais-
+    python scripts/mutation_check.py --full --json   # the whole suite per mutant (slow)
+    python scripts/mutation_check.py --only hmc-,leapfrog- -k invariant   # moment tests alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    category: str
+    what: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+S = "aevb/inference/samplers.py"
+AIS = "aevb/inference/ais.py"
+EV = "aevb/inference/evaluate.py"
+OBJ = "aevb/inference/objectives.py"
+DS = "aevb/data/dataset.py"
+T_SAMPLERS = ("tests/test_samplers.py", "tests/test_mcem.py")
+
+MUTANTS = [
+    Mutant(
+        "hmc-loose-metropolis",
+        "sampler",
+        "Metropolis test looser by 0.3 nats",
+        S,
+        "accept = torch.rand_like(log_a).log() < log_a\n",
+        "accept = torch.rand_like(log_a).log() < log_a + 0.3\n",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "hmc-always-accept",
+        "sampler",
+        "every proposal accepted (unadjusted HMC)",
+        S,
+        "accept = torch.rand_like(log_a).log() < log_a\n",
+        "accept = torch.ones_like(log_a, dtype=torch.bool)\n",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "leapfrog-no-last-half-step",
+        "sampler",
+        "leapfrog loses its final half momentum step",
+        S,
+        "    r = r - 0.5 * step_size * grad\n    return u, r, U, grad\n",
+        "    return u, r, U, grad\n",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "leapfrog-full-first-kick",
+        "sampler",
+        "leapfrog starts with a full momentum step instead of a half",
+        S,
+        "    r = r - 0.5 * step_size * grad\n    U = None\n",
+        "    r = r - step_size * grad\n    U = None\n",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "hmc-momentum-wrong-mass",
+        "sampler",
+        "momentum drawn from N(0, M^-1) instead of N(0, M)",
+        S,
+        "        r = torch.randn_like(u)\n        if inv_mass is not None:\n"
+        "            r = r / inv_mass.sqrt()\n        h0",
+        "        r = torch.randn_like(u)\n        if inv_mass is not None:\n"
+        "            r = r * inv_mass.sqrt()\n        h0",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "kinetic-ignores-mass",
+        "sampler",
+        "kinetic energy without the inverse mass",
+        S,
+        "else (r * r * inv_mass).sum(-1)",
+        "else (r * r).sum(-1)",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "welford-half-variance",
+        "sampler",
+        "adapted mass matrix from half the chains' variance",
+        S,
+        "var = self.m2 / max(n - 1, 1)",
+        "var = self.m2 / max(n - 1, 1) / 2",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "latents-no-jacobian",
+        "sampler",
+        "constrained latents sampled without the log-Jacobian",
+        S,
+        "ladj = ladj + j.reshape(u.shape[0], -1).sum(-1)",
+        "ladj = ladj + 0 * j.reshape(u.shape[0], -1).sum(-1)",
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "pyro-kernel-tempered-potential",
+        "sampler",
+        "Pyro's kernels get half the potential (a tempered posterior)",
+        S,
+        'return -latents.log_joint(params["u"], args).sum()',
+        'return -0.5 * latents.log_joint(params["u"], args).sum()',
+        T_SAMPLERS,
+    ),
+    Mutant(
+        "ais-drop-first-increment",
+        "estimator",
+        "AIS drops its first annealing increment",
+        AIS,
+        "        log_w += (betas[t] - betas[t - 1]).double() * log_lik.double()",
+        "        log_w += (t > 1) * (betas[t] - betas[t - 1]).double() * log_lik.double()",
+        ("tests/test_ais.py",),
+    ),
+    Mutant(
+        "ais-drop-last-increment",
+        "estimator",
+        "AIS drops its last annealing increment",
+        AIS,
+        "        log_w += (betas[t] - betas[t - 1]).double() * log_lik.double()",
+        "        log_w += (t < len(betas) - 1) * (betas[t] - betas[t - 1]).double()"
+        " * log_lik.double()",
+        ("tests/test_ais.py",),
+    ),
+    Mutant(
+        "ais-moves-at-the-posterior",
+        "estimator",
+        "AIS moves every chain with the beta = 1 kernel",
+        AIS,
+        "target = potential(latents, args, float(betas[t]))",
+        "target = potential(latents, args, 1.0)",
+        ("tests/test_ais.py",),
+    ),
+    Mutant(
+        "ais-no-log-c",
+        "estimator",
+        "AIS average without its log C normaliser",
+        AIS,
+        "est = torch.logsumexp(log_w, 0) - math.log(c)",
+        "est = torch.logsumexp(log_w, 0)",
+        ("tests/test_ais.py",),
+    ),
+    Mutant(
+        "is-no-log-k",
+        "estimator",
+        "IS-k without its log k normaliser",
+        EV,
+        "lse = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_samples)",
+        "lse = torch.logsumexp(torch.stack(lse_parts), 0)",
+        ("tests/test_bounds.py", "tests/test_objectives.py", "tests/test_vrnn.py"),
+    ),
+    Mutant(
+        "is-elbo-last-chunk",
+        "estimator",
+        "ELBO over chunks divided by the last chunk's size",
+        EV,
+        "elbos.append(w_sum / num_samples)",
+        "elbos.append(w_sum / k)",
+        ("tests/test_bounds.py", "tests/test_vrnn.py"),
+    ),
+    Mutant(
+        "is-guide-half-weight",
+        "estimator",
+        "log weights with half of log q(z|x)",
+        EV,
+        "for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):",
+        "for trace, sign in ((model_trace, 1.0), (guide_trace, -0.5)):",
+        ("tests/test_bounds.py", "tests/test_fa.py"),
+    ),
+    Mutant(
+        "jit-meanfield-is-trace",
+        "objective",
+        "the compiled meanfield objective is estimator A",
+        OBJ,
+        "        make_jit=jit_meanfield,",
+        "        make_jit=jit_trace,",
+        ("tests/test_fast_paths.py",),
+    ),
+    Mutant(
+        "meanfield-is-trace",
+        "objective",
+        "meanfield samples the KL (Trace_ELBO)",
+        OBJ,
+        "        lambda k, a, n: TraceMeanField_ELBO(",
+        "        lambda k, a, n: Trace_ELBO(",
+        ("tests/test_fa.py", "tests/test_fast_paths.py"),
+    ),
+    Mutant(
+        "iwae-one-particle",
+        "objective",
+        "iwae ignores k (the ELBO)",
+        OBJ,
+        "RenyiELBO(0.0, k, max_plate_nesting=n",
+        "RenyiELBO(0.0, 1, max_plate_nesting=n",
+        ("tests/test_objectives.py", "tests/test_fa.py"),
+    ),
+    Mutant(
+        "renyi-plate-size-unchecked",
+        "objective",
+        "the per-datapoint check accepts any plate",
+        OBJ,
+        "plates = {f.name for f in stack if f.vectorized and f.size == batch}",
+        "plates = {f.name for f in stack if f.vectorized}",
+        ("tests/test_objectives.py",),
+    ),
+    Mutant(
+        "dynamic-is-threshold",
+        "data",
+        "dynamic binarisation thresholds instead of drawing",
+        DS,
+        "    return torch.bernoulli(x, generator=g)",
+        "    return (x > 0.5).to(x.dtype)",
+        ("tests/test_data.py", "tests/test_fit.py"),
+    ),
+    Mutant(
+        "dequantise-midpoint",
+        "data",
+        "continuous dequantisation adds 1/2 instead of U(0, 1)",
+        DS,
+        "return (torch.round(x * 255.0) + u) / 256.0",
+        "return (torch.round(x * 255.0) + 0.5 + 0 * u) / 256.0",
+        ("tests/test_data.py",),
+    ),
+    Mutant(
+        "labels-misaligned",
+        "data",
+        "shuffled batches take labels in another order",
+        DS,
+        "args.append(self.y[idx])  # type: ignore[index]",
+        "args.append(self.y[idx].flip(0))  # type: ignore[index]",
+        ("tests/test_data.py",),
+    ),
+    Mutant(
+        "idx-little-endian",
+        "data",
+        "IDX int32 read little-endian",
+        "aevb/data/idx.py",
+        '0x0C: np.dtype(">i4"),',
+        '0x0C: np.dtype("<i4"),',
+        ("tests/test_data.py",),
+    ),
+    Mutant(
+        "mcem-decay-unclamped",
+        "training",
+        "MCEM's lr keeps decaying past lr_decay_epochs",
+        "aevb/inference/mcem.py",
+        "frac = min(t / max(self.decay_steps - 1, 1), 1.0)",
+        "frac = t / max(self.decay_steps - 1, 1)",
+        ("tests/test_mcem.py",),
+    ),
+    Mutant(
+        "resume-ignores-data",
+        "training",
+        "resume does not compare the data settings",
+        "aevb/inference/loop.py",
+        'if k != "versions"',
+        'if k not in ("versions", "data_spec")',
+        ("tests/test_cli.py", "tests/test_fit.py"),
+    ),
+    Mutant(
+        "fa-evidence-sigma-not-squared",
+        "referee",
+        "FA's exact evidence with sigma for sigma^2",
+        "aevb/models/fa.py",
+        "cov = self.W @ self.W.T + torch.diag(self.sigma**2)",
+        "cov = self.W @ self.W.T + torch.diag(self.sigma)",
+        ("tests/test_fa.py",),
+    ),
+]
+
+
+def copy_repo(dest: Path) -> None:
+    """The working tree (tracked and untracked files), without environments or outputs."""
+    skip = {".git", ".venv", "runs", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+    ignore = shutil.ignore_patterns("__pycache__", "_build", "_generated")
+    for item in ROOT.iterdir():
+        if item.name in skip or item.name.endswith(".egg-info"):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dest / item.name, ignore=ignore)
+        else:
+            shutil.copy2(item, dest / item.name)
+    # the copy, not the editable install, must be what the tests import
+    env = {**os.environ, "PYTHONPATH": str(dest)}
+    probe = [sys.executable, "-c", "import aevb; print(aevb.__file__)"]
+    found = subprocess.run(probe, cwd=dest, env=env, capture_output=True, text=True).stdout
+    if not found.strip().startswith(str(dest)):
+        raise RuntimeError(f"the copy's aevb is not the one imported ({found.strip()})")
+
+
+def run_tests(
+    where: Path, tests: tuple[str, ...] | None, timeout: float, select: str = ""
+) -> tuple[int, str, float]:
+    """pytest in ``where`` (its own copy of the package first on the path); returns (exit
+    code, first failing test, seconds)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+    cmd += ["-m", "not network", *(tests or ())] + (["-k", select] if select else [])
+    env = {**os.environ, "PYTHONPATH": str(where), "PYTHONDONTWRITEBYTECODE": "1"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=where, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return -1, "timeout", time.perf_counter() - start
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    return proc.returncode, (failed[0][7:] if failed else ""), time.perf_counter() - start
+
+
+def check(mutant: Mutant, full: bool, timeout: float, select: str = "") -> dict:
+    with tempfile.TemporaryDirectory(prefix="aevb-mutant-") as tmp:
+        where = Path(tmp)
+        copy_repo(where)
+        path = where / mutant.path
+        text = path.read_text()
+        if text.count(mutant.old) != 1:
+            return {"status": "stale", "first_failure": f"text found {text.count(mutant.old)}x"}
+        path.write_text(text.replace(mutant.old, mutant.new))
+        code, first, seconds = run_tests(where, None if full else mutant.tests, timeout, select)
+    status = {0: "survived", 5: "no tests"}.get(code, "caught" if code > 0 else "timeout")
+    return {"status": status, "first_failure": first, "seconds": round(seconds, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--only", default="", help="the mutants whose id starts with this (comma-separated)"
+    )
+    p.add_argument("--full", action="store_true", help="the whole suite for every mutant")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per pytest run")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("-k", dest="select", default="", help="only the tests pytest -k selects")
+    args = p.parse_args(argv)
+    prefixes = tuple(args.only.split(","))
+    chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
+    tests = sorted({t for m in chosen for t in m.tests})
+    with tempfile.TemporaryDirectory(prefix="aevb-baseline-") as tmp:
+        copy_repo(Path(tmp))
+        code, first, seconds = run_tests(
+            Path(tmp), None if args.full else tuple(tests), args.timeout, args.select
+        )
+    if code != 0:
+        print(f"baseline is not green ({first or code}); fix the suite first", file=sys.stderr)
+        return 1
+    rows = []
+    for m in chosen:
+        row = {
+            "id": m.id,
+            "category": m.category,
+            "what": m.what,
+            **check(m, args.full, args.timeout, args.select),
+        }
+        rows.append(row)
+        if not args.json:
+            print(
+                f"{row['status']:>9}  {m.id}  ({row.get('seconds', '-')} s) {row['first_failure']}",
+                flush=True,
+            )
+    caught = sum(r["status"] == "caught" for r in rows)
+    summary = {
+        "baseline_seconds": round(seconds, 1),
+        "caught": caught,
+        "total": len(rows),
+        "mutants": rows,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"\n{caught} of {len(rows)} planted bugs caught (baseline {seconds:.0f} s)\n")
+        print("| mutant | category | planted bug | result | first failing test |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            cols = (r["id"], r["category"], r["what"], r["status"], r["first_failure"])
+            print("| " + " | ".join(cols) + " |")
+    return 0 if caught == len(rows) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
