@@ -234,6 +234,15 @@ MUTANTS = [
         ("tests/test_objectives.py",),
     ),
     Mutant(
+        "discrete-guide-unchecked",
+        "objective",
+        "a non-reparameterised guide site is accepted by iwae and meanfield",
+        OBJ,
+        'if why and site["type"] == "sample"',
+        'if False and why and site["type"] == "sample"',
+        ("tests/test_objectives.py", "tests/test_models.py"),
+    ),
+    Mutant(
         "dynamic-is-threshold",
         "data",
         "dynamic binarisation thresholds instead of drawing",

@@ -143,3 +143,28 @@ def test_renyi_refuses_a_plate_that_does_not_run_over_the_datapoints():
     check_compatible("trace", _feature_plate_model, _feature_plate_guide, x)
     with pytest.raises(ObjectiveError, match="data plate"):
         inference.fit(_feature_plate_model, _feature_plate_guide, x, "iwae", epochs=1)
+
+
+def _discrete_model(x):
+    with pyro.plate("data", x.shape[0]):
+        c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+        pyro.sample("x", dist.Normal(c.float(), 1.0), obs=x[:, 0])
+
+
+def _discrete_guide(x):
+    logits = pyro.param("logits", torch.zeros(3))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("c", dist.Categorical(logits=logits))
+
+
+def test_a_users_discrete_guide_site_is_refused_where_it_would_get_no_gradient():
+    """Decided from the guide's trace, so a user's model is protected like the GMVAE."""
+    x = torch.randn(8, 1)
+    with pytest.raises(ObjectiveError, match="'c' \\(Categorical\\).*zero gradient"):
+        check_compatible("iwae", _discrete_model, _discrete_guide, x)
+    with pytest.raises(ObjectiveError, match="zero gradient"):
+        check_compatible("renyi", _discrete_model, _discrete_guide, x, alpha=0.0)
+    with pytest.raises(ObjectiveError, match="fully reparameterised"):
+        check_compatible("meanfield", _discrete_model, _discrete_guide, x)
+    for name, alpha in (("trace", None), ("renyi", 0.5), ("enum", None)):
+        check_compatible(name, _discrete_model, _discrete_guide, x, alpha=alpha)

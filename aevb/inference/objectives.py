@@ -64,6 +64,26 @@ class Objective:
     #: the compiled form, ``make_jit(num_particles, max_plate_nesting) -> ELBO``, if any
     #: (:mod:`aevb.inference.jit`)
     make_jit: Callable[[int, int], ELBO] | None = None
+    #: why a guide site without a reparameterised sampler (a discrete y, say) would train
+    #: silently wrong under this objective, given alpha; None when it trains correctly
+    refuses_score_function: Callable[[float | None], str | None] = lambda alpha: None  # noqa: E731
+
+
+def _no_gradient_at_alpha_zero(alpha: float | None) -> str | None:
+    if alpha is not None and alpha != 0:
+        return None
+    return (
+        "RenyiELBO at alpha=0 has no score-function term, so the guide's parameters before "
+        "this site would get zero gradient. Use enum (discrete sites summed exactly), trace, "
+        "renyi with alpha != 0, or a relaxed (reparameterised) distribution"
+    )
+
+
+def _needs_reparameterised(alpha: float | None) -> str | None:
+    return (
+        "TraceMeanField_ELBO needs a fully reparameterised guide. Use enum or enum-meanfield "
+        "(discrete sites summed exactly), trace, or a relaxed (reparameterised) distribution"
+    )
 
 
 def _vectorize(k: int) -> bool:
@@ -92,13 +112,20 @@ OBJECTIVES: dict[str, Objective] = {
         False,
         "ELBO with analytic KL(q||p) (SGVB estimator B)",
         make_jit=jit_meanfield,
+        refuses_score_function=_needs_reparameterised,
     ),
     "iwae": Objective(
         lambda k, a, n: RenyiELBO(0.0, k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
         True,
         "importance-weighted bound with k particles (Burda et al.)",
+        refuses_score_function=lambda alpha: _no_gradient_at_alpha_zero(0.0),
     ),
-    "renyi": Objective(_renyi, True, "Renyi alpha bound (Li & Turner); alpha=0 is iwae"),
+    "renyi": Objective(
+        _renyi,
+        True,
+        "Renyi alpha bound (Li & Turner); alpha=0 is iwae",
+        refuses_score_function=_no_gradient_at_alpha_zero,
+    ),
     "enum": Objective(
         lambda k, a, n: TraceEnum_ELBO(k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
         False,
@@ -155,19 +182,31 @@ def make_jit_objective(name: str, num_particles: int = 1, max_plate_nesting: int
 
 def check_compatible(name: str, model, guide, *args, alpha: float | None = None) -> None:
     """Raise :class:`ObjectiveError` if ``name``'s estimate would be silently wrong for this
-    (model, guide) on the batch ``args``.
+    (model, guide) on the batch ``args``, decided from their traces (so a user's own model
+    gets the same protection as the package's):
 
-    For the RenyiELBO family every sample site of model and guide must lie inside one common
-    plate of the full batch size, unscaled and not subsampled (see PYRO_NOTES: a global latent
-    or ``poutine.scale`` turns the logsumexp into a joint, or invalid, bound).
+    * a guide site without a reparameterised sampler (``has_rsample`` false: a discrete y)
+      under an objective that cannot train it (``Objective.refuses_score_function``: iwae,
+      renyi at alpha=0, meanfield);
+    * for the RenyiELBO family, a sample site of model or guide outside one common plate of
+      the full batch size, or scaled or subsampled (see PYRO_NOTES: a global latent or
+      ``poutine.scale`` turns the logsumexp into a joint, or invalid, bound).
     """
-    check = getattr(model, "check_objective", None)
-    if check is not None:  # model-specific limits, e.g. a discrete latent under iwae
-        check(name, alpha)
-    if name not in OBJECTIVES or not OBJECTIVES[name].needs_shared_plate:
+    if name not in OBJECTIVES:
+        return
+    objective = OBJECTIVES[name]
+    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
+    why = objective.refuses_score_function(alpha)
+    for site_name, site in guide_trace.nodes.items():
+        fn = site.get("fn")
+        if why and site["type"] == "sample" and not site["is_observed"] and not fn.has_rsample:
+            raise ObjectiveError(
+                f"{name}: guide site {site_name!r} ({type(fn).__name__}) is not "
+                f"reparameterised: {why}."
+            )
+    if not objective.needs_shared_plate:
         return
     batch = args[0].shape[0]
-    guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     common: set[str] | None = None
     for trace, who in ((model_trace, "model"), (guide_trace, "guide")):

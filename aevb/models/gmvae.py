@@ -19,7 +19,8 @@ and it can be estimated in two ways (the aevb-tutorial's "Estimator 1" and "Esti
    the ordinary ``trace`` objective gets pathwise gradients. Evaluation always uses the
    discrete model with the same parameters.
 
-Objectives a discrete y cannot use (:meth:`GMVAE.check_objective` raises): ``iwae``
+Objectives a discrete y cannot use are refused by
+:func:`aevb.inference.objectives.check_compatible`, from the guide's trace: ``iwae``
 (RenyiELBO at alpha=0 has no score-function term, so q(y|x) gets zero gradient) and
 ``meanfield`` (TraceMeanField_ELBO needs a fully reparameterised guide).
 
@@ -44,7 +45,6 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from aevb.errors import ObjectiveError
 from aevb.models.base import DecoderModel
 from aevb.models.nets import register, xavier_
 
@@ -121,22 +121,6 @@ class GMVAE(DecoderModel):
     def set_step(self, step: int) -> None:
         """Called by the training loop before each step (drives the temperature)."""
         self.step = step
-
-    def check_objective(self, objective: str, alpha: float | None = None) -> None:
-        """Refuse objectives that would train a discrete y silently wrong."""
-        if self.config.relaxed and self.training:
-            return
-        if objective == "iwae" or (objective == "renyi" and alpha == 0):
-            raise ObjectiveError(
-                "gmvae with a discrete y cannot use iwae: RenyiELBO at alpha=0 has no "
-                "score-function term, so q(y|x) would get zero gradient. Use enum (y summed "
-                "exactly), trace, renyi with alpha != 0, or the relaxed (gumbel) preset."
-            )
-        if objective == "meanfield":
-            raise ObjectiveError(
-                "gmvae with a discrete y cannot use meanfield: TraceMeanField_ELBO needs a "
-                "fully reparameterised guide. Use enum, trace, or the gumbel preset."
-            )
 
     def y_prior(self, like: torch.Tensor) -> dist.TorchDistribution:
         """p(y): uniform one-hot over the clusters (relaxed in training with the gumbel preset)."""
