@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyro.poutine as poutine
 from pyro.infer import (
@@ -198,7 +199,7 @@ def check_compatible(name: str, model, guide, *args, alpha: float | None = None)
     guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
     why = objective.refuses_score_function(alpha)
     for site_name, site in guide_trace.nodes.items():
-        fn = site.get("fn")
+        fn: Any = site.get("fn")
         if why and site["type"] == "sample" and not site["is_observed"] and not fn.has_rsample:
             raise ObjectiveError(
                 f"{name}: guide site {site_name!r} ({type(fn).__name__}) is not "
