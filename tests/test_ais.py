@@ -78,7 +78,8 @@ def test_one_temperature_is_importance_sampling_from_the_prior():
     z = truth.prior().sample((len(rep),))  # the chains' start, z_0 ~ p(z)
     log_w = truth.decode(z).log_prob(rep).detach().reshape(c, len(x)).double()
     expected = torch.logsumexp(log_w, 0) - math.log(c)
-    torch.testing.assert_close(r.log_likelihood.double(), expected, rtol=1e-6, atol=1e-5)
+    # the same float32 log-likelihoods (~-10) through two code paths: a few ulps, << 1e-4
+    torch.testing.assert_close(r.log_likelihood.double(), expected, rtol=0, atol=1e-4)
 
 
 def _constant_likelihood_model(x):

@@ -219,5 +219,9 @@ def test_sampler_leaves_the_exact_fa_posterior_invariant(
     state = sampler.sample(
         latents, (x,), u0, torch.tensor(step_size), 30, adapt=False, inv_mass=inv_mass
     )
-    assert 0.45 < float(state.accept_prob.mean()) < 0.8  # the regime where bias shows
+    # the regime where a broken kernel's bias shows. Pyro's kernels run all 4 * copies
+    # targets as one joint chain: 30 accept/reject decisions, whose mean acceptance varied
+    # from 0.63 to 0.82 over seeds 0-3 (batched-hmc: 0.613-0.615 over 10,000 chains)
+    low, high = (0.45, 0.8) if name == "batched-hmc" else (0.3, 0.95)
+    assert low < float(state.accept_prob.mean()) < high
     _assert_standard_normal(_whitened(truth, x, state.samples))
