@@ -5,8 +5,7 @@ Generative models p(x, z) live in :mod:`aevb.models`, approximate posteriors q(z
 :mod:`aevb.inference`, datasets in :mod:`aevb.data`.
 """
 
-__version__ = "0.1.0"
-
-from aevb import data, guides, inference, models  # noqa: E402
+from aevb import data, guides, inference, models
+from aevb.version import __version__
 
 __all__ = ["data", "guides", "inference", "models", "__version__"]

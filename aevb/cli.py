@@ -254,7 +254,8 @@ def _train_mcem(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     """``aevb evaluate RUN``: IS or AIS estimates on the run's test set (DESIGN.md keys)."""
-    from aevb.inference.evaluate import evaluate_run
+    from aevb.inference import rundir
+    from aevb.inference.rundir import evaluate_run
 
     k = args.num_samples or (16 if args.estimator == "ais" else 1000)
     result = evaluate_run(
@@ -267,10 +268,7 @@ def cmd_evaluate(args) -> dict:
         seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    path = Path(args.run_dir) / "evaluation.json"
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    saved[f"{args.estimator}-{k}"] = result
-    path.write_text(json.dumps(saved, indent=2))
+    rundir.record_evaluation(args.run_dir, f"{args.estimator}-{k}", result)
     if args.json:
         print(json.dumps(result))
     else:

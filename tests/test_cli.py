@@ -9,8 +9,7 @@ import pytest
 from aevb import data, inference
 from aevb.cli import main
 from aevb.data.idx import write_idx
-from aevb.inference.evaluate import evaluate_run
-from aevb.inference.svi import load_run
+from aevb.inference.rundir import evaluate_run, load_run
 
 KEYS = {
     "test_elbo",

@@ -7,8 +7,7 @@ from aevb import data
 from aevb.cli import main
 from aevb.errors import ConfigError
 from aevb.experiments.compare import load_config, train_argv
-from aevb.inference.evaluate import evaluate_run
-from aevb.inference.svi import load_run
+from aevb.inference.rundir import evaluate_run, load_run
 
 GRID = """
 name = "tiny"

@@ -18,6 +18,7 @@ from pyro.ops.stats import effective_sample_size
 from aevb import data, inference, models
 from aevb.cli import main
 from aevb.errors import ConfigError, ObjectiveError
+from aevb.inference.rundir import load_run
 from aevb.inference.samplers import (
     BatchedHMC,
     FixedStepsHMC,
@@ -25,7 +26,6 @@ from aevb.inference.samplers import (
     find_step_size,
     make_sampler,
 )
-from aevb.inference.svi import load_run
 from tests.test_cli import make_idx_folder
 
 

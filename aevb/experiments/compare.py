@@ -46,7 +46,6 @@ seconds, throughput, bounds, model metrics, sampler diagnostics, library version
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import sys
 import traceback
@@ -147,26 +146,25 @@ def train_argv(cell: dict, seed: int, out: Path, resume: bool) -> list[str]:
 def run_cell(cell: dict, seed: int, out: Path, evaluate: dict) -> dict:
     """Train (or resume) and evaluate one (cell, seed); return its results row."""
     from aevb import cli
-    from aevb.inference.evaluate import evaluate_run
+    from aevb.inference import rundir
 
-    evaluation = out / "evaluation.json"
     wanted = _estimators(evaluate)
-    done = json.loads(evaluation.read_text()) if evaluation.exists() else {}
+    done = rundir.read_evaluations(out)
     if not all(key in done for key in wanted):
         args = cli.build_parser().parse_args(
-            train_argv(cell, seed, out, (out / "checkpoint.pt").exists())
+            train_argv(cell, seed, out, rundir.has_checkpoint(out))
         )
         args.func(args)
         for key, (estimator, k) in wanted.items():
             if key not in done:
-                done[key] = evaluate_run(
+                result = rundir.evaluate_run(
                     out,
                     k,
                     estimator,
                     ais_temperatures=int(evaluate.get("ais_temperatures", 500)),
                     subset=evaluate.get("subset"),
                 )
-        evaluation.write_text(json.dumps(done, indent=2))
+                done = rundir.record_evaluation(out, key, result)
     return results_row(cell, seed, out, done, wanted)
 
 
@@ -183,8 +181,10 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
     """One tidy ``results.csv`` row for a finished (cell, seed): settings, seconds, bounds,
     diagnostics.
     """
-    record = json.loads((out / "config.json").read_text())
-    history = pd.read_csv(out / "history.csv")
+    from aevb.inference import rundir
+
+    record = rundir.read_config(out)
+    history = rundir.read_history(out)
     last = history.iloc[-1]
     fit = record["fit"]
     row = {

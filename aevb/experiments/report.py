@@ -57,11 +57,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _histories(results: pd.DataFrame) -> pd.DataFrame:
+    from aevb.inference import rundir
+
     frames = []
     for _, row in results[results["status"] == "ok"].iterrows():
-        path = Path(row["run_dir"]) / "history.csv"
-        if path.exists():
-            frames.append(pd.read_csv(path).assign(cell=row["cell"], seed=row["seed"]))
+        if (Path(row["run_dir"]) / rundir.HISTORY).exists():
+            history = rundir.read_history(row["run_dir"])
+            frames.append(history.assign(cell=row["cell"], seed=row["seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -1,6 +1,7 @@
 """Inference: objectives (:mod:`.objectives`), the shared training loop (:mod:`.loop`) run by
 SVI (:mod:`.svi`) and Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`), and
-estimators of log p(x) (:mod:`.evaluate`)."""
+estimators of log p(x) (:mod:`.evaluate`); the run directory's layout lives in
+:mod:`.rundir` alone."""
 
 from aevb.inference.evaluate import (
     Bounds,
@@ -14,7 +15,8 @@ from aevb.inference.evaluate import (
 from aevb.inference.mcem import MCEMConfig
 from aevb.inference.mcem import fit as mcem_fit
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
-from aevb.inference.svi import FitConfig, Run, fit, load_run
+from aevb.inference.rundir import evaluate_run, load_run
+from aevb.inference.svi import FitConfig, Run, fit
 
 __all__ = [
     "OBJECTIVES",
@@ -26,6 +28,7 @@ __all__ = [
     "bounds",
     "check_compatible",
     "elbo",
+    "evaluate_run",
     "fit",
     "load_run",
     "log_likelihood",

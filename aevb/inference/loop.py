@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -29,11 +28,8 @@ from tqdm.auto import tqdm
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError, TrainingDiverged
 from aevb.inference import evaluate as ev
+from aevb.inference import rundir
 from aevb.inference.optim import Adam
-
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.csv"
-CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
@@ -107,10 +103,10 @@ def versions() -> dict[str, str]:
     import numpy
     import pyro as _pyro
 
-    import aevb
+    from aevb.version import __version__
 
     return {
-        "aevb": aevb.__version__,
+        "aevb": __version__,
         "pyro": _pyro.__version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -147,13 +143,6 @@ def make_record(inference: str, cfg, model, guide, ds: Dataset, test, meta=None,
     }
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` via ``write(tmp_path)`` and an atomic rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def reset_parameters(obj) -> None:
     """Re-initialise every ``nn.Module`` inside ``obj`` from the global random state."""
     if isinstance(obj, torch.nn.Module):
@@ -182,20 +171,6 @@ def set_mode(training: bool, *objs) -> None:
     for obj in objs:
         if isinstance(obj, torch.nn.Module):
             obj.train(training)
-
-
-def module_states(*objs) -> list:
-    """The ``state_dict`` of every ``nn.Module`` among model and guide, by role."""
-    return [o.state_dict() if isinstance(o, torch.nn.Module) else None for o in objs]
-
-
-def load_params(model, guide, state: dict) -> None:
-    """Load a checkpoint's module states and param store into model and guide."""
-    for obj, sd in zip((model, guide), state.get("modules", [None, None])):
-        if sd is not None and isinstance(obj, torch.nn.Module):
-            obj.load_state_dict(sd)
-    pyro.clear_param_store()
-    pyro.get_param_store().set_state(state["params"])
 
 
 #: settings a resumed run may change: how long it runs and how its steps are executed
@@ -261,7 +236,7 @@ def train(
         check_data(model, test)
     labels = bool(getattr(model, "uses_labels", False))
     out_dir = Path(out) if out is not None else None
-    ckpt_path = out_dir / CHECKPOINT if out_dir is not None else None
+    ckpt_path = out_dir / rundir.CHECKPOINT if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not resume:
         raise ConfigError(
             f"{out_dir} already holds a run; pass resume=True (--resume) to continue it or "
@@ -276,9 +251,9 @@ def train(
     rows: list[dict] = []
     resumed = None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        resumed = torch.load(ckpt_path, weights_only=False)
+        resumed = rundir.read_checkpoint(ckpt_path.parent)
         check_resumable(resumed["config"], record)
-        load_params(model, guide, resumed)
+        rundir.load_params(model, guide, resumed)
         rows = resumed["history"]
     else:
         if reset:  # a fresh start from the seed; reset=False keeps given parameters as they are
@@ -302,7 +277,7 @@ def train(
 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2)))
+        rundir.write_config(out_dir, record)
 
     start_epoch = rows[-1]["epoch"] if rows else 0
     nb = ds.num_batches(cfg.batch_size)
@@ -416,18 +391,16 @@ def evaluate_epoch(model, guide, test: Dataset, cfg: LoopConfig) -> dict:
 
 
 def save(out_dir: Path, record: dict, model, guide, algorithm, rows: list[dict]) -> None:
-    """Write the checkpoint and history of the epoch just finished, each atomically."""
+    """Checkpoint and history of the epoch just finished (:func:`.rundir.write_epoch`)."""
     state = {
         "config": record,
         "params": pyro.get_param_store().get_state(),
-        "modules": module_states(model, guide),
+        "modules": rundir.module_states(model, guide),
         "algorithm": algorithm.state_dict(),
         "rng": torch.get_rng_state(),
         "history": rows,
     }
-    atomic_write(out_dir / CHECKPOINT, lambda p: torch.save(state, p))
-    frame = pd.DataFrame(rows)
-    atomic_write(out_dir / HISTORY, lambda p: frame.to_csv(p, index=False))
+    rundir.write_epoch(out_dir, state, rows)
 
 
 def is_frozen(name: str, prefixes) -> bool:

@@ -36,7 +36,7 @@ import torch
 
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ConfigError
-from aevb.inference import loop
+from aevb.inference import loop, rundir
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.optim import Adam
 from aevb.inference.samplers import SAMPLERS, Latents, find_step_size, make_sampler
@@ -323,14 +323,8 @@ def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, pr
     run.guide = guide
     run.extra["proposal_history"] = prop.history
     if run.out is not None:
-        state = torch.load(run.out / loop.CHECKPOINT, weights_only=False)
-        state["params"] = pyro.get_param_store().get_state()
-        state["modules"] = loop.module_states(model, guide)
-        state["proposal_history"] = prop.history.to_dict("records")
-        loop.atomic_write(run.out / loop.CHECKPOINT, lambda p: torch.save(state, p))
-        loop.atomic_write(
-            run.out / "proposal_history.csv", lambda p: prop.history.to_csv(p, index=False)
-        )
+        params = pyro.get_param_store().get_state()
+        rundir.write_proposal(run.out, params, rundir.module_states(model, guide), prop.history)
     return run
 
 

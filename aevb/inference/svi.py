@@ -24,20 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
-
 from aevb.data.dataset import as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import loop
-from aevb.inference.loop import (
-    CHECKPOINT,
-    LoopConfig,
-    Run,
-    apply_gradients,
-    describe,
-    load_params,
-)
+from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.objectives import (
     OBJECTIVES,
     check_compatible,
@@ -201,28 +191,3 @@ def fit(
         callback=callback,
         desc=f"{describe(model).get('name', 'model')}/{cfg.objective}",
     )
-
-
-def load_run(run_dir: str | Path):
-    """Rebuild a registered model and guide from ``run_dir`` with its last checkpoint.
-
-    Returns ``(model, guide, record, history)``.
-    """
-    from aevb import guides, models
-
-    run_dir = Path(run_dir)
-    ckpt = run_dir / CHECKPOINT
-    if not ckpt.exists():
-        raise ConfigError(f"{run_dir}: no {CHECKPOINT}; is this a run directory?")
-    state = torch.load(ckpt, weights_only=False)
-    record = state["config"]
-    mspec, gspec = record["model"], record["guide"]
-    if "name" not in mspec or "name" not in gspec:
-        raise ConfigError(
-            f"{run_dir} was trained with user-defined callables ({mspec}); rebuild them in "
-            "Python and load the checkpoint's params there"
-        )
-    model = models.build(mspec["name"], **mspec["config"])
-    guide = guides.from_config(gspec["name"], gspec["config"], model)
-    load_params(model, guide, state)
-    return model, guide, record, pd.DataFrame(state["history"])
