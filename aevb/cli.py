@@ -19,6 +19,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``aevb`` command line: subcommands data, train, evaluate, compare, demo."""
+    from aevb.inference.samplers import SAMPLERS
+
     p = argparse.ArgumentParser(prog="aevb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -35,14 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="trace|meanfield|iwae|renyi|enum|enum-meanfield (default: the model's)",
     )
     t.add_argument(
-        "--particles", type=int, default=None, help="k particles (default 1; 5 for iwae)"
+        "--particles",
+        type=int,
+        default=None,
+        help="k particles (default: 5 for iwae, renyi; else 1)",
     )
     t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
     t.add_argument("--inference", default="svi", choices=["svi", "mcem"])
     t.add_argument(
         "--sampler",
         default=None,
-        choices=["hmc", "nuts", "batched-hmc"],
+        choices=sorted(SAMPLERS),
         help="MCEM's E-step sampler (default batched-hmc)",
     )
     t.add_argument(
@@ -162,7 +167,7 @@ def cmd_train(args) -> dict:
         raise ConfigError(
             f"unknown objective {objective!r}; expected one of {sorted(inference.OBJECTIVES)}"
         )
-    k = args.particles or (5 if objective in ("iwae", "renyi") else 1)
+    k = args.particles or inference.OBJECTIVES[objective].default_particles
     train, test, model, guide = _model_and_data(args)
     out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
     settings = _settings(args, model)

@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pyro
 import pyro.distributions as dist
@@ -180,3 +181,24 @@ def test_unknown_setting_is_rejected(binary_data):
     model = models.build("vae", x_dim=16, z_dim=2, hidden=(8,))
     with pytest.raises(ConfigError, match="unknown fit setting"):
         inference.fit(model, None, binary_data, epoch=3)
+
+
+@pytest.mark.parametrize("objective, k", [("iwae", 5), ("renyi", 5), ("trace", 1)])
+def test_the_library_and_the_cli_default_to_the_objectives_particle_count(
+    tmp_path, binary_data, objective, k
+):
+    from aevb.cli import main
+    from aevb.inference.objectives import OBJECTIVES
+
+    assert OBJECTIVES[objective].default_particles == k
+    model = models.build("vae", x_dim=16, z_dim=2, hidden=(8,))
+    alpha = {"alpha": 0.5} if objective == "renyi" else {}
+    run = inference.fit(model, None, binary_data[:64], objective, epochs=1, batch_size=32, **alpha)
+    assert run.config["fit"]["num_particles"] == k
+    np.savez(tmp_path / "d.npz", x=binary_data.numpy())
+    out = tmp_path / "run"
+    argv = ["train", "vae", "--data", str(tmp_path / "d.npz"), "--objective", objective]
+    argv += ["--z-dim", "2", "--hidden", "8", "--epochs", "1", "--out", str(out), "--quiet"]
+    argv += ["--alpha", "0.5"] if alpha else []
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["fit"]["num_particles"] == k

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from aevb.errors import ConfigError
-from aevb.inference.samplers import BatchedHMC, Latents, find_step_size, potential
+from aevb.inference.samplers import BatchedHMC, Latents, adapted, find_step_size, potential
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def _anneal(latents, args, betas, hmc, eps, adapt: bool):
         u, U, grad, a, _ = hmc.transition(target, u, U, grad, step)
         used.append(step)
         if adapt:
-            eps = eps * torch.exp(hmc.adapt_gain * (a - hmc.target_accept_prob))
+            eps = adapted(eps, a, hmc.target_accept_prob, hmc.adapt_gain)
         accept += float(a.mean())
         with torch.no_grad():
             _, log_lik = latents.log_parts(u, args)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyro
@@ -39,7 +39,7 @@ from aevb.errors import ConfigError
 from aevb.inference import loop, rundir
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.optim import Adam
-from aevb.inference.samplers import SAMPLERS, Latents, find_step_size, make_sampler
+from aevb.inference.samplers import SAMPLERS, Latents, log_step_change, sampler_from_settings
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,8 @@ class MCEMAlgorithm:
 
     def __init__(self, model, cfg: MCEMConfig):
         self.model, self.cfg = model, cfg
-        options = {"num_steps": cfg.num_steps, "target_accept_prob": cfg.target_accept_prob}
-        if cfg.sampler == "nuts":
-            options = {"target_accept_prob": cfg.target_accept_prob}
-            options["max_tree_depth"] = cfg.max_tree_depth
-        self.sampler = make_sampler(cfg.sampler, adapt_online=True, **options)
-        self.per_datapoint = cfg.sampler == "batched-hmc"
+        self.sampler = sampler_from_settings(cfg.sampler, asdict(cfg), adapt_online=True)
+        self.per_datapoint = self.sampler.per_datapoint
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None
         self.u = torch.empty(0)
@@ -139,7 +135,8 @@ class MCEMAlgorithm:
         if self.per_datapoint:
             eps = self.step_size[index] * math.exp(self.log_scale)
             if bool(new.any()):  # a starting step size per new chain, then adapting warm-up
-                eps = torch.where(new, find_step_size(self.latents, args, u0, eps), eps)
+                start = self.sampler.initial_step_size(self.latents, args, u0, eps)
+                eps = torch.where(new, start, eps)
                 warmup = cfg.first_visit_warmup
         else:
             eps = self.step_size
@@ -153,8 +150,9 @@ class MCEMAlgorithm:
         self.visited[index] = True
         if self.per_datapoint:
             self.step_size[index] = state.step_size / math.exp(self.log_scale)
-            gap = float(state.accept_prob.mean()) - cfg.target_accept_prob
-            self.log_scale += self.sampler.adapt_gain * gap  # type: ignore[attr-defined]
+            accept = float(state.accept_prob.mean())
+            gain = self.sampler.adapt_gain
+            self.log_scale += log_step_change(accept, cfg.target_accept_prob, gain)
         else:
             self.step_size = state.step_size.reshape(1)
         self._acc.append(float(state.accept_prob.mean()))

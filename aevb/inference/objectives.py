@@ -65,6 +65,9 @@ class Objective:
     #: the compiled form, ``make_jit(num_particles, max_plate_nesting) -> ELBO``, if any
     #: (:mod:`aevb.inference.jit`)
     make_jit: Callable[[int, int], ELBO] | None = None
+    #: particles per datapoint when none are given (the library's and the CLI's default):
+    #: 5 for the importance-weighted family (Burda et al.'s k = 5), 1 for the ELBOs
+    default_particles: int = 1
     #: why a guide site without a reparameterised sampler (a discrete y, say) would train
     #: silently wrong under this objective, given alpha; None when it trains correctly
     refuses_score_function: Callable[[float | None], str | None] = lambda alpha: None  # noqa: E731
@@ -119,12 +122,14 @@ OBJECTIVES: dict[str, Objective] = {
         lambda k, a, n: RenyiELBO(0.0, k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
         True,
         "importance-weighted bound with k particles (Burda et al.)",
+        default_particles=5,
         refuses_score_function=lambda alpha: _no_gradient_at_alpha_zero(0.0),
     ),
     "renyi": Objective(
         _renyi,
         True,
         "Renyi alpha bound (Li & Turner); alpha=0 is iwae",
+        default_particles=5,
         refuses_score_function=_no_gradient_at_alpha_zero,
     ),
     "enum": Objective(

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Protocol
 
 import pyro
 import pyro.ops.jit
@@ -241,11 +240,23 @@ class ChainState:
 
 
 class Sampler(Protocol):
-    """What MCEM needs of an E-step sampler (see :data:`SAMPLERS`)."""
+    """What MCEM, AIS and :func:`measure_ess` need of a sampler (see :data:`SAMPLERS`)."""
 
     @property
     def name(self) -> str:
         """The sampler's registry name."""
+        ...
+
+    #: one chain, step size and accept/reject per datapoint (True), or the minibatch as one
+    #: joint chain with one step size (False)
+    per_datapoint: bool
+    #: the Robbins-Monro gain of the online step-size update (:func:`log_step_change`)
+    adapt_gain: float
+
+    def initial_step_size(
+        self, latents: Latents, args: tuple, u: torch.Tensor, step_size: torch.Tensor
+    ) -> torch.Tensor:
+        """A starting step size for chains at u [B, D] (before any warm-up)."""
         ...
 
     def sample(
@@ -284,13 +295,19 @@ class BatchedHMC:
     #: each transition uses eps_i * U(1 - jitter, 1 + jitter): a fixed trajectory length
     #: can resonate with the target's periods and stop mixing (Neal 2011, sec. 5.4.2.2)
     jitter: float = 0.5
-    name: str = "batched-hmc"
+    name: ClassVar[str] = "batched-hmc"
 
     #: adapt a diagonal mass matrix per datapoint (the variance of its chain's u, Stan's
     #: windowed scheme) when a call's warm-up has at least ``mass_warmup`` transitions;
     #: MCEM's 10-transition burn-ins keep the identity
     adapt_mass: bool = True
     mass_warmup: int = 50
+    per_datapoint: ClassVar[bool] = True
+
+    def initial_step_size(self, latents, args, u, step_size) -> torch.Tensor:
+        """Per-datapoint step sizes by :func:`find_step_size` (one leapfrog step's acceptance
+        brought near 1/2)."""
+        return find_step_size(latents, args, u, step_size)
 
     def transition(self, potential_fn, u, U, grad, eps, inv_mass=None):
         """One HMC transition per chain on ``potential_fn: u -> (U [B], dU/du)`` with kinetic
@@ -336,7 +353,7 @@ class BatchedHMC:
             warm = t < warmup_steps
             if (warm and adapt) or (not warm and self.adapt_online):
                 gain = self.adapt_gain / math.sqrt(t - t0 + 1) if warm else self.adapt_gain
-                eps = eps * torch.exp(gain * (a - self.target_accept_prob))
+                eps = adapted(eps, a, self.target_accept_prob, gain)
             if window[0] <= t < window[1]:
                 moments.add(u)
             if t == window[1] - 1:
@@ -355,6 +372,19 @@ class BatchedHMC:
             {"accept_rate": float(accepted.mean() / num_samples)},
             inv_mass,
         )
+
+
+def log_step_change(accept_prob, target: float, gain: float):
+    """The Robbins-Monro step-size update on the log scale, shared by every sampler, AIS
+    and MCEM: log eps += gain * (a - target), for a mean acceptance ``accept_prob`` (a float
+    or a tensor of one per chain). Returns the change of log eps."""
+    return gain * (accept_prob - target)
+
+
+def adapted(step_size, accept_prob, target: float, gain: float):
+    """``step_size * exp(log_step_change(...))`` (floats stay floats, tensors tensors)."""
+    change = log_step_change(accept_prob, target, gain)
+    return step_size * (torch.exp(change) if torch.is_tensor(change) else math.exp(change))
 
 
 def kinetic_energy(r: torch.Tensor, inv_mass: torch.Tensor | None) -> torch.Tensor:
@@ -460,7 +490,8 @@ class FixedStepsHMC(_KeepsAcceptProb, HMC):
 
 @dataclass
 class PyroKernelSampler:
-    """Pyro's ``HMC`` (fixed leapfrog steps) or ``NUTS`` through ``pyro.infer.MCMC``.
+    """Pyro's kernels through ``pyro.infer.MCMC`` (subclasses: :class:`PyroHMC`,
+    :class:`PyroNUTS`, each building its kernel).
 
     The minibatch is one joint chain on U(u) = sum_i U_i(u_i). With ``warmup_steps`` > 0
     Pyro adapts the (shared) step size by dual averaging; with none the given step size is
@@ -469,35 +500,37 @@ class PyroKernelSampler:
     paying for a warm-up on every E-step.
     """
 
-    kind: str = "hmc"
-    num_steps: int = 10
     target_accept_prob: float = 0.9
-    max_tree_depth: int = 10
     adapt_gain: float = 0.5
     adapt_online: bool = False
     #: Pyro's own diagonal mass adaptation when a call's warm-up has at least
     #: ``mass_warmup`` transitions (as for batched-hmc; MCEM's burn-ins are shorter)
     adapt_mass: bool = True
     mass_warmup: int = 50
-
-    @property
-    def name(self) -> str:
-        return self.kind
+    per_datapoint: ClassVar[bool] = False
+    name: ClassVar[str] = "pyro"
 
     def kernel(self, potential_fn, step_size: float, adapt: bool, adapt_mass: bool = False):
-        """The Pyro kernel (fixed-step HMC or NUTS) on ``potential_fn``."""
-        common = dict(
+        """The Pyro kernel on ``potential_fn`` (see the subclasses)."""
+        raise NotImplementedError
+
+    def kernel_options(self, potential_fn, step_size: float, adapt: bool, adapt_mass: bool):
+        """The keyword arguments every Pyro HMC-family kernel takes."""
+        return dict(
             potential_fn=potential_fn,
             step_size=step_size,
             adapt_step_size=adapt,
             adapt_mass_matrix=adapt_mass,
             target_accept_prob=self.target_accept_prob,
         )
-        if self.kind == "hmc":
-            return FixedStepsHMC(num_steps=self.num_steps, **common)
-        if self.kind == "nuts":
-            return RecordingNUTS(max_tree_depth=self.max_tree_depth, **common)
-        raise ConfigError(f"unknown Pyro kernel {self.kind!r}")
+
+    def extra_diagnostics(self) -> dict:
+        """Kernel-specific entries of :attr:`ChainState.diagnostics`."""
+        return {}
+
+    def initial_step_size(self, latents, args, u, step_size) -> torch.Tensor:
+        """The given step size: Pyro adapts its shared one during warm-up."""
+        return step_size
 
     def sample(
         self, latents, args, u, step_size, num_samples, warmup_steps=0, adapt=True, inv_mass=None
@@ -529,14 +562,12 @@ class PyroKernelSampler:
         accept = kernel.last_mean_accept_prob  # mean Metropolis probability of the run
         eps_new = float(kernel.step_size)
         if self.adapt_online and not adapt:
-            eps_new *= math.exp(self.adapt_gain * (accept - self.target_accept_prob))
+            eps_new = adapted(eps_new, accept, self.target_accept_prob, self.adapt_gain)
         info = {
             "accept_rate": float(diag["acceptance rate"]),
             "divergences": len(diag["divergences"]),
         }
-        if self.kind == "nuts":
-            # one tree of 2^depth - 1 leapfrog steps at most; Pyro keeps no per-draw depth
-            info["max_tree_depth"] = self.max_tree_depth
+        info.update(self.extra_diagnostics())
         return ChainState(
             samples,
             samples[-1],
@@ -545,6 +576,38 @@ class PyroKernelSampler:
             info,
             None if not (adapt_mass or inv_mass is not None) else _as_rows(kernel.last_inv_mass, u),
         )
+
+
+@dataclass
+class PyroHMC(PyroKernelSampler):
+    """Pyro's ``HMC`` with a fixed number of leapfrog steps (:class:`FixedStepsHMC`)."""
+
+    #: 10 leapfrog steps per transition, Kingma & Welling's MCEM setting
+    num_steps: int = 10
+    name: ClassVar[str] = "hmc"
+
+    def kernel(self, potential_fn, step_size: float, adapt: bool, adapt_mass: bool = False):
+        """:class:`FixedStepsHMC` on ``potential_fn``."""
+        options = self.kernel_options(potential_fn, step_size, adapt, adapt_mass)
+        return FixedStepsHMC(num_steps=self.num_steps, **options)
+
+
+@dataclass
+class PyroNUTS(PyroKernelSampler):
+    """Pyro's ``NUTS`` (:class:`RecordingNUTS`)."""
+
+    #: Pyro's default bound on the tree depth
+    max_tree_depth: int = 10
+    name: ClassVar[str] = "nuts"
+
+    def kernel(self, potential_fn, step_size: float, adapt: bool, adapt_mass: bool = False):
+        """:class:`RecordingNUTS` on ``potential_fn``."""
+        options = self.kernel_options(potential_fn, step_size, adapt, adapt_mass)
+        return RecordingNUTS(max_tree_depth=self.max_tree_depth, **options)
+
+    def extra_diagnostics(self) -> dict:
+        """One tree of 2^depth - 1 leapfrog steps at most; Pyro keeps no per-draw depth."""
+        return {"max_tree_depth": self.max_tree_depth}
 
 
 def _as_rows(inv_mass: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor | None:
@@ -600,10 +663,8 @@ def measure_ess(
     pyro.set_rng_seed(seed)
     latents = Latents(model, (x,))
     u = latents.prior_draw((x,))
-    eps = torch.tensor(0.1)
-    if sampler == "batched-hmc":
-        eps = find_step_size(latents, (x,), u, eps)
     chains = make_sampler(sampler, **(options or {}))
+    eps = chains.initial_step_size(latents, (x,), u, torch.tensor(0.1))
     warm = chains.sample(latents, (x,), u, eps, 1, warmup_steps=warmup)
     t0 = time.perf_counter()
     state = chains.sample(
@@ -624,19 +685,30 @@ def measure_ess(
     }
 
 
-#: ``--sampler`` names: the E-step samplers of Monte Carlo EM
-SAMPLERS: dict[str, Callable[..., Sampler]] = {
-    "hmc": lambda **kw: PyroKernelSampler("hmc", **kw),
-    "nuts": lambda **kw: PyroKernelSampler("nuts", **kw),
-    "batched-hmc": lambda **kw: BatchedHMC(**kw),
+#: ``--sampler`` names: the E-step samplers of Monte Carlo EM (each a dataclass of its own
+#: settings)
+SAMPLERS: dict[str, type] = {
+    "hmc": PyroHMC,
+    "nuts": PyroNUTS,
+    "batched-hmc": BatchedHMC,
 }
 
 
 def make_sampler(name: str, **kwargs) -> Sampler:
-    """The sampler registered as ``name`` (a key of :data:`SAMPLERS`)."""
+    """The sampler registered as ``name`` (a key of :data:`SAMPLERS`) with its settings."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](**kwargs)
+
+
+def sampler_from_settings(name: str, settings: dict, **overrides) -> Sampler:
+    """The sampler ``name`` built from those of ``settings`` (e.g. an MCEM config's fields)
+    that it has: ``num_steps`` goes to HMC, ``max_tree_depth`` to NUTS."""
+    cls: Any = SAMPLERS.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    own = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in settings.items() if k in own}, **overrides)
 
 
 __all__ = [
@@ -645,12 +717,17 @@ __all__ = [
     "ChainState",
     "FixedStepsHMC",
     "Latents",
+    "PyroHMC",
     "PyroKernelSampler",
+    "PyroNUTS",
     "RecordingNUTS",
     "find_step_size",
     "kinetic_energy",
     "leapfrog",
+    "adapted",
+    "log_step_change",
     "make_sampler",
+    "sampler_from_settings",
     "metropolis",
     "measure_ess",
     "potential",

@@ -44,8 +44,10 @@ class FitConfig(LoopConfig):
     batch size, Adam, seed, ...) are :class:`~aevb.inference.loop.LoopConfig`'s."""
 
     objective: str = "trace"
-    #: particles per datapoint: k of the IWAE bound, or MC samples of the ELBO
-    num_particles: int = 1
+    #: particles per datapoint: k of the IWAE bound, or MC samples of the ELBO; None = the
+    #: objective's default (``Objective.default_particles``: 5 for iwae and renyi, else 1),
+    #: the same as the ``aevb train`` command's
+    num_particles: int | None = None
     #: Renyi alpha, only for the ``renyi`` objective
     alpha: float | None = None
     #: learning rate by epoch: "constant", or "burda" (Burda et al. 2015: stage i = 0..7
@@ -77,10 +79,13 @@ class SVIAlgorithm:
     def __init__(self, model, guide, cfg: FitConfig):
         self.model, self.guide, self.cfg = model, guide, cfg
         self.jit = use_jit(cfg.objective, model, guide, cfg.jit)
+        k = cfg.num_particles
+        if k is None:
+            k = OBJECTIVES[cfg.objective].default_particles
         self.elbo: Any = (
-            make_jit_objective(cfg.objective, cfg.num_particles, cfg.max_plate_nesting)
+            make_jit_objective(cfg.objective, k, cfg.max_plate_nesting)
             if self.jit
-            else make_objective(cfg.objective, cfg.num_particles, cfg.alpha, cfg.max_plate_nesting)
+            else make_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
         )
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
@@ -167,6 +172,10 @@ def fit(
         raise ConfigError(f"unknown fit setting(s) {sorted(unknown)}")
     if train is None:
         raise ConfigError("fit needs training data")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
+    if settings.get("num_particles") is None:
+        settings["num_particles"] = OBJECTIVES[objective].default_particles
     cfg = FitConfig(objective=objective, **settings)
     if guide is None:
         from aevb import guides as _guides
