@@ -9,6 +9,7 @@ allows 4.5 standard errors; there are about 20 checks per sampler.
 import json
 import math
 
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -299,3 +300,32 @@ def test_a_decay_needs_its_length():
         inference.mcem_fit(models.build("fa"), x, lr_decay=0.1, proposal_epochs=0)
     with pytest.raises(ConfigError, match="lr_decay must be > 0"):
         inference.mcem_fit(models.build("fa"), x, lr_decay=0.0, proposal_epochs=0)
+
+
+def test_resuming_a_finished_mcem_run_restores_its_proposal(tmp_path):
+    """The proposal q(z|x) is part of the run: resuming with nothing left to train restores
+    it as it was (it is not fitted again), and ``evaluate`` gives the same numbers."""
+    from aevb.inference.rundir import evaluate_run
+
+    train, test = data.load("fa-synthetic")
+    settings = dict(epochs=2, batch_size=32, proposal_epochs=2, seed=0)
+    out = tmp_path / "run"
+
+    def run(resume=False):
+        pyro.set_rng_seed(0)
+        fa = models.build("fa")
+        return inference.mcem_fit(
+            fa, train.subset(128), test=test.subset(50), out=out, resume=resume, **settings
+        )
+
+    first = run()
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    csv = (out / "proposal_history.csv").read_text()
+    scored = evaluate_run(out, 50, test=test.subset(50))
+    again = run(resume=True)
+    for name, value in pyro.get_param_store().items():
+        assert torch.equal(value.detach(), params[name]), name
+    assert (out / "proposal_history.csv").read_text() == csv
+    pd.testing.assert_frame_equal(again.extra["proposal_history"], first.extra["proposal_history"])
+    rescored = evaluate_run(out, 50, test=test.subset(50))
+    assert rescored["test_log_likelihood"] == scored["test_log_likelihood"]

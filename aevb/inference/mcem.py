@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -275,6 +276,7 @@ def fit(
             "note": "q(z|x) fitted after MCEM with the model's parameters frozen",
         }
     record = loop.make_record("mcem", cfg, model, guide, ds, test_ds, meta, proposal=proposal)
+    before = _saved_proposal(out) if resume else None
     run = loop.train(
         MCEMAlgorithm(model, cfg),
         model,
@@ -291,9 +293,25 @@ def fit(
         callback=callback,
         desc=f"{describe(model).get('name', 'model')}/mcem-{cfg.sampler}",
     )
-    if proposal is not None:
-        fit_proposal(run, guide, ds, cfg, test=test_ds, progress=progress)
+    if proposal is None:
+        return run
+    if before is not None and len(run.history) == before[0]:
+        # nothing was trained since the proposal was fitted: restore it, do not refit it
+        rundir.load_params(model, guide, before[1])
+        run.guide = guide
+        run.extra["proposal_history"] = pd.DataFrame(before[1]["proposal_history"])
+        return run
+    fit_proposal(run, guide, ds, cfg, test=test_ds, progress=progress)
     return run
+
+
+def _saved_proposal(out) -> tuple[int, dict] | None:
+    """(epochs trained, checkpoint) of a run directory whose checkpoint holds a fitted
+    proposal (a finished MCEM run), else None."""
+    if out is None or not rundir.has_checkpoint(out):
+        return None
+    state = rundir.read_checkpoint(out)
+    return (len(state["history"]), state) if "proposal_history" in state else None
 
 
 def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, progress=None):
