@@ -15,6 +15,8 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from aevb.models.base import hooks  # noqa: E402
+
 
 def learning_curves(
     histories: dict[str, pd.DataFrame],
@@ -155,7 +157,7 @@ def run_figures(
         return made
     if guide is None:
         return made + [prior_samples(model, out / "samples.png")] * hasattr(model, "generate")
-    labels = bool(getattr(model, "uses_labels", False))
+    labels = hooks(model).uses_labels
     args = next(test.batches(10, labels=labels))
     made.append(reconstructions(model, guide, args, out / "reconstructions.png"))
     if hasattr(model, "generate"):

@@ -38,6 +38,7 @@ import torch
 
 from aevb.errors import ConfigError
 from aevb.inference.samplers import BatchedHMC, Latents, adapted, find_step_size, potential
+from aevb.models.base import hooks
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def ais(
 
 def ais_dataset(model, data, config: AISConfig | None = None, batch_size: int = 100):
     """:func:`ais` over a dataset's batches (``data.batches``), concatenated."""
-    labels = bool(getattr(model, "uses_labels", False))
+    labels = hooks(model).uses_labels
     parts = [ais(model, args, config) for args in data.batches(batch_size, labels=labels)]
     return AISResult(
         torch.cat([p.log_likelihood for p in parts]),

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ObjectiveError
+from aevb.models.base import hooks
 
 #: Upper bound on particles x datapoints x features in one vectorised evaluation: 2^22
 #: floats (16 MB per tensor of that size) keeps a chunk's elementwise work (likelihood, tanh)
@@ -117,11 +118,11 @@ def bounds(
         (torch.Size([50]), True)
     """
     ds = _fixed(as_dataset(data))
-    labels = bool(getattr(model, "uses_labels", False))
+    labels = hooks(model).uses_labels
     for obj in (model, guide):  # evaluation is of the model itself (e.g. a discrete y)
         if isinstance(obj, torch.nn.Module):
             obj.eval()
-    check = getattr(model, "check_data", None)
+    check = hooks(model).check_data
     if check is not None:  # the data are checked once here; Pyro's per-chunk checks are off
         check(ds.transform(ds.x))
     x_size = max(1, ds.x_dim)

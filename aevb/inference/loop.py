@@ -30,6 +30,7 @@ from aevb.errors import ConfigError, TrainingDiverged
 from aevb.inference import evaluate as ev
 from aevb.inference import rundir
 from aevb.inference.optim import Adam
+from aevb.models.base import hooks
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Algorithm(Protocol):
     def prepare(self, ds: Dataset, first_batch: tuple) -> None:
         """Called once parameters are initialised or restored, before any output is written:
         check the setup (raise a clear error) and allocate per-datapoint state."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before the (1-based) ``epoch``'s first step (e.g. a learning rate by epoch)."""
 
     def step(self, args: tuple, index: torch.Tensor) -> float:
         """Update the parameters on one minibatch; return its loss summed over datapoints."""
@@ -159,7 +163,7 @@ def reset_parameters(obj) -> None:
 
 def check_data(model, ds: Dataset) -> None:
     """The model's own data check on (up to) 2000 transformed datapoints."""
-    check = getattr(model, "check_data", None)
+    check = hooks(model).check_data
     if check is None:
         return
     head = ds.subset(2000)
@@ -213,6 +217,111 @@ def check_resumable(saved: dict, now: dict) -> None:
         )
 
 
+@dataclass
+class _Counters:
+    """Where a run stands: steps, training seconds and datapoints seen so far."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    seen: int = 0
+
+    @classmethod
+    def from_history(cls, rows: list[dict]) -> _Counters:
+        if not rows:
+            return cls()
+        last = rows[-1]
+        return cls(last["step"], last["train_seconds"], last.get("datapoints", 0))
+
+    def out_of_budget(self, cfg: LoopConfig, running: float = 0.0) -> bool:
+        """The step or time budget is spent (``running``: seconds of the current epoch)."""
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return True
+        return cfg.max_seconds is not None and self.train_seconds + running >= cfg.max_seconds
+
+
+def _output_folder(out, resume: bool) -> Path | None:
+    """The run directory, refusing to overwrite a run or to resume without one."""
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and rundir.has_checkpoint(out_dir) and not resume:
+        raise ConfigError(
+            f"{out_dir} already holds a run; pass resume=True (--resume) to continue it or "
+            "choose another output folder"
+        )
+    if resume and out_dir is None:
+        raise ConfigError("resume needs the run directory (out=...)")
+    return out_dir
+
+
+def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, resume, reset):
+    """Seed, then restore a checkpoint (resume) or re-initialise the parameters; returns
+    (history rows so far, the checkpoint or None)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    if resume and out_dir is not None and rundir.has_checkpoint(out_dir):
+        resumed = rundir.read_checkpoint(out_dir)
+        check_resumable(resumed["config"], record)
+        rundir.load_params(model, guide, resumed)
+        return resumed["history"], resumed
+    if reset:  # a fresh start from the seed; reset=False keeps given parameters as they are
+        reset_parameters(model)
+        reset_parameters(guide)
+        init = hooks(model).init_from_data
+        if init is not None:
+            init(ds.transform(ds.x, torch.Generator().manual_seed(cfg.seed)).mean(0))
+    return [], None
+
+
+def _prepare(algorithm: Algorithm, model, guide, ds: Dataset, cfg: LoopConfig, resumed) -> None:
+    """Check the setup before anything is written, then restore the algorithm's state. The
+    check must not touch the global random state, or a resumed run would draw differently."""
+    set_mode(True, model, guide)
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(cfg.seed)
+        labels = hooks(model).uses_labels
+        first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels, generator=g))
+        algorithm.prepare(ds, first)
+    if resumed is not None:
+        algorithm.load_state_dict(resumed["algorithm"])
+        torch.set_rng_state(resumed["rng"])
+
+
+def _train_epoch(algorithm, model, guide, ds, cfg, epoch, counters, bar, callback, out_dir):
+    """One epoch of shuffled minibatches (stopping early when the budget is spent); returns
+    (summed loss, datapoints, seconds). A non-finite loss stops the run."""
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    step_hooks = [h for h in (hooks(model).set_step, hooks(guide).set_step) if h is not None]
+    labels = hooks(model).uses_labels
+    t0 = time.perf_counter()
+    loss_sum, count = 0.0, 0
+    algorithm.begin_epoch(epoch)  # e.g. a learning-rate schedule by epoch
+    batches = ds.batches(cfg.batch_size, shuffle=True, generator=g, labels=labels, indexed=True)
+    for index, args in batches:
+        for hook in step_hooks:  # e.g. an annealed temperature
+            hook(counters.step)
+        with pyro.validation_enabled(cfg.validate):
+            loss = algorithm.step(args, index)
+        if not math.isfinite(loss):
+            bar.close()
+            ckpt = None if out_dir is None else out_dir / rundir.CHECKPOINT
+            where = f"{ckpt} (epoch {epoch - 1})" if ckpt and ckpt.exists() else "none written"
+            raise TrainingDiverged(
+                f"loss became {loss} at epoch {epoch}, step {counters.step + 1}; stopping. "
+                f"Last good checkpoint: {where}. Try a smaller --lr."
+            )
+        b = len(index)
+        loss_sum += loss
+        count += b
+        counters.step += 1
+        bar.update(1)
+        if counters.step % 50 == 0:
+            bar.set_postfix(epoch=epoch, loss=f"{loss / b:.2f}")
+        if callback is not None:
+            callback(epoch, counters.step, loss / b)
+        if counters.out_of_budget(cfg, time.perf_counter() - t0):
+            break
+    return loss_sum, count, time.perf_counter() - t0
+
+
 def train(
     algorithm: Algorithm,
     model,
@@ -234,120 +343,38 @@ def train(
     check_data(model, ds)
     if test is not None:
         check_data(model, test)
-    labels = bool(getattr(model, "uses_labels", False))
-    out_dir = Path(out) if out is not None else None
-    ckpt_path = out_dir / rundir.CHECKPOINT if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists() and not resume:
-        raise ConfigError(
-            f"{out_dir} already holds a run; pass resume=True (--resume) to continue it or "
-            "choose another output folder"
-        )
-    if resume and out_dir is None:
-        raise ConfigError("resume needs the run directory (out=...)")
+    out_dir = _output_folder(out, resume)
     record = {**record, "versions": versions()}
-
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg.seed)
-    rows: list[dict] = []
-    resumed = None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        resumed = rundir.read_checkpoint(ckpt_path.parent)
-        check_resumable(resumed["config"], record)
-        rundir.load_params(model, guide, resumed)
-        rows = resumed["history"]
-    else:
-        if reset:  # a fresh start from the seed; reset=False keeps given parameters as they are
-            reset_parameters(model)
-            reset_parameters(guide)
-            init = getattr(model, "init_from_data", None)
-            if init is not None:
-                init(ds.transform(ds.x, torch.Generator().manual_seed(cfg.seed)).mean(0))
-
-    # check the setup before anything is written; the check must not touch the global random
-    # state, or a resumed run would draw differently
-    set_mode(True, model, guide)
-    with torch.random.fork_rng(devices=[]):
-        g = torch.Generator().manual_seed(cfg.seed)
-        first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels, generator=g))
-        algorithm.prepare(ds, first)
-    if resumed is not None:
-        algorithm.load_state_dict(resumed["algorithm"])
-        torch.set_rng_state(resumed["rng"])
-    hooks = [h for h in (getattr(model, "set_step", None), getattr(guide, "set_step", None)) if h]
-
+    rows, resumed = _initialise(model, guide, ds, cfg, record, out_dir, resume, reset)
+    _prepare(algorithm, model, guide, ds, cfg, resumed)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_config(out_dir, record)
 
     start_epoch = rows[-1]["epoch"] if rows else 0
-    nb = ds.num_batches(cfg.batch_size)
     bar = tqdm(
-        total=(cfg.epochs - start_epoch) * nb,
+        total=(cfg.epochs - start_epoch) * ds.num_batches(cfg.batch_size),
         disable=not (sys.stderr.isatty() if progress is None else progress),
         unit="batch",
         leave=False,
         desc=desc,
     )
-    step = rows[-1]["step"] if rows else 0
-    train_seconds = rows[-1]["train_seconds"] if rows else 0.0
-    seen = rows[-1].get("datapoints", 0) if rows else 0
-
-    def out_of_budget(running: float = 0.0) -> bool:
-        """The step or time budget is spent (``running``: seconds of the current epoch)."""
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            return True
-        return cfg.max_seconds is not None and train_seconds + running >= cfg.max_seconds
-
-    if out_of_budget():
-        bar.close()
-        set_mode(False, model, guide)
-        return Run(model, guide, pd.DataFrame(rows), record, out_dir)
+    counters = _Counters.from_history(rows)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        t0 = time.perf_counter()
-        loss_sum, count = 0.0, 0
-        begin = getattr(algorithm, "begin_epoch", None)
-        if begin is not None:  # e.g. a learning-rate schedule by epoch
-            begin(epoch)
-        batches = ds.batches(cfg.batch_size, shuffle=True, generator=g, labels=labels, indexed=True)
-        for index, args in batches:
-            for hook in hooks:  # e.g. an annealed temperature
-                hook(step)
-            with pyro.validation_enabled(cfg.validate):
-                loss = algorithm.step(args, index)
-            if not math.isfinite(loss):
-                bar.close()
-                where = (
-                    f"{ckpt_path} (epoch {epoch - 1})"
-                    if ckpt_path and ckpt_path.exists()
-                    else "none written"
-                )
-                raise TrainingDiverged(
-                    f"loss became {loss} at epoch {epoch}, step {step + 1}; stopping. Last good "
-                    f"checkpoint: {where}. Try a smaller --lr."
-                )
-            b = len(index)
-            loss_sum += loss
-            count += b
-            step += 1
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{loss / b:.2f}")
-            if callback is not None:
-                callback(epoch, step, loss / b)
-            if out_of_budget(time.perf_counter() - t0):
-                break
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        seen += count
+        if counters.out_of_budget(cfg):
+            break
+        loss_sum, count, seconds = _train_epoch(
+            algorithm, model, guide, ds, cfg, epoch, counters, bar, callback, out_dir
+        )
+        counters.train_seconds += seconds
+        counters.seen += count
         row = {
             "epoch": epoch,
-            "step": step,
+            "step": counters.step,
             "train_loss": loss_sum / count,
-            "epoch_seconds": epoch_seconds,
-            "train_seconds": train_seconds,
-            "samples_per_second": count / epoch_seconds,
-            "datapoints": seen,
+            "epoch_seconds": seconds,
+            "train_seconds": counters.train_seconds,
+            "samples_per_second": count / seconds,
+            "datapoints": counters.seen,
             **algorithm.epoch_diagnostics(),
         }
         if test is not None:
@@ -358,11 +385,9 @@ def train(
             msg = f"epoch {epoch}/{cfg.epochs}  loss/pt {row['train_loss']:.3f}"
             if "test_elbo" in row:
                 msg += f"  test ELBO {row['test_elbo']:.3f}"
-            tqdm.write(msg + f"  ({epoch_seconds:.1f} s)", file=sys.stderr)
+            tqdm.write(msg + f"  ({seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
             save(out_dir, record, model, guide, algorithm, rows)
-        if out_of_budget():
-            break
     bar.close()
     set_mode(False, model, guide)
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)
@@ -383,7 +408,7 @@ def evaluate_epoch(model, guide, test: Dataset, cfg: LoopConfig) -> dict:
             max_plate_nesting=cfg.max_plate_nesting,
         )
         row["test_elbo"] = float(b.elbo.mean())
-    metrics = getattr(model, "evaluation_metrics", None)
+    metrics = hooks(model).evaluation_metrics
     if metrics is not None:
         row.update(metrics(guide, test))
     row["eval_seconds"] = time.perf_counter() - t1

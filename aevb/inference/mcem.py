@@ -120,6 +120,9 @@ class MCEMAlgorithm:
         if self.cfg.lr_decay_epochs is not None:
             self.decay_steps = self.cfg.lr_decay_epochs * ds.num_batches(self.cfg.batch_size)
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Nothing per epoch: the learning rate follows the step (:meth:`lr_at`)."""
+
     def step(self, args: tuple, index: torch.Tensor) -> float:
         """E-step on the minibatch's chains, then ``m_steps`` Adam steps on the joint; returns the
         loss.

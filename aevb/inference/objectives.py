@@ -50,6 +50,7 @@ from pyro.poutine.util import prune_subsample_sites
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
 from aevb.inference.jit import PerSignature, jit_meanfield, jit_trace
+from aevb.models.base import hooks
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def use_jit(name: str, model, guide, jit: bool | None) -> bool:
     """
     has = name in OBJECTIVES and OBJECTIVES[name].make_jit is not None
     if jit is None:
-        return has and all(getattr(f, "jit_compatible", False) for f in (model, guide))
+        return has and all(hooks(f).jit_compatible for f in (model, guide))
     if jit and not has:
         compiled = sorted(k for k, o in OBJECTIVES.items() if o.make_jit is not None)
         raise ConfigError(f"objective {name!r} has no compiled form; jit works with {compiled}")

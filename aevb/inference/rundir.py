@@ -31,6 +31,7 @@ import torch
 from aevb.data.dataset import as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import evaluate as ev
+from aevb.models.base import hooks
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -177,7 +178,7 @@ def evaluate_run(
     start = time.perf_counter()
     k_is = num_samples if estimator == "is" else 1
     b = ev.bounds(model, guide, test, k_is, batch_size=batch_size, seed=seed, progress=progress)
-    units = ev.active_units(guide, test, labels=bool(getattr(model, "uses_labels", False)))
+    units = ev.active_units(guide, test, labels=hooks(model).uses_labels)
     extra_keys: dict = {}
     if estimator == "ais":
         from aevb.inference.ais import AISConfig, ais_dataset
@@ -204,7 +205,7 @@ def evaluate_run(
         **extra_keys,
     }
     # model-specific metrics (FA: exact evidence) and the generating model's, where known
-    extra = getattr(model, "evaluation_metrics", None)
+    extra = hooks(model).evaluation_metrics
     if extra is not None:
         result.update(extra(guide, test))
     source = (record.get("data_spec") or {}).get("source")

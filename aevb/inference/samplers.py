@@ -44,6 +44,7 @@ from torch.distributions import biject_to
 
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.jit import quiet_trace, signature
+from aevb.models.base import hooks
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class Latents:
 
     def __init__(self, model, args: tuple, jit: bool | None = None):
         self.model = model
-        self.jit = bool(getattr(model, "jit_compatible", False)) if jit is None else jit
+        self.jit = hooks(model).jit_compatible if jit is None else jit
         self._compiled: dict[tuple, Any] = {}
         batch = args[0].shape[0]
         with torch.no_grad(), poutine.block():

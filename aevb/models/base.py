@@ -6,6 +6,8 @@ They only keep the registered models from repeating the same few lines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pyro.distributions as dist
@@ -15,6 +17,34 @@ from torch import nn
 from aevb.errors import DataError
 from aevb.models import likelihoods
 from aevb.models.nets import mlp, output_layer, safe_logit
+
+
+@dataclass(frozen=True)
+class ModelHooks:
+    """The optional hooks the training loop and the estimators call on a model (or guide),
+    declared once here with their defaults. The package's models define them as methods or
+    attributes of the same names; a user's plain Pyro function has none and gets the
+    defaults. Read them with :func:`hooks`.
+    """
+
+    #: ``check_data(x)``: raise a clear error for data of the wrong shape or support
+    check_data: Callable[[torch.Tensor], None] | None = None
+    #: ``init_from_data(x_mean)``: initialise from the training set's mean datapoint
+    init_from_data: Callable[[torch.Tensor], None] | None = None
+    #: ``set_step(step)``: called before every training step (e.g. an annealed temperature)
+    set_step: Callable[[int], None] | None = None
+    #: the model is ``model(x, y)``: batches carry the labels
+    uses_labels: bool = False
+    #: ``evaluation_metrics(guide, test) -> dict``: model-specific test metrics
+    evaluation_metrics: Callable[..., dict] | None = None
+    #: static structure: the compiled objectives and log-densities may trace it
+    jit_compatible: bool = False
+
+
+def hooks(obj) -> ModelHooks:
+    """The :class:`ModelHooks` of ``obj`` (a model, a guide, or any Pyro callable)."""
+    found = {f.name: getattr(obj, f.name, None) for f in fields(ModelHooks)}
+    return ModelHooks(**{k: v for k, v in found.items() if v is not None})
 
 
 class LatentVariableModel(nn.Module):
