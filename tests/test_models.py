@@ -140,3 +140,27 @@ def test_cvae_needs_labels_and_uses_them():
     ]
     assert not torch.allclose(lp[0], lp[1])
     assert model.generate_per_class(4).shape == (3, 4, 16)
+
+
+@pytest.mark.parametrize("name", ["cvae", "gmvae", "vrnn"])
+def test_every_gaussian_head_takes_its_floor_from_the_config(name):
+    """One diagonal Gaussian head (nets.diagonal_gaussian) with min_scale from the config:
+    a raw scale driven to -inf gives exactly that floor."""
+    from aevb.models.nets import diagonal_gaussian
+
+    q = diagonal_gaussian(torch.zeros(3), torch.full((3,), -1e4), 0.25)
+    assert torch.equal(q.base_dist.scale, torch.full((3,), 0.25))
+    small = {"cvae": SMALL["cvae"], "gmvae": SMALL["gmvae"], "vrnn": dict(step_dim=4, seq_len=2)}
+    model = models.build(name, **small[name], min_scale=0.25)
+    guide = guides.default_for(model)
+    assert model.config.min_scale == 0.25 and guide.config.min_scale == 1e-4
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(-50.0)  # every softplus(raw) underflows to 0
+    if name == "cvae":
+        prior = model.conditional_prior(torch.eye(3))
+    elif name == "gmvae":
+        prior = model.z_prior(torch.eye(3))
+    else:
+        prior = model.step_prior(torch.zeros(1, model.config.rnn_dim))
+    assert torch.allclose(prior.base_dist.scale, torch.tensor(0.25))

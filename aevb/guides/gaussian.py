@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import cat_broadcast, mlp, one_hot, register
+from aevb.models.nets import cat_broadcast, diagonal_gaussian, mlp, one_hot, register
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,7 @@ class GaussianEncoder(nn.Module):
                 raise ValueError("this encoder is conditioned on a label y: call guide(x, y)")
             x = cat_broadcast(x, one_hot(y, self.config.context_dim, x))
         loc, raw = self.net(x).chunk(2, dim=-1)
-        scale = F.softplus(raw) + self.config.min_scale
-        return dist.Normal(loc, scale).to_event(1)
+        return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         register("encoder", self)

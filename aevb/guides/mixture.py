@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevb.models.gmvae import temperature
-from aevb.models.nets import ACTIVATIONS, mlp, register, xavier_
+from aevb.models.nets import ACTIVATIONS, diagonal_gaussian, mlp, register, xavier_
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class MixtureEncoderConfig:
     relaxed: bool = False
     min_temperature: float = 0.5
     anneal_rate: float = 1e-4
+    #: floor on every Gaussian scale (softplus(raw) + min_scale): keeps log-densities
+    #: finite when a unit collapses
+    min_scale: float = 1e-4
 
 
 class MixtureEncoder(nn.Module):
@@ -89,7 +92,7 @@ class MixtureEncoder(nn.Module):
     def z_posterior(self, x_part: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x, y) from ``x_part`` = W_x x + b (computed once per x) and one-hot y."""
         loc, raw = self.z_net(self.act(x_part + self.z_in_y(y))).chunk(2, -1)
-        return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
+        return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         register("mixture_guide", self)

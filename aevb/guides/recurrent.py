@@ -14,10 +14,9 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import cat_broadcast, mlp, register
+from aevb.models.nets import cat_broadcast, diagonal_gaussian, mlp, register
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,9 @@ class RecurrentEncoderConfig:
     rnn_dim: int = 128
     z_dim: int = 16
     activation: str = "relu"
+    #: floor on every Gaussian scale (softplus(raw) + min_scale): keeps log-densities
+    #: finite when a unit collapses
+    min_scale: float = 1e-4
 
 
 class RecurrentEncoder(nn.Module):
@@ -56,7 +58,7 @@ class RecurrentEncoder(nn.Module):
     def step_posterior(self, fx: torch.Tensor, h: torch.Tensor) -> dist.TorchDistribution:
         """q(z_t | x_t, h_{t-1}) from the step's features and the model's state."""
         loc, raw = self.net(cat_broadcast(fx, h)).chunk(2, -1)
-        return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
+        return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, **kwargs):
         model = self.__dict__["model"]

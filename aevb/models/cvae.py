@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import cat_broadcast, one_hot, register
+from aevb.models.nets import cat_broadcast, diagonal_gaussian, one_hot, register
 from aevb.models.vae import VAE, VAEConfig
 
 
@@ -39,6 +38,9 @@ from aevb.models.vae import VAE, VAEConfig
 class CVAEConfig(VAEConfig):
     #: number of label classes (10 MNIST digits)
     num_classes: int = 10
+    #: floor on every Gaussian scale (softplus(raw) + min_scale): keeps log-densities
+    #: finite when a unit collapses
+    min_scale: float = 1e-4
 
 
 CVAE_PRESETS: dict[str, CVAEConfig] = {
@@ -77,7 +79,7 @@ class CVAE(VAE):
     def conditional_prior(self, y1h: torch.Tensor) -> dist.TorchDistribution:
         """p(z | y) for one-hot labels [..., C]."""
         loc, raw = self.prior_net(y1h).chunk(2, dim=-1)
-        return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
+        return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def decode_given(self, z: torch.Tensor, y1h: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z, y)."""

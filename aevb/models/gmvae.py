@@ -41,12 +41,11 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from aevb.models.base import DecoderModel
-from aevb.models.nets import register, xavier_
+from aevb.models.nets import diagonal_gaussian, register, xavier_
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,9 @@ class GMVAEConfig:
     #: temperature schedule tau_t = max(min_temperature, exp(-anneal_rate * t)), Jang et al.
     min_temperature: float = 0.5
     anneal_rate: float = 1e-4
+    #: floor on every Gaussian scale (softplus(raw) + min_scale): keeps log-densities
+    #: finite when a unit collapses
+    min_scale: float = 1e-4
 
 
 GMVAE_PRESETS: dict[str, GMVAEConfig] = {
@@ -132,7 +134,7 @@ class GMVAE(DecoderModel):
 
     def z_prior(self, y: torch.Tensor) -> dist.TorchDistribution:
         """p(z | y) for one-hot (or relaxed) y [..., C]."""
-        return dist.Normal(y @ self.z_loc, F.softplus(y @ self.z_raw_scale) + 1e-4).to_event(1)
+        return diagonal_gaussian(y @ self.z_loc, y @ self.z_raw_scale, self.config.min_scale)
 
     def forward(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         register(self.name, self)

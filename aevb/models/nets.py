@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyro
+import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.params import param_with_module_name
 from torch import nn
 
@@ -63,6 +65,12 @@ def safe_logit(p: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     """logit(p) with p clipped to [eps, 1 - eps]."""
     p = p.clamp(eps, 1 - eps)
     return torch.log(p) - torch.log1p(-p)
+
+
+def diagonal_gaussian(loc: torch.Tensor, raw_scale: torch.Tensor, min_scale: float):
+    """N(loc, diag(softplus(raw_scale) + min_scale)^2) over the last dimension: the one
+    Gaussian head of every encoder and conditional prior (``min_scale`` from its config)."""
+    return dist.Normal(loc, F.softplus(raw_scale) + min_scale).to_event(1)
 
 
 def register(name: str, module: nn.Module) -> nn.Module:

@@ -26,11 +26,10 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aevb.models.base import LatentVariableModel
-from aevb.models.nets import ACTIVATIONS, cat_broadcast, mlp, register
+from aevb.models.nets import ACTIVATIONS, cat_broadcast, diagonal_gaussian, mlp, register
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,9 @@ class VRNNConfig:
     hidden: int = 128
     activation: str = "relu"
     likelihood: str = "bernoulli"
+    #: floor on every Gaussian scale (softplus(raw) + min_scale): keeps log-densities
+    #: finite when a unit collapses
+    min_scale: float = 1e-4
 
 
 VRNN_PRESETS: dict[str, VRNNConfig] = {
@@ -140,7 +142,7 @@ class VRNN(LatentVariableModel):
     def step_prior(self, h: torch.Tensor) -> dist.TorchDistribution:
         """p(z_t | h_{t-1})."""
         loc, raw = self.prior_net(h).chunk(2, -1)
-        return dist.Normal(loc, F.softplus(raw) + 1e-4).to_event(1)
+        return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def emission(self, z: torch.Tensor, h: torch.Tensor) -> dist.TorchDistribution:
         """p(x_t | z_t, h_{t-1})."""
