@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=cmd_train)
+    p.train_parser = t  # type: ignore[attr-defined]  # for train_options()
 
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
     e.add_argument("run_dir")
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_demo)
     return p
+
+
+def train_options() -> dict[str, argparse.Action]:
+    """``aevb train``'s options by destination name (``particles``, ``lr_schedule``, ...),
+    for checking a grid's cell keys (:func:`aevb.experiments.compare.load_config`)."""
+    train = build_parser().train_parser  # type: ignore[attr-defined]
+    return {a.dest: a for a in train._actions if a.option_strings}
 
 
 def cmd_data(args) -> None:

@@ -155,3 +155,23 @@ def test_a_missing_module_is_a_clear_error(tmp_path):
     config.write_text('modules = ["no_such_module_here"]\n[[cells]]\nmodel = "vae"\n')
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module_here'"):
         load_config(config)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('optimizer = "sgd"', "unknown key 'optimizer'"),  # not a setting: no argparse exit
+        ('lr_sched = "burda"', "unknown key 'lr_sched'; did you mean lr_schedule"),  # abbreviated
+        ("partciles = 5", "did you mean particles"),  # misspelt
+        ('epochs = "ten"', "invalid int value: 'ten'"),  # a value that does not parse
+        ('lr_schedule = "cosine"', "invalid choice: 'cosine'"),
+    ],
+)
+def test_a_bad_cell_is_refused_before_any_cell_trains(tmp_path, capsys, line, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(GRID.replace('objective = "iwae"', f'objective = "iwae"\n{line}'))
+    out = tmp_path / "grid"
+    assert main(["compare", str(config), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "fa-iwae-k3" in err, err
+    assert not out.exists() or not any(out.glob("*/checkpoint.pt"))  # nothing trained

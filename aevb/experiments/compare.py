@@ -86,6 +86,8 @@ def load_config(path: str | Path) -> dict:
     labels = [c["label"] for c in expanded]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{path}: two cells share a label {labels}; give them label = ...")
+    for cell in expanded:
+        check_cell(cell, path)
     return {
         "name": raw.get("name", path.stem),
         "seeds": seeds,
@@ -94,6 +96,38 @@ def load_config(path: str | Path) -> dict:
         "reference": raw.get("reference", {}),
         "source": path.read_text(),
     }
+
+
+#: cell keys the grid sets itself (per seed and run directory)
+_GRID_SET = {"seed", "out", "resume", "quiet"}
+
+
+def check_cell(cell: dict, path: Path) -> None:
+    """Refuse a cell before anything trains: every key must be an ``aevb train`` setting
+    (spelt out in full; the closest valid keys are named), and its value must parse."""
+    import contextlib
+    import difflib
+    import io
+
+    from aevb import cli
+
+    options = cli.train_options()
+    valid = sorted((set(options) - _GRID_SET) | _OWN | {"model"})
+    for key in cell:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{path}: cell {cell.get('label', '?')!r}: unknown key {key!r}{hint} "
+                f"(valid keys: {', '.join(valid)})"
+            )
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            cli.build_parser().parse_args(train_argv(cell, 0, Path("out"), False))
+    except SystemExit as exc:
+        message = stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue() else exc
+        raise ConfigError(f"{path}: cell {cell.get('label', '?')!r}: {message}") from None
 
 
 def _import_modules(modules, path: Path) -> None:
