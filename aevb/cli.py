@@ -7,14 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from aevb.errors import AevbError, ConfigError
+from aevb.errors import AevbError
+from aevb.spec import FLAT_KEYS, EvaluationSpec, RunSpec, hidden_sizes
 
 
 def _hidden(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.split(",") if t)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from exc
+        return hidden_sizes(text)
+    except AevbError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", help="train a model")
+    # every option's destination is a key of the RunSpec's flat form (aevb.spec.FLAT_KEYS)
     t.add_argument("model", help="registered model name (vae, fa)")
     t.add_argument(
         "--objective",
@@ -84,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     t.set_defaults(func=cmd_train)
-    p.train_parser = t  # type: ignore[attr-defined]  # for train_options()
+
+    r = sub.add_parser("run", help="train and evaluate the run a RunSpec file describes")
+    r.add_argument("spec", help="a .toml or .json RunSpec (docs: Runs as values)")
+    r.add_argument("--out", default=None, help="run directory (default runs/MODEL-...)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
     e.add_argument("run_dir")
@@ -117,11 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_options() -> dict[str, argparse.Action]:
-    """``aevb train``'s options by destination name (``particles``, ``lr_schedule``, ...),
-    for checking a grid's cell keys (:func:`aevb.experiments.compare.load_config`)."""
-    train = build_parser().train_parser  # type: ignore[attr-defined]
-    return {a.dest: a for a in train._actions if a.option_strings}
+def train_spec(args) -> RunSpec:
+    """The :class:`~aevb.spec.RunSpec` of an ``aevb train`` command line: each option is a
+    key of the spec's flat form (:data:`aevb.spec.FLAT_KEYS`), and nothing else is done
+    here."""
+    flat = {key: getattr(args, key, None) for key in FLAT_KEYS}
+    return RunSpec.from_flat(flat)
 
 
 def cmd_data(args) -> None:
@@ -131,157 +139,54 @@ def cmd_data(args) -> None:
     print(data.fetch(args.name))
 
 
-def _model_and_data(args):
-    """Data, model and guide for ``aevb train``: a preset, then field overrides; the data
-    transform follows the likelihood unless --binarize is given (continuous Bernoulli:
-    (x*255 + U)/256). The global seed is set before the weights are drawn."""
-    import pyro
-
-    from aevb import data, guides, models
-    from aevb.models import likelihoods
-
-    overrides = {"z_dim": args.z_dim, "hidden": args.hidden, "likelihood": args.likelihood}
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    preset = args.preset
-    presets = models.PRESETS.get(args.model, {})
-    if preset is None and args.likelihood == "continuous-bernoulli" and "tutorial-cb" in presets:
-        preset = "tutorial-cb"
-    # a model's own default transform (VRNN, GMVAE: x > 0.5, as in the aevb-tutorial)
-    binarize = args.binarize or getattr(models.MODELS[args.model], "default_binarize", None)
-    likelihood = args.likelihood or getattr(presets.get(preset), "likelihood", None)
-    if binarize is None and likelihood is not None and args.data in data.DATASETS:
-        binarize = likelihoods.get(likelihood).default_binarize
-    train, test = data.load(args.data, binarize)
-    train, test = train.subset(args.subset), test.subset(args.test_subset)
-    pyro.set_rng_seed(args.seed)
-    overrides.update(models.MODELS[args.model].config_from_data(train))
-    model = models.build(args.model, preset, **overrides)
-    guide = guides.build(args.guide, model) if args.guide else guides.default_for(model)
-    return train, test, model, guide
-
-
 def cmd_train(args) -> dict:
     """``aevb train MODEL ...``: one SVI or MCEM run into ``--out``; returns its last row."""
-    from aevb import inference, models, plots
+    from aevb import runs
 
-    if args.model not in models.MODELS:
-        raise ConfigError(f"unknown model {args.model!r}; expected one of {sorted(models.MODELS)}")
-    if args.inference == "mcem":
-        return _train_mcem(args)
-    if args.sampler is not None:
-        raise ConfigError("--sampler applies to --inference mcem only")
-    objective = args.objective or getattr(models.MODELS[args.model], "default_objective", "trace")
-    if objective not in inference.OBJECTIVES:
-        raise ConfigError(
-            f"unknown objective {objective!r}; expected one of {sorted(inference.OBJECTIVES)}"
-        )
-    k = args.particles or inference.OBJECTIVES[objective].default_particles
-    train, test, model, guide = _model_and_data(args)
-    out = Path(args.out or f"runs/{args.model}-{objective}{k}-seed{args.seed}")
-    settings = _settings(args, model)
-    settings.update(num_particles=k, alpha=args.alpha)
-    if args.lr_schedule:
-        settings["lr_schedule"] = args.lr_schedule
-    run = inference.fit(
-        model,
-        guide,
-        train,
-        objective,
-        test=test,
-        out=out,
+    spec = train_spec(args)
+    out = Path(args.out) if args.out else runs.default_out(spec)
+    run = runs.train(
+        spec,
+        out,
         resume=args.resume,
         progress=False if args.quiet else None,
         verbose=not args.quiet,
-        meta={"data_spec": _data_spec(args, train)},
-        **settings,
-    )
-    plots.run_figures(model, guide, test, run.history, out, objective)
-    last = run.history.iloc[-1].to_dict()
-    if not args.quiet:
-        elbo = last.get("test_elbo", float("nan"))
-        print(f"wrote {out}: epoch {int(last['epoch'])}, test ELBO {elbo:.3f}")
-    return last
-
-
-def _settings(args, model, recipe: str = "fit_defaults") -> dict:
-    """The model's recommended recipe (e.g. FA: the tutorial's batch 32, lr 1e-2), then flags."""
-    settings = dict(getattr(model, recipe, None) or getattr(model, "fit_defaults", {}))
-    settings["seed"] = args.seed
-    if args.max_seconds:
-        settings["max_seconds"] = args.max_seconds
-    if args.epochs:
-        settings["epochs"] = args.epochs
-    if args.batch_size:
-        settings["batch_size"] = args.batch_size
-    if args.lr:
-        settings["lr"] = args.lr
-    return settings
-
-
-def _data_spec(args, train) -> dict:
-    return {
-        "source": args.data,
-        "binarize": train.binarize,
-        "subset": args.subset,
-        "test_subset": args.test_subset,
-    }
-
-
-def _train_mcem(args) -> dict:
-    from aevb import inference, plots
-
-    if args.objective or args.particles or args.alpha is not None or args.lr_schedule:
-        raise ConfigError(
-            "--objective/--particles/--alpha/--lr-schedule are SVI settings; MCEM has none"
-        )
-    sampler = args.sampler or "batched-hmc"
-    train, test, model, guide = _model_and_data(args)
-    out = Path(args.out or f"runs/{args.model}-mcem-{sampler}-seed{args.seed}")
-    settings = _settings(args, model, "mcem_defaults")
-    if args.proposal_epochs is not None:
-        settings["proposal_epochs"] = args.proposal_epochs
-    run = inference.mcem_fit(
-        model,
-        train,
-        guide=guide,
-        test=test,
-        out=out,
-        resume=args.resume,
-        progress=False if args.quiet else None,
-        verbose=not args.quiet,
-        meta={"data_spec": _data_spec(args, train)},
-        sampler=sampler,
-        **settings,
-    )
-    plots.run_figures(
-        model, run.guide, test, run.history, out, f"mcem-{sampler}", "log p(x, z) at draws"
     )
     last = run.history.iloc[-1].to_dict()
     if not args.quiet:
-        print(
-            f"wrote {out}: epoch {int(last['epoch'])}, acceptance {last['accept_prob']:.3f}, "
-            f"step size {last['step_size']:.3g}"
-        )
+        if "accept_prob" in last:
+            summary = f"acceptance {last['accept_prob']:.3f}, step size {last['step_size']:.3g}"
+        else:
+            summary = f"test ELBO {last.get('test_elbo', float('nan')):.3f}"
+        print(f"wrote {out}: epoch {int(last['epoch'])}, {summary}")
     return last
+
+
+def cmd_run(args) -> dict:
+    """``aevb run SPEC``: train (or resume) the spec's run, then make each of its
+    ``evaluation`` estimates not yet recorded; prints the estimates."""
+    from aevb import runs
+    from aevb.spec import load_spec
+
+    spec = load_spec(args.spec)
+    out = Path(args.out) if args.out else runs.default_out(spec)
+    done = runs.run(spec, out, progress=False if args.quiet else None)
+    if not args.quiet:
+        print(f"wrote {out}")
+        for key, result in done.items():
+            print(f"{key:>12}: test log-likelihood {result['test_log_likelihood']:.4f}")
+    return done
 
 
 def cmd_evaluate(args) -> dict:
     """``aevb evaluate RUN``: IS or AIS estimates on the run's test set (DESIGN.md keys)."""
-    from aevb.inference import rundir
-    from aevb.inference.rundir import evaluate_run
+    from aevb import runs
 
-    k = args.num_samples or (16 if args.estimator == "ais" else 1000)
-    result = evaluate_run(
-        args.run_dir,
-        k,
-        args.estimator,
-        ais_temperatures=args.ais_temperatures,
-        subset=args.subset,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.quiet and sys.stderr.isatty(),
+    keys = ("estimator", "num_samples", "ais_temperatures", "subset", "batch_size", "seed")
+    evaluation = EvaluationSpec.from_dict({key: getattr(args, key) for key in keys})
+    result = runs.evaluate(
+        args.run_dir, evaluation, progress=not args.quiet and sys.stderr.isatty()
     )
-    rundir.record_evaluation(args.run_dir, f"{args.estimator}-{k}", result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -50,9 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from torch_reference import ReferenceVAE, train_steps  # noqa: E402
 
-from aevb import cli, data, guides, inference, models  # noqa: E402
+from aevb import data, guides, inference, models, runs  # noqa: E402
 from aevb.inference import evaluate as ev  # noqa: E402
 from aevb.inference.samplers import measure_ess  # noqa: E402
+from aevb.models.base import recipe  # noqa: E402
+from aevb.spec import RunSpec  # noqa: E402
 
 BATCH = 100
 
@@ -131,11 +133,12 @@ def bench_svi(train, reps: int, steps: int) -> dict:
 def bench_models(steps: int) -> dict:
     """Seconds per epoch of the other models under their CLI defaults (extrapolated)."""
     out: dict = {}
-    for name, flags in (("cvae", []), ("gmvae", []), ("vrnn", [])):
-        args = cli.build_parser().parse_args(["train", name, *flags])
-        train, _, model, guide = cli._model_and_data(args)  # noqa: SLF001
-        settings = cli._settings(args, model)  # noqa: SLF001
-        objective = getattr(model, "default_objective", "trace")
+    for name in ("cvae", "gmvae", "vrnn"):
+        spec = RunSpec.from_flat({"model": name})
+        resolved = runs.resolve(spec)
+        train, model, guide = resolved.train, resolved.model, resolved.guide
+        objective, _ = runs.objective_of(spec)
+        settings = recipe(model, runs.fit_settings(spec))
         batch = settings.get("batch_size", 20)
         t0 = time.perf_counter()
         stamps: list[float] = []

@@ -6,7 +6,7 @@ import pytest
 from aevb import data
 from aevb.cli import main
 from aevb.errors import ConfigError
-from aevb.experiments.compare import load_config, train_argv
+from aevb.experiments.compare import cell_spec, evaluations, load_config
 from aevb.inference.rundir import evaluate_run, load_run
 
 GRID = """
@@ -87,12 +87,28 @@ def test_grid_runs_records_a_failure_and_resumes(tmp_path, capsys):
     pd.testing.assert_series_equal(again["test_ll_is"], results["test_ll_is"])
 
 
-def test_train_argv_maps_cell_keys_to_flags(tmp_path):
-    cell = {"model": "vae", "label": "x", "particles": 5, "hidden": [200, 200], "quiet": True}
-    argv = train_argv(cell, 3, tmp_path, resume=True)
-    assert argv[:2] == ["train", "vae"]
-    assert "--particles" in argv and argv[argv.index("--hidden") + 1] == "200,200"
-    assert argv[argv.index("--seed") + 1] == "3" and argv[-1] == "--resume"
+def test_a_cell_becomes_a_run_spec_without_a_command_line():
+    """Cells map to RunSpecs directly (no argv): flat keys to their places, the grid's seed
+    and estimators added; the same cell through ``aevb train``'s options gives the same spec."""
+    from aevb.cli import build_parser, train_spec
+
+    cell = {"model": "vae", "label": "x", "objective": "iwae", "particles": 5}
+    cell |= {"hidden": [200, 200], "epochs": 2}
+    ests = evaluations({"is": 100, "ais": 4, "ais_temperatures": 20, "subset": 50})
+    spec = cell_spec(cell, 3, ests)
+    assert spec.model.config["hidden"] == (200, 200) and spec.inference.particles == 5
+    assert spec.schedule.seed == 3 and spec.schedule.epochs == 2
+    assert [(e.key, e.ais_temperatures, e.subset) for e in spec.evaluation] == [
+        ("is-100", 20, 50),
+        ("ais-4", 20, 50),
+    ]
+    argv = ["train", "vae", "--objective", "iwae", "--particles", "5", "--hidden", "200,200"]
+    args = build_parser().parse_args([*argv, "--epochs", "2", "--seed", "3"])
+    assert train_spec(args) == spec.replace(evaluation=())
+    with pytest.raises(ConfigError, match="unknown key 'seed'"):  # the grid sets the seeds
+        cell_spec({**cell, "seed": 1}, 0)
+    with pytest.raises(ConfigError, match="unknown key 'iss'; did you mean is"):
+        evaluations({"iss": 100})
 
 
 def test_grid_config_errors_are_clear(tmp_path):

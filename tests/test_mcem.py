@@ -297,7 +297,10 @@ def test_extending_a_decaying_mcem_run_equals_the_uninterrupted_run(tmp_path):
 def test_a_decay_needs_its_length():
     x = torch.randn(40, 3)
     with pytest.raises(ConfigError, match="lr_decay_epochs"):
-        inference.mcem_fit(models.build("fa"), x, lr_decay=0.1, proposal_epochs=0)
+        # (left out, lr_decay_epochs would come from FA's recipe; None is "no length")
+        inference.mcem_fit(
+            models.build("fa"), x, lr_decay=0.1, lr_decay_epochs=None, proposal_epochs=0
+        )
     with pytest.raises(ConfigError, match="lr_decay must be > 0"):
         inference.mcem_fit(models.build("fa"), x, lr_decay=0.0, proposal_epochs=0)
 

@@ -5,7 +5,8 @@ A config names cells (model, data, inference back-end and its settings) and seed
     name = "estimators_fa"
     seeds = [0, 1]
 
-    [defaults]                  # shared by every cell; any ``aevb train`` flag, dashes as _
+    [defaults]                  # shared by every cell: keys of the RunSpec's flat form
+                                # (:data:`aevb.spec.FLAT_KEYS`, the ``aevb train`` options)
     model = "fa"
     data = "fa-synthetic"
     epochs = 35
@@ -13,7 +14,7 @@ A config names cells (model, data, inference back-end and its settings) and seed
     [evaluate]                  # estimators run on every finished cell
     is = 1000                   # IS with k draws (needs a guide: SVI runs, MCEM's proposal)
     ais = 16                    # AIS with C chains (optional)
-    ais_temperatures = 200
+    ais_temperatures = 200      # shared by both: ais_temperatures, subset, batch_size, seed
 
     modules = ["my_models"]     # optional: your own models, imported first (beside this file)
 
@@ -35,8 +36,9 @@ A config names cells (model, data, inference back-end and its settings) and seed
     inference = "mcem"
     sampler = "batched-hmc"
 
-Each (cell, seed) is trained and evaluated through the ``aevb`` command's own code paths
-(``aevb train ...`` then ``aevb evaluate ...``), in ``OUT/<cell label>-seed<S>``. Re-running the
+Each (cell, seed) becomes a :class:`~aevb.spec.RunSpec` (the cell's keys, the seed and the
+estimators), checked for every cell before any trains, and is run by :func:`aevb.runs.run`
+(the code ``aevb train`` and ``aevb evaluate`` run) in ``OUT/<cell label>-seed<S>``. Re-running the
 command skips cells already evaluated and resumes unfinished ones; a failing cell is recorded
 with its error and the grid goes on. ``results.csv`` holds one row per (cell, seed) — settings,
 seconds, throughput, bounds, model metrics, sampler diagnostics, library versions — and
@@ -54,7 +56,9 @@ from pathlib import Path
 import pandas as pd
 import tomllib
 
+from aevb import runs
 from aevb.errors import ConfigError
+from aevb.spec import ESTIMATOR_DEFAULTS, FLAT_KEYS, EvaluationSpec, RunSpec, unknown_key
 
 #: settings a cell may carry besides those of ``aevb train`` (handled here)
 _OWN = {"label"}
@@ -92,42 +96,64 @@ def load_config(path: str | Path) -> dict:
         "name": raw.get("name", path.stem),
         "seeds": seeds,
         "cells": expanded,
-        "evaluate": raw.get("evaluate", {"is": 1000}),
+        "evaluate": evaluations(raw.get("evaluate", {"is": 1000}), path),
         "reference": raw.get("reference", {}),
         "source": path.read_text(),
     }
 
 
-#: cell keys the grid sets itself (per seed and run directory)
-_GRID_SET = {"seed", "out", "resume", "quiet"}
+#: keys of the spec's flat form that the grid sets itself, per seed
+_GRID_SET = {"seed"}
+
+
+def cell_keys() -> set[str]:
+    """The keys a cell may hold: the RunSpec's flat form (:data:`aevb.spec.FLAT_KEYS`, the
+    ``aevb train`` options) but the seed, and ``label``."""
+    return (set(FLAT_KEYS) - _GRID_SET) | _OWN
+
+
+def cell_spec(cell: dict, seed: int, evaluation=()) -> RunSpec:
+    """The :class:`~aevb.spec.RunSpec` of one (cell, seed): the cell's flat keys (the
+    label aside) with the seed, and the grid's estimators."""
+    for key in cell:
+        if key not in cell_keys():
+            raise unknown_key(key, cell_keys())
+    flat = {k: v for k, v in cell.items() if k not in _OWN}
+    spec = RunSpec.from_flat({**flat, "seed": seed})
+    return spec.replace(evaluation=tuple(evaluation))
 
 
 def check_cell(cell: dict, path: Path) -> None:
-    """Refuse a cell before anything trains: every key must be an ``aevb train`` setting
-    (spelt out in full; the closest valid keys are named), and its value must parse."""
-    import contextlib
-    import difflib
-    import io
-
-    from aevb import cli
-
-    options = cli.train_options()
-    valid = sorted((set(options) - _GRID_SET) | _OWN | {"model"})
-    for key in cell:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"{path}: cell {cell.get('label', '?')!r}: unknown key {key!r}{hint} "
-                f"(valid keys: {', '.join(valid)})"
-            )
-    stderr = io.StringIO()
+    """Refuse a cell before anything trains: every key must be a setting of the spec's flat
+    form (spelt out in full; the closest valid keys are named), and its value of the right
+    type and range."""
     try:
-        with contextlib.redirect_stderr(stderr):
-            cli.build_parser().parse_args(train_argv(cell, 0, Path("out"), False))
-    except SystemExit as exc:
-        message = stderr.getvalue().strip().splitlines()[-1] if stderr.getvalue() else exc
-        raise ConfigError(f"{path}: cell {cell.get('label', '?')!r}: {message}") from None
+        cell_spec(cell, 0)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: cell {cell.get('label', '?')!r}: {exc}") from None
+
+
+#: an ``[evaluate]`` table's keys: ``is = K`` and ``ais = C`` name the estimators, the rest
+#: apply to each
+_EVALUATE_SHARED = {"ais_temperatures", "subset", "batch_size", "seed"}
+
+
+def evaluations(table: dict, path: Path | str = "") -> tuple[EvaluationSpec, ...]:
+    """The estimators of an ``[evaluate]`` table (``is = 1000``, ``ais = 16``, shared
+    ``ais_temperatures``, ``subset``, ...) as :class:`~aevb.spec.EvaluationSpec` s."""
+    valid = set(ESTIMATOR_DEFAULTS) | _EVALUATE_SHARED
+    for key in table:
+        if key not in valid:
+            raise ConfigError(f"{path}: [evaluate]: {unknown_key(key, valid)}")
+    shared = {k: v for k, v in table.items() if k in _EVALUATE_SHARED}
+    try:
+        return tuple(
+            EvaluationSpec.from_dict({"estimator": name, "num_samples": table[name], **shared})
+            for name in ESTIMATOR_DEFAULTS
+            if name in table
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [evaluate]: {exc}") from None
 
 
 def _import_modules(modules, path: Path) -> None:
@@ -157,58 +183,14 @@ def cell_label(cell: dict) -> str:
     return "-".join(parts)
 
 
-def train_argv(cell: dict, seed: int, out: Path, resume: bool) -> list[str]:
-    """The ``aevb train`` command line of one (cell, seed)."""
-    argv = ["train", str(cell["model"])]
-    for key, value in cell.items():
-        if key in _OWN or key == "model" or value is None:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            if value:
-                argv.append(flag)
-            continue
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        argv += [flag, str(value)]
-    argv += ["--seed", str(seed), "--out", str(out), "--quiet"]
-    if resume:
-        argv.append("--resume")
-    return argv
-
-
-def run_cell(cell: dict, seed: int, out: Path, evaluate: dict) -> dict:
-    """Train (or resume) and evaluate one (cell, seed); return its results row."""
-    from aevb import cli
-    from aevb.inference import rundir
-
-    wanted = _estimators(evaluate)
-    done = rundir.read_evaluations(out)
-    if not all(key in done for key in wanted):
-        args = cli.build_parser().parse_args(
-            train_argv(cell, seed, out, rundir.has_checkpoint(out))
-        )
-        args.func(args)
-        for key, (estimator, k) in wanted.items():
-            if key not in done:
-                result = rundir.evaluate_run(
-                    out,
-                    k,
-                    estimator,
-                    ais_temperatures=int(evaluate.get("ais_temperatures", 500)),
-                    subset=evaluate.get("subset"),
-                )
-                done = rundir.record_evaluation(out, key, result)
-    return results_row(cell, seed, out, done, wanted)
-
-
-def _estimators(evaluate: dict) -> dict[str, tuple[str, int]]:
-    wanted = {}
-    for estimator in ("is", "ais"):
-        if estimator in evaluate:
-            k = int(evaluate[estimator])
-            wanted[f"{estimator}-{k}"] = (estimator, k)
-    return wanted
+def run_cell(cell: dict, seed: int, out: Path, evaluate) -> dict:
+    """Train (or resume) and evaluate one (cell, seed); return its results row.
+    ``evaluate``: the grid's estimators (:func:`evaluations`)."""
+    spec = cell_spec(cell, seed, evaluate)
+    done = runs.run(spec, out)
+    return results_row(
+        cell, seed, out, done, {ev.key: (ev.estimator, ev.samples) for ev in spec.evaluation}
+    )
 
 
 def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> dict:

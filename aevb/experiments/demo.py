@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pyro
 
-from aevb import data, guides, inference, models, plots
+from aevb import data, inference, plots, runs
+from aevb.spec import RunSpec
 
 #: (objective, particles): the three estimators the demo compares.
 DEMO_OBJECTIVES = (("trace", 1), ("meanfield", 1), ("iwae", 5))
@@ -36,24 +36,19 @@ def run_demo(
         label = objective if k == 1 else f"{objective}-k{k}"
         if not quiet:
             print(f"== {label}: {epochs} epochs on {len(train)} images", file=sys.stderr)
-        pyro.set_rng_seed(0)
-        model = models.build("vae")
-        guide = guides.default_for(model)
-        run = inference.fit(
-            model,
-            guide,
-            train,
-            objective,
-            test=test,
-            num_particles=k,
-            epochs=epochs,
-            seed=0,
-            out=out / label,
+        spec = RunSpec.from_flat(
+            {"model": "vae", "data": "mnist", "binarize": "dynamic", "objective": objective}
+            | {"particles": k, "epochs": epochs, "seed": 0}
+        )
+        run = runs.train(
+            spec,
+            out / label,
             resume=True,
             progress=False if quiet else None,
             verbose=not quiet,
-            meta={"data_spec": {"source": "mnist", "binarize": "dynamic"}},
+            figures=False,
         )
+        model, guide = run.model, run.guide
         b = inference.bounds(
             model, guide, scored, is_samples, progress=not quiet and sys.stderr.isatty()
         )

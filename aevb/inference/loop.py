@@ -177,32 +177,47 @@ def set_mode(training: bool, *objs) -> None:
             obj.train(training)
 
 
-#: settings a resumed run may change: how long it runs and how its steps are executed
-RESUMABLE_CHANGES = ("epochs", "max_steps", "max_seconds", "jit", "validate")
+#: what a resumed run may change: how long it runs, how its steps are executed, and how it
+#: is evaluated afterwards (record keys, dotted; a key covers everything under it)
+RESUMABLE_CHANGES = (
+    "fit.epochs",
+    "fit.max_steps",
+    "fit.max_seconds",
+    "fit.jit",
+    "fit.validate",
+    "spec.schedule.epochs",
+    "spec.schedule.max_steps",
+    "spec.schedule.max_seconds",
+    "spec.evaluation",
+)
 
 
 def _settings(record: dict) -> dict:
     """A run record as {dotted key: JSON value}, without what may change on resume (the
-    library versions and :data:`RESUMABLE_CHANGES`)."""
+    library versions and :data:`RESUMABLE_CHANGES`); a None value counts as not set."""
     flat: dict = {}
 
     def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
+        if prefix in RESUMABLE_CHANGES:
+            return
+        if isinstance(value, dict) and value:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
+        elif value is not None:
             flat[prefix] = value
 
     walk("", json.loads(json.dumps({k: v for k, v in record.items() if k != "versions"})))
-    for key in RESUMABLE_CHANGES:
-        flat.pop(f"fit.{key}", None)
     return flat
 
 
 def check_resumable(saved: dict, now: dict) -> None:
     """Raise :class:`~aevb.errors.ConfigError` if a run would resume with other settings:
-    anything in the record (algorithm, objective and its settings, model, guide, data) other
-    than :data:`RESUMABLE_CHANGES`; the message lists every difference."""
+    anything in the record (algorithm, objective and its settings, model, guide, data, the
+    run's spec) other than :data:`RESUMABLE_CHANGES`; the message lists every difference. A
+    run recorded before specs were (no ``"spec"``) is compared on the rest."""
+    saved = rundir.upgrade_record(saved)
+    if "spec" not in saved:
+        now = {k: v for k, v in now.items() if k != "spec"}
     a, b = _settings(saved), _settings(now)
     missing = "(not set)"
     diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,8 @@ from aevb.errors import ConfigError
 from aevb.inference import loop, rundir
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.optim import Adam
-from aevb.inference.samplers import SAMPLERS, Latents, log_step_change, sampler_from_settings
+from aevb.inference.samplers import Latents, log_step_change, sampler_from_options
+from aevb.models.base import recipe
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,10 @@ class MCEMConfig(LoopConfig):
 
     #: ``hmc`` / ``nuts`` (Pyro's kernels, the minibatch as one chain) or ``batched-hmc``
     sampler: str = "batched-hmc"
-    #: leapfrog steps per HMC transition: 10, Kingma & Welling's setting
-    num_steps: int = 10
-    #: step sizes are tuned towards this acceptance: 0.9 as in Kingma & Welling
-    target_accept_prob: float = 0.9
+    #: the sampler's own settings (fields of its class in
+    #: :data:`aevb.inference.samplers.SAMPLERS`); each sampler's defaults follow Kingma &
+    #: Welling's MCEM: 10 leapfrog steps per transition, step sizes tuned to 90% acceptance
+    sampler_options: dict = field(default_factory=dict)
     #: transitions per E-step, each one draw in the M-step average
     num_samples: int = 1
     #: extra adapting transitions at a datapoint's (or the shared chain's) first visit
@@ -61,8 +62,6 @@ class MCEMConfig(LoopConfig):
     m_steps: int = 5
     #: starting step size before the first-visit search
     init_step_size: float = 0.1
-    #: NUTS only: Pyro's default tree depth bound
-    max_tree_depth: int = 10
     #: the learning rate decays geometrically to lr * lr_decay over the first
     #: ``lr_decay_epochs`` epochs' steps and stays there: the M-step's Monte Carlo noise then
     #: averages out instead of leaving theta jittering at the end (decreasing gains as in
@@ -86,7 +85,7 @@ class MCEMAlgorithm:
 
     def __init__(self, model, cfg: MCEMConfig):
         self.model, self.cfg = model, cfg
-        self.sampler = sampler_from_settings(cfg.sampler, asdict(cfg), adapt_online=True)
+        self.sampler = sampler_from_options(cfg.sampler, cfg.sampler_options, adapt_online=True)
         self.per_datapoint = self.sampler.per_datapoint
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None
@@ -156,7 +155,8 @@ class MCEMAlgorithm:
             self.step_size[index] = state.step_size / math.exp(self.log_scale)
             accept = float(state.accept_prob.mean())
             gain = self.sampler.adapt_gain
-            self.log_scale += log_step_change(accept, cfg.target_accept_prob, gain)
+            target = self.sampler.target_accept_prob
+            self.log_scale += log_step_change(accept, target, gain)
         else:
             self.step_size = state.step_size.reshape(1)
         self._acc.append(float(state.accept_prob.mean()))
@@ -234,7 +234,9 @@ def fit(
 
     :param model: a Pyro model ``model(x)`` whose latents are continuous and local (inside one
         data plate); its default guide (or ``guide``) becomes the evaluation proposal.
-    :param settings: fields of :class:`MCEMConfig` (``sampler``, ``epochs``, ``m_steps``, ...).
+    :param settings: fields of :class:`MCEMConfig` (``sampler``, ``epochs``, ``m_steps``, ...);
+        those left out take the model's MCEM recipe (``mcem_defaults``, else
+        ``fit_defaults``), then :class:`MCEMConfig`'s defaults, as on the command line.
 
     The history's ``train_loss`` is -log p_theta(x, z) per datapoint at the E-step's draws
     (before the M-step); it also records the mean acceptance probability, step size and the
@@ -254,9 +256,8 @@ def fit(
     unknown = set(settings) - set(MCEMConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"unknown MCEM setting(s) {sorted(unknown)}")
-    cfg = MCEMConfig(**settings)
-    if cfg.sampler not in SAMPLERS:  # unknown names fail before anything runs
-        raise ConfigError(f"unknown sampler {cfg.sampler!r}; expected one of {sorted(SAMPLERS)}")
+    cfg = MCEMConfig(**recipe(model, settings, mcem=True))
+    sampler_from_options(cfg.sampler, cfg.sampler_options)  # bad names fail before any run
     if not cfg.lr_decay > 0:
         raise ConfigError(f"lr_decay must be > 0, got {cfg.lr_decay}")
     if cfg.lr_decay != 1.0 and (cfg.lr_decay_epochs is None or cfg.lr_decay_epochs < 1):

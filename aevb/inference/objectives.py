@@ -72,6 +72,8 @@ class Objective:
     #: why a guide site without a reparameterised sampler (a discrete y, say) would train
     #: silently wrong under this objective, given alpha; None when it trains correctly
     refuses_score_function: Callable[[float | None], str | None] = lambda alpha: None  # noqa: E731
+    #: the objective has an alpha (the Renyi family): it needs one, and no other does
+    takes_alpha: bool = False
 
 
 def _no_gradient_at_alpha_zero(alpha: float | None) -> str | None:
@@ -96,10 +98,8 @@ def _vectorize(k: int) -> bool:
 
 
 def _renyi(k: int, alpha: float | None, nesting: int) -> ELBO:
-    if alpha is None:
-        raise ConfigError("the renyi objective needs --alpha (e.g. 0.5); alpha=0 is iwae")
-    if alpha == 1:
-        raise ConfigError("alpha=1 is the ordinary ELBO: use the trace objective")
+    check_alpha("renyi", alpha)
+    assert alpha is not None
     return RenyiELBO(alpha, k, max_plate_nesting=nesting, vectorize_particles=_vectorize(k))
 
 
@@ -132,6 +132,7 @@ OBJECTIVES: dict[str, Objective] = {
         "Renyi alpha bound (Li & Turner); alpha=0 is iwae",
         default_particles=5,
         refuses_score_function=_no_gradient_at_alpha_zero,
+        takes_alpha=True,
     ),
     "enum": Objective(
         lambda k, a, n: TraceEnum_ELBO(k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
@@ -150,6 +151,24 @@ OBJECTIVES: dict[str, Objective] = {
         lambda guide: config_enumerate(guide, "parallel", expand=True),
     ),
 }
+
+
+def check_alpha(name: str, alpha: float | None, where: str = "alpha") -> None:
+    """Refuse an alpha the objective ``name`` cannot use: the Renyi family needs one other
+    than 1 (alpha = 1 is the ELBO), every other objective takes none. Unknown names pass
+    (they fail where the objective is made)."""
+    objective = OBJECTIVES.get(name)
+    if objective is None:
+        return
+    if objective.takes_alpha:
+        if alpha is None:
+            raise ConfigError(f"the {name} objective needs --alpha (e.g. 0.5); alpha=0 is iwae")
+        if alpha == 1:
+            raise ConfigError("alpha=1 is the ordinary ELBO: use the trace objective")
+    elif alpha is not None:
+        raise ConfigError(
+            f"{where}: alpha applies to the renyi objective only; {name!r} takes none (got {alpha})"
+        )
 
 
 def make_objective(

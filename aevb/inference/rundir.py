@@ -109,6 +109,29 @@ def read_evaluations(run_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+#: Monte Carlo EM settings that older records kept beside MCEM's own, with the defaults
+#: every sampler had; they now live in ``sampler_options``
+_OLD_SAMPLER_FIELDS = {"num_steps": 10, "target_accept_prob": 0.9, "max_tree_depth": 10}
+
+
+def upgrade_record(record: dict) -> dict:
+    """A run record of an older version in today's form (for comparing on resume): an MCEM
+    record's sampler settings move into ``sampler_options``."""
+    fit = record.get("fit", {})
+    if record.get("inference") != "mcem" or "sampler_options" in fit:
+        return record
+    from aevb.inference.samplers import sampler_options
+
+    fit = dict(fit)
+    options = {}
+    own = sampler_options(fit.get("sampler", "batched-hmc"))
+    for key, default in _OLD_SAMPLER_FIELDS.items():
+        value = fit.pop(key, default)
+        if key in own and value != default:
+            options[key] = value
+    return {**record, "fit": {**fit, "sampler_options": options}}
+
+
 def module_states(*objs) -> list:
     """The ``state_dict`` of every ``nn.Module`` among model and guide, by role."""
     return [o.state_dict() if isinstance(o, torch.nn.Module) else None for o in objs]

@@ -253,6 +253,8 @@ class Sampler(Protocol):
     per_datapoint: bool
     #: the Robbins-Monro gain of the online step-size update (:func:`log_step_change`)
     adapt_gain: float
+    #: the acceptance probability the step sizes are tuned towards
+    target_accept_prob: float
 
     def initial_step_size(
         self, latents: Latents, args: tuple, u: torch.Tensor, step_size: torch.Tensor
@@ -702,14 +704,40 @@ def make_sampler(name: str, **kwargs) -> Sampler:
     return SAMPLERS[name](**kwargs)
 
 
-def sampler_from_settings(name: str, settings: dict, **overrides) -> Sampler:
-    """The sampler ``name`` built from those of ``settings`` (e.g. an MCEM config's fields)
-    that it has: ``num_steps`` goes to HMC, ``max_tree_depth`` to NUTS."""
-    cls: Any = SAMPLERS.get(name)
-    if cls is None:
+#: sampler fields a run's caller sets itself (MCEM adapts online), not a user's option
+_SET_BY_CALLER = ("adapt_online",)
+
+
+def sampler_options(name: str) -> set[str]:
+    """The options a user may give sampler ``name``: its dataclass fields."""
+    return {f.name for f in fields(SAMPLERS[name])} - set(_SET_BY_CALLER)
+
+
+def check_sampler_options(name: str, options, where: str = "sampler options") -> None:
+    """Refuse an option that sampler ``name`` does not have (the closest ones named);
+    unknown sampler names pass (they fail where the sampler is made)."""
+    import difflib
+
+    if name not in SAMPLERS:
+        return
+    valid = sampler_options(name)
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"{where}: {name} has no option {key!r}{hint} (its options: "
+                f"{', '.join(sorted(valid))})"
+            )
+
+
+def sampler_from_options(name: str, options, **overrides) -> Sampler:
+    """The sampler ``name`` with the user's ``options`` (checked) and the caller's
+    ``overrides`` (e.g. ``adapt_online=True``)."""
+    if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
-    own = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in settings.items() if k in own}, **overrides)
+    check_sampler_options(name, options)
+    return SAMPLERS[name](**dict(options), **overrides)
 
 
 __all__ = [
@@ -728,7 +756,9 @@ __all__ = [
     "adapted",
     "log_step_change",
     "make_sampler",
-    "sampler_from_settings",
+    "check_sampler_options",
+    "sampler_from_options",
+    "sampler_options",
     "metropolis",
     "measure_ess",
     "potential",

@@ -30,12 +30,14 @@ from aevb.inference import loop
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.objectives import (
     OBJECTIVES,
+    check_alpha,
     check_compatible,
     make_jit_objective,
     make_objective,
     use_jit,
 )
 from aevb.inference.optim import Adam
+from aevb.models.base import hooks, recipe
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def fit(
     model,
     guide=None,
     train=None,
-    objective: str = "trace",
+    objective: str | None = None,
     *,
     test=None,
     out: str | Path | None = None,
@@ -147,7 +149,8 @@ def fit(
     :param model: a Pyro model ``model(x)`` (or ``model(x, y)`` if ``model.uses_labels``).
     :param guide: a Pyro guide with the same signature; None -> :func:`aevb.guides.default_for`.
     :param train: a :class:`~aevb.data.Dataset`, a tensor/array [N, ...] or an ``(x, y)`` pair.
-    :param objective: a key of :data:`aevb.inference.objectives.OBJECTIVES`.
+    :param objective: a key of :data:`aevb.inference.objectives.OBJECTIVES`; None -> the
+        model's ``default_objective``, else ``trace``.
     :param test: optional held-out data; its ELBO is recorded after every epoch.
     :param out: run directory (config.json, history.csv, checkpoint.pt); None keeps nothing.
     :param resume: continue from ``out/checkpoint.pt`` up to ``epochs`` in total.
@@ -156,7 +159,9 @@ def fit(
         seed alone fixes the run.
     :param callback: called as ``callback(epoch, step, loss_per_datapoint)`` after every step
         (for per-step traces such as the FA experiments; keep it cheap).
-    :param settings: fields of :class:`FitConfig` (``num_particles``, ``epochs``, ``lr``, ...).
+    :param settings: fields of :class:`FitConfig` (``num_particles``, ``epochs``, ``lr``, ...);
+        those left out take the model's recipe (``fit_defaults``, e.g. FA's batch 32, lr
+        1e-2, 35 epochs), then :class:`FitConfig`'s defaults, as on the command line.
 
     Example:
         >>> import torch
@@ -172,10 +177,14 @@ def fit(
         raise ConfigError(f"unknown fit setting(s) {sorted(unknown)}")
     if train is None:
         raise ConfigError("fit needs training data")
+    if objective is None:
+        objective = hooks(model).default_objective or "trace"
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
+    settings = recipe(model, settings)
     if settings.get("num_particles") is None:
         settings["num_particles"] = OBJECTIVES[objective].default_particles
+    check_alpha(objective, settings.get("alpha"))
     cfg = FitConfig(objective=objective, **settings)
     if guide is None:
         from aevb import guides as _guides

@@ -6,7 +6,7 @@ They only keep the registered models from repeating the same few lines.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -39,6 +39,23 @@ class ModelHooks:
     evaluation_metrics: Callable[..., dict] | None = None
     #: static structure: the compiled objectives and log-densities may trace it
     jit_compatible: bool = False
+    #: the model's recipe for SVI: settings used where a run gives none (FA: the
+    #: aevb-tutorial's batch 32, lr 1e-2, 35 epochs), by the library and the CLI alike
+    fit_defaults: Mapping[str, Any] | None = None
+    #: the recipe for Monte Carlo EM (None: ``fit_defaults``)
+    mcem_defaults: Mapping[str, Any] | None = None
+    #: the objective used where a run names none (GMVAE: ``enum``); None: ``trace``
+    default_objective: str | None = None
+    #: the data transform used where a run names none (VRNN, GMVAE: ``threshold``)
+    default_binarize: str | None = None
+
+
+def recipe(model, settings: Mapping[str, Any], mcem: bool = False) -> dict:
+    """``settings`` completed by the model's recipe: a key the caller leaves out takes the
+    recipe's value (one given, even as None, is kept). The one place a recipe is applied."""
+    h = hooks(model)
+    defaults = (h.mcem_defaults if mcem else None) or h.fit_defaults or {}
+    return {**defaults, **settings}
 
 
 def hooks(obj) -> ModelHooks:

@@ -1,0 +1,245 @@
+"""Run a :class:`~aevb.spec.RunSpec`: resolve it, train it, evaluate it.
+
+This is the one place that turns a spec into a run; the command line (``aevb train``), grids
+(``aevb compare``), the demo and scripts all call it, so they train alike::
+
+    resolve(spec)          -> Resolved: data, model and guide, built from the registries
+    train(spec, out)       -> Run: SVI or Monte Carlo EM into the run directory ``out``
+    evaluate(out, ev)      -> dict: one estimate (IS or AIS) of the test log-likelihood,
+                              recorded in ``out/evaluation.json``
+    run(spec, out)         -> dict: train (or resume) until done, then every estimate of
+                              ``spec.evaluation`` not yet recorded
+
+A model's recipe (FA's batch 32, lr 1e-2, 35 epochs; the GMVAE's ``enum``) is applied once,
+by :func:`aevb.inference.fit` and :func:`aevb.inference.mcem_fit`, to every setting the spec
+leaves at None: the library, the command line and grids get the same defaults.
+
+Example:
+    >>> from aevb import runs
+    >>> from aevb.spec import RunSpec
+    >>> spec = RunSpec.from_flat({"model": "fa", "data": "fa-synthetic", "subset": 64,
+    ...                           "test_subset": 32, "epochs": 2})
+    >>> run = runs.train(spec, progress=False)
+    >>> run.config["fit"]["batch_size"], run.config["fit"]["lr"]   # FA's recipe
+    (32, 0.01)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+
+from aevb import data, guides, inference, models, plots
+from aevb.data.dataset import Dataset
+from aevb.errors import ConfigError
+from aevb.inference import rundir
+from aevb.inference.loop import Run
+from aevb.inference.objectives import OBJECTIVES
+from aevb.models import likelihoods
+from aevb.models.base import hooks
+from aevb.spec import EvaluationSpec, MCEMSpec, RunSpec, SVISpec
+
+
+@dataclass
+class Resolved:
+    """A spec made concrete: the data, the model and the guide it names."""
+
+    spec: RunSpec
+    train: Dataset
+    test: Dataset
+    model: Any
+    guide: Any
+
+
+def model_class(spec: RunSpec):
+    """The registered model class the spec names (a clear error if there is none)."""
+    name = spec.model.name
+    if name not in models.MODELS:
+        raise ConfigError(f"unknown model {name!r}; expected one of {sorted(models.MODELS)}")
+    return models.MODELS[name]
+
+
+def _preset(spec: RunSpec) -> str | None:
+    """The spec's preset; a continuous-Bernoulli VAE gets the aevb-tutorial's preset."""
+    m = spec.model
+    presets = models.PRESETS.get(m.name, {})
+    cb = m.config.get("likelihood") == "continuous-bernoulli"
+    if m.preset is None and cb and "tutorial-cb" in presets:
+        return "tutorial-cb"
+    return m.preset
+
+
+def _binarize(spec: RunSpec, preset: str | None) -> str | None:
+    """The data transform: the spec's; else the model's own (VRNN, GMVAE: threshold); else,
+    for a registered dataset, the likelihood's (continuous Bernoulli: (x*255 + U)/256)."""
+    if spec.data.binarize is not None:
+        return spec.data.binarize
+    own = hooks(model_class(spec)).default_binarize
+    if own is not None:
+        return own
+    likelihood = spec.model.config.get("likelihood")
+    if likelihood is None and preset is not None:
+        preset_config = models.PRESETS.get(spec.model.name, {}).get(preset)
+        likelihood = getattr(preset_config, "likelihood", None)
+    if likelihood is not None and spec.data.source in data.DATASETS:
+        return likelihoods.get(likelihood).default_binarize
+    return None
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Load the data and build the model and guide a spec names. The global seed is set to
+    the spec's before the weights are drawn (training re-draws them from it again)."""
+    cls = model_class(spec)
+    if isinstance(spec.inference, SVISpec):
+        objective_of(spec)  # an unknown objective fails before the data are read
+    preset = _preset(spec)
+    train, test = data.load(spec.data.source, _binarize(spec, preset))
+    train, test = train.subset(spec.data.subset), test.subset(spec.data.test_subset)
+    pyro.set_rng_seed(spec.schedule.seed)
+    config = {**spec.model.config, **cls.config_from_data(train)}
+    model = models.build(spec.model.name, preset, **config)
+    guide = guides.build(spec.model.guide, model) if spec.model.guide else None
+    return Resolved(spec, train, test, model, guide or guides.default_for(model))
+
+
+def objective_of(spec: RunSpec) -> tuple[str, int]:
+    """(objective, particles) an SVI spec trains with, defaults resolved."""
+    assert isinstance(spec.inference, SVISpec)
+    objective = spec.inference.objective
+    if objective is None:
+        objective = hooks(model_class(spec)).default_objective or "trace"
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
+    k = spec.inference.particles or OBJECTIVES[objective].default_particles
+    return objective, k
+
+
+def default_out(spec: RunSpec) -> Path:
+    """``runs/MODEL-OBJECTIVEk-seedS`` (SVI) or ``runs/MODEL-mcem-SAMPLER-seedS``."""
+    name, seed = spec.model.name, spec.schedule.seed
+    if isinstance(spec.inference, MCEMSpec):
+        return Path(f"runs/{name}-mcem-{spec.inference.sampler.name}-seed{seed}")
+    objective, k = objective_of(spec)
+    return Path(f"runs/{name}-{objective}{k}-seed{seed}")
+
+
+def _given(obj) -> dict:
+    """The fields of a spec part that are set (not None)."""
+    return {k: v for k, v in asdict(obj).items() if v is not None}
+
+
+def fit_settings(spec: RunSpec) -> dict:
+    """The keyword settings of :func:`aevb.inference.fit` / ``mcem_fit`` a spec gives (what
+    it leaves at None is left to the model's recipe and the library's defaults)."""
+    settings = _given(spec.schedule)
+    inf = spec.inference
+    if isinstance(inf, SVISpec):
+        objective, k = objective_of(spec)
+        settings.update(num_particles=k, alpha=inf.alpha)
+        if inf.lr_schedule is not None:
+            settings["lr_schedule"] = inf.lr_schedule
+        return settings
+    own = {k: v for k, v in _given(inf).items() if k != "sampler"}
+    settings.update(own, sampler=inf.sampler.name)
+    if inf.sampler.options:
+        settings["sampler_options"] = dict(inf.sampler.options)
+    return settings
+
+
+def _meta(spec: RunSpec, train: Dataset) -> dict:
+    """What the record keeps of the spec: the spec itself, and ``data_spec`` (the test set,
+    as :func:`aevb.inference.rundir.evaluate_run` reloads it)."""
+    data_spec = {
+        "source": spec.data.source,
+        "binarize": train.binarize,
+        "subset": spec.data.subset,
+        "test_subset": spec.data.test_subset,
+    }
+    return {"data_spec": data_spec, "spec": spec.to_dict()}
+
+
+def train(
+    spec: RunSpec,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    verbose: bool = False,
+    figures: bool = True,
+) -> Run:
+    """Train the run ``spec`` describes into ``out`` (None: keep nothing on disk).
+
+    ``resume`` continues ``out``'s checkpoint, and refuses (listing the differences) if the
+    spec differs from the one the run was started with in anything but its length.
+    ``figures`` writes the learning curve, samples and reconstructions beside the run.
+    """
+    r = resolve(spec)
+    common = dict(
+        test=r.test,
+        out=out,
+        resume=resume,
+        progress=progress,
+        verbose=verbose,
+        meta=_meta(spec, r.train),
+        **fit_settings(spec),
+    )
+    if isinstance(spec.inference, MCEMSpec):
+        run = inference.mcem_fit(r.model, r.train, guide=r.guide, **common)
+        label, curve = f"mcem-{spec.inference.sampler.name}", "log p(x, z) at draws"
+    else:
+        objective, _ = objective_of(spec)
+        run = inference.fit(r.model, r.guide, r.train, objective, **common)
+        label, curve = objective, "train bound"
+    if figures and out is not None:
+        plots.run_figures(r.model, run.guide, r.test, run.history, out, label, curve)
+    return run
+
+
+def evaluate(
+    out: str | Path, evaluation: EvaluationSpec | None = None, *, progress: bool = False
+) -> dict:
+    """One estimate of ``out``'s test log-likelihood (DESIGN.md's keys), recorded in its
+    ``evaluation.json`` under ``evaluation.key`` (e.g. ``is-1000``)."""
+    ev = evaluation or EvaluationSpec()
+    result = rundir.evaluate_run(
+        out,
+        ev.samples,
+        ev.estimator,
+        ais_temperatures=ev.ais_temperatures,
+        subset=ev.subset,
+        batch_size=ev.batch_size,
+        seed=ev.seed,
+        progress=progress,
+    )
+    rundir.record_evaluation(out, ev.key, result)
+    return result
+
+
+def run(spec: RunSpec, out: str | Path, *, progress: bool | None = False) -> dict:
+    """Train (or resume) ``spec`` in ``out`` and make every estimate of ``spec.evaluation``
+    not yet in ``evaluation.json``; a run already evaluated is left as it is. Returns the
+    recorded estimates by key."""
+    done = rundir.read_evaluations(out)
+    wanted = [ev for ev in spec.evaluation if ev.key not in done]
+    if not wanted and spec.evaluation:
+        return done
+    train(spec, out, resume=rundir.has_checkpoint(out), progress=progress)
+    for ev in wanted:
+        evaluate(out, ev)
+    return rundir.read_evaluations(out)
+
+
+__all__ = [
+    "Resolved",
+    "default_out",
+    "evaluate",
+    "fit_settings",
+    "model_class",
+    "objective_of",
+    "resolve",
+    "run",
+    "train",
+]
