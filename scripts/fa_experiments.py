@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from aevb import data, guides, inference, models  # noqa: E402
 
-MODEL, GUIDE = "fa", "linear_guide"  # the pyro.module names: prefixes for freezing
+MODEL, GUIDE = "fa", "encoder"  # pyro.module name prefixes (aevb.models.nets.guide_module_name)
 
 
 def tracker(model, guide, test, truth_evidence, rows, phase=""):

@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = study("fa", *fa_setup(), "linear_guide", args.repeats)
+    rows = study("fa", *fa_setup(), "encoder", args.repeats)
     rows += study("vae", *vae_setup(args.seed), "encoder", args.repeats)
     frame = pd.DataFrame(rows)
     frame.to_csv(args.out / "gradient_variance.csv", index=False)

@@ -18,7 +18,14 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from aevb.models.nets import cat_broadcast, diagonal_gaussian, mlp, one_hot, register
+from aevb.models.nets import (
+    cat_broadcast,
+    diagonal_gaussian,
+    guide_module_name,
+    mlp,
+    one_hot,
+    register,
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,6 @@ class GaussianEncoder(nn.Module):
         return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
-        register("encoder", self)
+        register(guide_module_name(self.name), self)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.config.site, self.posterior(x, y))

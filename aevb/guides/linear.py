@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aevb.models.nets import register
+from aevb.models.nets import guide_module_name, register
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,6 @@ class LinearGaussian(nn.Module):
         return dist.MultivariateNormal(x @ self.V.T, scale_tril=self.scale_tril)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        register("linear_guide", self)
+        register(guide_module_name(self.name), self)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.config.site, self.posterior(x))

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevb.models.gmvae import temperature
-from aevb.models.nets import ACTIVATIONS, diagonal_gaussian, mlp, register, xavier_
+from aevb.models.nets import (
+    ACTIVATIONS,
+    diagonal_gaussian,
+    guide_module_name,
+    mlp,
+    register,
+    xavier_,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class MixtureEncoder(nn.Module):
         return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        register("mixture_guide", self)
+        register(guide_module_name(self.name), self)
         logits = self.y_net(x)
         x_part = self.z_in_x(x)
         with pyro.plate("data", x.shape[0]):

@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from aevb.models.nets import cat_broadcast, diagonal_gaussian, mlp, register
+from aevb.models.nets import cat_broadcast, diagonal_gaussian, guide_module_name, mlp, register
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class RecurrentEncoder(nn.Module):
         model = self.__dict__["model"]
         if model is None:
             raise ValueError("a RecurrentEncoder needs its VRNN: build it with for_model(model)")
-        register("recurrent_guide", self)
+        register(guide_module_name(self.name), self)
         register(model.name, model)  # the shared recurrence, under the model's own name
         seqs = model.sequences(x)
         state = model.initial_state(seqs.shape[0], x)

@@ -76,11 +76,42 @@ def read_history(run_dir: str | Path) -> pd.DataFrame:
 
 
 def read_checkpoint(run_dir: str | Path) -> dict:
-    """The last checkpoint of ``run_dir`` (a clear error if there is none)."""
+    """The last checkpoint of ``run_dir`` (a clear error if there is none), in today's
+    naming of parameters (:func:`upgrade_names`)."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise ConfigError(f"{run_dir}: no {CHECKPOINT}; is this a run directory?")
-    return torch.load(path, weights_only=False)
+    return upgrade_names(torch.load(path, weights_only=False))
+
+
+#: ``pyro.module`` names of the guides before the naming convention
+#: (:func:`aevb.models.nets.guide_module_name`), and what they are now
+OLD_MODULE_NAMES = {
+    "encoder": "encoder.gaussian",
+    "linear_guide": "encoder.linear-gaussian",
+    "mixture_guide": "encoder.mixture",
+    "recurrent_guide": "encoder.recurrent",
+}
+
+
+def _renamed(name: str) -> str:
+    module, sep, rest = name.partition("$$$")
+    return OLD_MODULE_NAMES.get(module, module) + sep + rest if sep else name
+
+
+def upgrade_names(state: dict) -> dict:
+    """A checkpoint whose parameter names follow the older guide names, renamed: the param
+    store's values and constraints and the optimiser's per-parameter state, so an old run
+    evaluates and resumes (bit for bit) as before."""
+    params = state.get("params")
+    if isinstance(params, dict):
+        for key in ("params", "constraints"):
+            if isinstance(params.get(key), dict):
+                params[key] = {_renamed(n): v for n, v in params[key].items()}
+    optim = (state.get("algorithm") or {}).get("optim")
+    if isinstance(optim, dict) and isinstance(optim.get("state"), dict):
+        optim["state"] = {_renamed(n): v for n, v in optim["state"].items()}
+    return state
 
 
 def write_proposal(run_dir: Path, params: Any, modules: list, history: pd.DataFrame) -> None:

@@ -73,6 +73,18 @@ def diagonal_gaussian(loc: torch.Tensor, raw_scale: torch.Tensor, min_scale: flo
     return dist.Normal(loc, F.softplus(raw_scale) + min_scale).to_event(1)
 
 
+#: the prefix of every guide's ``pyro.module`` name, so ``freeze=("encoder",)`` holds any
+#: guide fixed (and ``freeze=(model.name,)`` the model)
+GUIDE_PREFIX = "encoder"
+
+
+def guide_module_name(name: str) -> str:
+    """The naming convention of ``pyro.module`` names: a model registers its modules under
+    its registry name (``vae``, ``fa``), a guide under ``encoder.<its registry name>``
+    (``encoder.gaussian``, ``encoder.linear-gaussian``)."""
+    return f"{GUIDE_PREFIX}.{name}"
+
+
 def register(name: str, module: nn.Module) -> nn.Module:
     """``pyro.module(name, module)`` with the module as the source of truth.
 
