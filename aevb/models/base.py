@@ -44,9 +44,9 @@ class ModelHooks:
     fit_defaults: Mapping[str, Any] | None = None
     #: the recipe for Monte Carlo EM (None: ``fit_defaults``)
     mcem_defaults: Mapping[str, Any] | None = None
-    #: the objective used where a run names none (GMVAE: ``enum``); None: ``trace``
+    #: the objective used where a run names none (``enum`` for the GMVAE); None means ``trace``
     default_objective: str | None = None
-    #: the data transform used where a run names none (VRNN, GMVAE: ``threshold``)
+    #: the data transform used where a run names none (``threshold`` for the VRNN and GMVAE)
     default_binarize: str | None = None
 
 
