@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from aevb.devices import check_device_name
 from aevb.errors import AevbError
 from aevb.spec import FLAT_KEYS, EvaluationSpec, RunSpec, hidden_sizes
 
@@ -18,8 +19,24 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _device(text: str) -> str:
+    try:
+        return check_device_name(text)
+    except AevbError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_device(parser: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default=default,
+        help="cpu (default), cuda, cuda:N or auto (CUDA when available)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``aevb`` command line: subcommands data, train, evaluate, compare, demo."""
+    """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo."""
     from aevb.inference.samplers import SAMPLERS
 
     p = argparse.ArgumentParser(prog="aevb", description=__doc__)
@@ -85,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _add_device(t, None)
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("run", help="train and evaluate the run a RunSpec file describes")
     r.add_argument("spec", help="a .toml or .json RunSpec (docs: Runs as values)")
     r.add_argument("--out", default=None, help="run directory (default runs/MODEL-...)")
     r.add_argument("--quiet", action="store_true")
+    _add_device(r, None)
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
@@ -108,18 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true")
+    _add_device(e)
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="run a grid of experiments from a TOML config")
     c.add_argument("config", help="e.g. scripts/configs/estimators_fa.toml")
     c.add_argument("--out", default=None, help="output folder (default runs/compare-NAME)")
     c.add_argument("--quiet", action="store_true")
+    _add_device(c, None)
     c.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("demo", help="VAE on MNIST under trace, meanfield and iwae-5")
     m.add_argument("--epochs", type=int, default=None)
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--quiet", action="store_true")
+    _add_device(m)
     m.set_defaults(func=cmd_demo)
     return p
 
@@ -169,6 +191,8 @@ def cmd_run(args) -> dict:
     from aevb.spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.device is not None:  # the command line's device wins over the file's
+        spec = spec.replace(device=args.device)
     out = Path(args.out) if args.out else runs.default_out(spec)
     done = runs.run(spec, out, progress=False if args.quiet else None)
     if not args.quiet:
@@ -185,7 +209,10 @@ def cmd_evaluate(args) -> dict:
     keys = ("estimator", "num_samples", "ais_temperatures", "subset", "batch_size", "seed")
     evaluation = EvaluationSpec.from_dict({key: getattr(args, key) for key in keys})
     result = runs.evaluate(
-        args.run_dir, evaluation, progress=not args.quiet and sys.stderr.isatty()
+        args.run_dir,
+        evaluation,
+        progress=not args.quiet and sys.stderr.isatty(),
+        device=args.device,
     )
     if args.json:
         print(json.dumps(result))
@@ -199,7 +226,7 @@ def cmd_compare(args) -> None:
     """``aevb compare CONFIG.toml``: a grid of runs into one table and report."""
     from aevb.experiments.compare import run_grid
 
-    results = run_grid(args.config, args.out, quiet=args.quiet)
+    results = run_grid(args.config, args.out, quiet=args.quiet, device=args.device)
     failed = int((results["status"] != "ok").sum())
     if failed:
         print(f"{failed} of {len(results)} runs failed; see results.csv", file=sys.stderr)
@@ -209,7 +236,7 @@ def cmd_demo(args) -> None:
     """``aevb demo``: the README's demo grid (fetch MNIST, train, score, report)."""
     from aevb.experiments.demo import run_demo
 
-    run_demo(out=args.out, epochs=args.epochs, quiet=args.quiet)
+    run_demo(out=args.out, epochs=args.epochs, quiet=args.quiet, device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from aevb.devices import device_of, to_device  # noqa: E402
 from aevb.models.base import hooks  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def image_grid(
     images = images.detach().reshape(-1, *shape).clamp(0, 1).cpu()
     n = images.shape[0]
     nrow = math.ceil(n / ncol)
-    canvas = torch.ones(nrow * (shape[0] + 2), ncol * (shape[1] + 2))
+    canvas = torch.ones(nrow * (shape[0] + 2), ncol * (shape[1] + 2), device="cpu")
     for i in range(n):
         r, c = divmod(i, ncol)
         canvas[
@@ -86,10 +87,10 @@ def reconstruct(model, guide, args: tuple) -> torch.Tensor:
 
 def reconstructions(model, guide, args: tuple, path: str | Path, n: int = 10) -> Path:
     """Data (top row) and reconstructions (bottom row)."""
-    args = tuple(a[:n] for a in args)
-    recon = reconstruct(model, guide, args)
+    args = to_device(tuple(a[:n] for a in args), device_of(model, guide))
+    recon = reconstruct(model, guide, args).cpu()
     return image_grid(
-        torch.cat([args[0], recon]), path, "data (top), reconstructions (bottom)", ncol=n
+        torch.cat([args[0].cpu(), recon]), path, "data (top), reconstructions (bottom)", ncol=n
     )
 
 
@@ -116,7 +117,9 @@ def cluster_embedding(guide, test, path: str | Path, n: int = 3000) -> Path:
     centred = means - means.mean(0)
     _, _, v = torch.pca_lowrank(centred, q=2, center=False)
     xy = (centred @ v[:, :2]).numpy()
-    clusters = torch.cat([guide.cluster_probs(x).argmax(-1) for (x,) in part.batches(1000)])
+    device = device_of(guide)
+    batches = part.batches(1000)
+    clusters = torch.cat([guide.cluster_probs(x.to(device)).argmax(-1).cpu() for (x,) in batches])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, colour, title in (
         (axes[0], part.y, "coloured by true label"),

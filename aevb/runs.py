@@ -134,7 +134,7 @@ def _given(obj) -> dict:
 def fit_settings(spec: RunSpec) -> dict:
     """The keyword settings of :func:`aevb.inference.fit` / ``mcem_fit`` a spec gives (what
     it leaves at None is left to the model's recipe and the library's defaults)."""
-    settings = _given(spec.schedule)
+    settings = {**_given(spec.schedule), "device": spec.device}
     inf = spec.inference
     if isinstance(inf, SVISpec):
         objective, k = objective_of(spec)
@@ -199,10 +199,15 @@ def train(
 
 
 def evaluate(
-    out: str | Path, evaluation: EvaluationSpec | None = None, *, progress: bool = False
+    out: str | Path,
+    evaluation: EvaluationSpec | None = None,
+    *,
+    progress: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """One estimate of ``out``'s test log-likelihood (DESIGN.md's keys), recorded in its
-    ``evaluation.json`` under ``evaluation.key`` (e.g. ``is-1000``)."""
+    ``evaluation.json`` under ``evaluation.key`` (e.g. ``is-1000``), computed on ``device``
+    (any device, whichever trained the run)."""
     ev = evaluation or EvaluationSpec()
     result = rundir.evaluate_run(
         out,
@@ -213,6 +218,7 @@ def evaluate(
         batch_size=ev.batch_size,
         seed=ev.seed,
         progress=progress,
+        device=device,
     )
     rundir.record_evaluation(out, ev.key, result)
     return result
@@ -228,7 +234,7 @@ def run(spec: RunSpec, out: str | Path, *, progress: bool | None = False) -> dic
         return done
     train(spec, out, resume=rundir.has_checkpoint(out), progress=progress)
     for ev in wanted:
-        evaluate(out, ev)
+        evaluate(out, ev, device=spec.device)
     return rundir.read_evaluations(out)
 
 

@@ -12,7 +12,7 @@ turns back, checking every key and value on the way::
                                  settings, the proposal fitted for evaluation
       schedule    ScheduleSpec   epochs, batch size, learning rate, time budget, seed
       evaluation  (EvaluationSpec, ...)   estimators run once training is done
-      device      "cpu"
+      device      "cpu", "cuda", "cuda:N" or "auto" (:mod:`aevb.devices`)
 
 A field left at ``None`` means "the model's recipe, else the library's default": the spec
 records what was asked for, the run's ``config.json`` also records what it resolved to
@@ -55,6 +55,7 @@ import tomllib
 
 #: the binarisations :func:`aevb.data.load` knows (the data layer's own list)
 from aevb.data.dataset import BINARIZATIONS
+from aevb.devices import check_device_name
 from aevb.errors import ConfigError
 
 # ------------------------------------------------------------------ value checks
@@ -365,12 +366,15 @@ def _evaluations(value, path) -> tuple[EvaluationSpec, ...]:
     )
 
 
+def _device(value, path) -> str:
+    try:
+        return check_device_name(_text()(value, path))
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(path)}{exc}") from None
+
+
 def _nested(cls):
     return lambda value, path: value if isinstance(value, cls) else _build(cls, value, path)
-
-
-#: devices a run may name (the next issue adds CUDA)
-DEVICES = ("cpu",)
 
 
 @dataclass(frozen=True)
@@ -384,7 +388,8 @@ class RunSpec(_Spec):
         default_factory=ScheduleSpec, metadata={"spec": _nested(ScheduleSpec)}
     )
     evaluation: tuple[EvaluationSpec, ...] = field(default=(), metadata={"spec": _evaluations})
-    device: str = _setting(_text(DEVICES), "cpu")
+    #: "cpu" (the default: published figures reproduce), "cuda", "cuda:N" or "auto"
+    device: str = _setting(_device, "cpu")
 
     def __post_init__(self):
         object.__setattr__(self, "evaluation", tuple(self.evaluation))
@@ -498,7 +503,6 @@ def load_spec(path) -> RunSpec:
 
 
 __all__ = [
-    "DEVICES",
     "FLAT_KEYS",
     "DataSpec",
     "EvaluationSpec",

@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from torch_reference import ReferenceVAE, train_steps  # noqa: E402
 
-from aevb import data, guides, inference, models, runs  # noqa: E402
+from aevb import data, devices, guides, inference, models, runs  # noqa: E402
 from aevb.inference import evaluate as ev  # noqa: E402
 from aevb.inference.samplers import measure_ess  # noqa: E402
 from aevb.models.base import recipe  # noqa: E402
@@ -66,15 +66,27 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------- SVI
 
 
+#: where the benchmark runs (``--device``)
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work before reading a clock."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def reference_rate(images: torch.Tensor, objective: str, k: int, steps: int, seed: int) -> float:
     """Images/s of the hand-written step (10 untimed warm-up steps first)."""
     torch.manual_seed(seed)
-    model = ReferenceVAE()
+    model = ReferenceVAE().to(DEVICE)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-4)
     g = torch.Generator().manual_seed(seed)
-    train_steps(model, optim, images, objective, k, BATCH, 10, g)
+    train_steps(model, optim, images, objective, k, BATCH, 10, g, DEVICE)
+    sync()
     t0 = time.perf_counter()
-    train_steps(model, optim, images, objective, k, BATCH, steps, g)
+    train_steps(model, optim, images, objective, k, BATCH, steps, g, DEVICE)
+    sync()
     return steps * BATCH / (time.perf_counter() - t0)
 
 
@@ -97,6 +109,7 @@ def package_rate(train, model_name: str, objective: str, k: int, steps: int, see
         seed=seed,
         progress=False,
         callback=lambda e, s, loss: stamps.append(time.perf_counter()),
+        device=str(DEVICE),
         **kw,
     )
     seconds_per_step = (stamps[-1] - stamps[9]) / (len(stamps) - 10)
@@ -134,7 +147,7 @@ def bench_models(steps: int) -> dict:
     """Seconds per epoch of the other models under their CLI defaults (extrapolated)."""
     out: dict = {}
     for name in ("cvae", "gmvae", "vrnn"):
-        spec = RunSpec.from_flat({"model": name})
+        spec = RunSpec.from_flat({"model": name, "device": str(DEVICE)})
         resolved = runs.resolve(spec)
         train, model, guide = resolved.train, resolved.model, resolved.guide
         objective, _ = runs.objective_of(spec)
@@ -169,13 +182,15 @@ def bench_models(steps: int) -> dict:
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """This machine's fp32 matmul rate: best of ``reps`` n x n x n products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    """This device's fp32 matmul rate: best of ``reps`` n x n x n products."""
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     torch.mm(a, b)
     best = math.inf
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -206,10 +221,12 @@ def is_child(args) -> None:
     """Run IS-k on ``--is-images`` test images with the saved model; print one JSON line."""
     torch.set_num_threads(args.threads)
     _, test = data.load("mnist", "dynamic")
+    device = torch.device(args.device)
     model = models.build("vae")
-    model.load_state_dict(torch.load(args.model_state))
+    model.load_state_dict(torch.load(args.model_state, map_location="cpu"))
     guide = guides.default_for(model)
-    guide.load_state_dict(torch.load(args.guide_state))
+    guide.load_state_dict(torch.load(args.guide_state, map_location="cpu"))
+    model.to(device), guide.to(device)
     x = test.subset(args.is_images).fixed(0).x
     # slices of 200 images, each timed: the wall total, and the median slice x slices, which
     # a passing burst of load on this shared machine does not move
@@ -252,6 +269,8 @@ def bench_is(args, model, guide, workdir: Path) -> dict:
         str(workdir / "model.pt"),
         "--guide-state",
         str(workdir / "guide.pt"),
+        "--device",
+        str(DEVICE),
     ]
     log(f"IS-5000 on {images} test images (child process) ...")
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -285,7 +304,7 @@ def bench_is(args, model, guide, workdir: Path) -> dict:
 
 def bench_ess(model, args) -> dict:
     _, test = data.load("mnist", "dynamic")
-    x = test.subset(args.ess_batch).fixed(0).x
+    x = test.subset(args.ess_batch).fixed(0).x.to(DEVICE)
     warmup, draws = (60, 150) if args.quick else (100, 300)
     rows = {}
     for name, options in (
@@ -341,7 +360,10 @@ def main(argv=None) -> None:
     p.add_argument("--is-k", type=int, default=5000, help=argparse.SUPPRESS)
     p.add_argument("--model-state", help=argparse.SUPPRESS)
     p.add_argument("--guide-state", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = devices.resolve_device(args.device)
     if args.part == "is-child":
         return is_child(args)
     torch.set_num_threads(args.threads)
@@ -356,6 +378,7 @@ def main(argv=None) -> None:
         "pyro": __import__("pyro").__version__,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        **devices.describe(DEVICE),
     }
     train, _ = data.load("mnist", "dynamic")
     if args.part in ("all", "svi"):
@@ -376,6 +399,7 @@ def main(argv=None) -> None:
             batch_size=BATCH,
             seed=0,
             progress=False,
+            device=str(DEVICE),
         )
         result["decoder_training_steps"] = train_steps_n
         workdir = args.out or Path(os.environ.get("TMPDIR", "/tmp")) / "aevb-bench"

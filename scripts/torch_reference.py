@@ -79,14 +79,21 @@ def train_steps(
     batch_size: int,
     steps: int,
     generator: torch.Generator,
+    device: torch.device | None = None,
 ) -> float:
     """``steps`` Adam steps on shuffled, dynamically binarised minibatches; returns the last
-    loss per datapoint."""
+    loss per datapoint. On a ``device`` other than the CPU each minibatch is moved there and
+    binarised there (as the package's loop does)."""
     order = torch.randperm(images.shape[0], generator=generator)
     loss = torch.zeros(())
+    away = device is not None and device.type != "cpu"
+    draws = generator
+    if away:
+        draws = torch.Generator(device=device).manual_seed(int(generator.initial_seed()))
     for i in range(steps):
         idx = order[(i * batch_size) % len(order) :][:batch_size]
-        x = torch.bernoulli(images[idx], generator=generator)
+        raw = images[idx].to(device, non_blocking=True) if away else images[idx]
+        x = torch.bernoulli(raw, generator=draws)
         loss = model.loss(x, objective, k)
         optim.zero_grad(set_to_none=True)
         (loss / x.shape[0]).backward()

@@ -33,15 +33,21 @@ def _with(record, path, value):
         ("spec.evaluation", [{"estimator": "is"}]),
         ("versions.torch", "2.14.0"),
         ("fit.alpha", None),
+        ("spec.device", "cuda"),  # a run resumes on another device (device-free checkpoints)
     ],
 )
-def test_length_evaluation_and_versions_may_change(path, value):
+def test_length_evaluation_versions_and_device_may_change(path, value):
     check_resumable(RECORD, _with(RECORD, path, value))
 
 
 @pytest.mark.parametrize(
     "path, value",
-    [("fit.lr", 1e-2), ("spec.schedule.seed", 1), ("spec.device", "cuda"), ("inference", "mcem")],
+    [
+        ("fit.lr", 1e-2),
+        ("spec.schedule.seed", 1),
+        ("spec.schedule.batch_size", 32),
+        ("inference", "mcem"),
+    ],
 )
 def test_anything_else_is_refused_and_named(path, value):
     with pytest.raises(ConfigError, match=rf"{path}: .* then, .* now"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from aevb.devices import to_device
 from aevb.errors import DataError
 
 
@@ -26,7 +27,7 @@ def _threshold(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
 
 def _continuous(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
     # Uniform dequantisation of 8-bit intensities: (byte + U) / 256 lies in (0, 1).
-    u = torch.rand(x.shape, generator=g, dtype=x.dtype)
+    u = torch.rand(x.shape, generator=g, dtype=x.dtype, device=x.device)
     return (torch.round(x * 255.0) + u) / 256.0
 
 
@@ -53,7 +54,7 @@ def validate_array(x, name: str = "x", unit_interval: bool = False) -> torch.Ten
         arr = x.detach().cpu()
     else:
         try:
-            arr = torch.as_tensor(np.asarray(x))
+            arr = torch.as_tensor(np.asarray(x), device="cpu")
         except (TypeError, ValueError) as exc:
             raise DataError(f"{name}: expected a numeric array, got {type(x).__name__}") from exc
     if arr.dtype == torch.bool or not (arr.is_floating_point() or _is_int(arr)):
@@ -122,13 +123,13 @@ class Dataset:
         xt = validate_array(x, f"{name}: x", unit_interval=binarize != "none")
         yt = None
         if y is not None:
-            yt = torch.as_tensor(np.asarray(y)).reshape(-1)
+            yt = torch.as_tensor(np.asarray(y), device="cpu").reshape(-1)
             if not _is_int(yt):
                 raise DataError(f"{name}: labels must be integers, got dtype {yt.dtype}")
             yt = yt.long()
         mt = None
         if mask is not None:
-            mt = torch.as_tensor(np.asarray(mask))
+            mt = torch.as_tensor(np.asarray(mask), device="cpu")
             if xt.dim() != 3:
                 raise DataError(
                     f"{name}: a mask needs sequences x [N, T, D], got {tuple(xt.shape)}"
@@ -189,28 +190,43 @@ class Dataset:
         labels: bool = False,
         drop_last: bool = False,
         indexed: bool = False,
+        device: torch.device | None = None,
     ) -> Iterator:
         """Yield argument tuples of minibatches, binarised per batch: ``(x,)``, ``(x, y)`` with
         ``labels``, and the sequence mask last where the dataset has one. With ``indexed``
-        yield ``(index, args)``, ``index`` the datapoints' positions [B] (for per-datapoint
-        state such as MCEM's chains)."""
+        yield ``(index, args)``, ``index`` the datapoints' positions [B] on the CPU (for
+        per-datapoint state such as MCEM's chains).
+
+        With a ``device`` other than the CPU each batch is moved there (from pinned memory)
+        and binarised there, from a generator on that device seeded by ``generator``; on the
+        CPU the draws are those of ``generator`` itself."""
         n = len(self)
         if labels and self.y is None:
             raise DataError(f"{self.name}: this model needs labels but the dataset has none")
-        order = torch.randperm(n, generator=generator) if shuffle else None
+        order = torch.randperm(n, generator=generator, device="cpu") if shuffle else None
+        away = device is not None and torch.device(device).type != "cpu"
+        draws = generator
+        if away and generator is not None:
+            draws = torch.Generator(device=device)
+            draws.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device="cpu")))
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             if order is None:
                 idx: slice | torch.Tensor = slice(start, min(start + batch_size, n))
             else:
                 idx = order[start : start + batch_size]
-            args = [self.transform(self.x[idx], generator)]
+            raw = [self.x[idx]]
             if labels:
-                args.append(self.y[idx])  # type: ignore[index]
+                raw.append(self.y[idx])  # type: ignore[index]
             if self.mask is not None:
-                args.append(self.mask[idx])
+                raw.append(self.mask[idx])
+            if away:
+                raw = list(to_device(tuple(raw), torch.device(device)))  # type: ignore[arg-type]
+            args = [self.transform(raw[0], draws), *raw[1:]]
             if indexed:
-                where = idx if torch.is_tensor(idx) else torch.arange(idx.start, idx.stop)
+                where = (
+                    idx if torch.is_tensor(idx) else torch.arange(idx.start, idx.stop, device="cpu")
+                )
                 yield where, tuple(args)
             else:
                 yield tuple(args)

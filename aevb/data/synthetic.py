@@ -23,8 +23,8 @@ def fa_truth(seed: int = FA_SEED):
     from aevb.models.fa import FactorAnalysis
 
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(3, 2, generator=g)
-    sigma = F.softplus(torch.randn(3, generator=g))
+    W = torch.randn(3, 2, generator=g, device="cpu")
+    sigma = F.softplus(torch.randn(3, generator=g, device="cpu"))
     return FactorAnalysis().set_parameters(W, sigma)
 
 
@@ -36,8 +36,8 @@ def fa_synthetic(
     g = torch.Generator().manual_seed(seed + 1)
     n = n_train + n_test
     with torch.no_grad():
-        z = torch.randn(n, truth.z_dim, generator=g)
-        x = z @ truth.W.T + truth.sigma * torch.randn(n, truth.x_dim, generator=g)
+        z = torch.randn(n, truth.z_dim, generator=g, device="cpu")
+        x = z @ truth.W.T + truth.sigma * torch.randn(n, truth.x_dim, generator=g, device="cpu")
     train = Dataset.from_arrays(x[:n_train], binarize=binarize, name="fa-synthetic-train")
     test = Dataset.from_arrays(x[n_train:], binarize=binarize, name="fa-synthetic-test")
     return train, test

@@ -243,10 +243,17 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
     return row
 
 
-def run_grid(config_path: str | Path, out: str | Path | None = None, quiet: bool = False):
+def run_grid(
+    config_path: str | Path,
+    out: str | Path | None = None,
+    quiet: bool = False,
+    device: str | None = None,
+):
     """Run every (cell, seed) of the config; write results.csv and report.md; return the
-    results frame."""
+    results frame. ``device`` (e.g. ``"cuda"``) overrides every cell's."""
     config = load_config(config_path)
+    if device is not None:
+        config["cells"] = [{**cell, "device": device} for cell in config["cells"]]
     out = Path(out or f"runs/compare-{config['name']}")
     out.mkdir(parents=True, exist_ok=True)
     rows = []

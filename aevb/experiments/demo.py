@@ -25,6 +25,7 @@ def run_demo(
     quiet: bool = False,
     is_samples: int = 1000,
     is_subset: int = 2000,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """Train and score the three runs; return the summary table (also ``results.csv``)."""
     out = Path(out)
@@ -38,7 +39,7 @@ def run_demo(
             print(f"== {label}: {epochs} epochs on {len(train)} images", file=sys.stderr)
         spec = RunSpec.from_flat(
             {"model": "vae", "data": "mnist", "binarize": "dynamic", "objective": objective}
-            | {"particles": k, "epochs": epochs, "seed": 0}
+            | {"particles": k, "epochs": epochs, "seed": 0, "device": device}
         )
         run = runs.train(
             spec,

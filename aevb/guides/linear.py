@@ -11,6 +11,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyro
@@ -50,7 +51,7 @@ class LinearGaussian(nn.Module):
         with torch.no_grad():
             # L = I at the start: softplus(d) = 1 on the diagonal, zeros below it
             self.L_raw.zero_()
-            self.L_raw.diagonal().fill_(torch.log(torch.expm1(torch.tensor(1.0))).item())
+            self.L_raw.diagonal().fill_(math.log(math.expm1(1.0)))
 
     @classmethod
     def for_model(cls, model) -> LinearGaussian:

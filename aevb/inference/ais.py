@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aevb.devices import device_of, to_device
 from aevb.errors import ConfigError
 from aevb.inference.samplers import BatchedHMC, Latents, adapted, find_step_size, potential
 from aevb.models.base import hooks
@@ -68,7 +69,8 @@ def sigmoid_schedule(num: int, sharpness: float = 4.0) -> torch.Tensor:
     """beta_0 = 0 < ... < beta_num = 1, sigmoidal (Grosse et al. 2013); [num + 1]."""
     if num < 1:
         raise ValueError("AIS needs at least one temperature")
-    s = torch.sigmoid(sharpness * (2 * torch.arange(num + 1, dtype=torch.float64) / num - 1))
+    steps = torch.arange(num + 1, dtype=torch.float64, device="cpu")  # scalars: on the CPU
+    s = torch.sigmoid(sharpness * (2 * steps / num - 1))
     return ((s - s[0]) / (s[-1] - s[0])).float()
 
 
@@ -81,7 +83,7 @@ def _anneal(latents, args, betas, hmc, eps, adapt: bool):
     """One AIS pass: returns log w [N] (float64), the step sizes used [T, N] and the mean
     acceptance. ``eps`` [N] is the start (adapt) or a fixed schedule [T, N] (not adapt)."""
     u = latents.prior_draw(args)
-    log_w = torch.zeros(u.shape[0], dtype=torch.float64)
+    log_w = u.new_zeros(u.shape[0], dtype=torch.float64)
     used, accept = [], 0.0
     with torch.no_grad():
         _, log_lik = latents.log_parts(u, args)
@@ -129,7 +131,8 @@ def ais(
     if step_sizes is None:
         # pilot: one chain per datapoint adapts the step-size schedule (its weights are dropped)
         pilot = Latents(model, args)
-        eps0 = find_step_size(pilot, args, pilot.prior_draw(args), torch.tensor(0.1))
+        u0 = pilot.prior_draw(args)
+        eps0 = find_step_size(pilot, args, u0, u0.new_tensor(0.1))
         _, step_sizes, _ = _anneal(pilot, args, betas, hmc, eps0, adapt=True)
     elif tuple(step_sizes.shape) != (cfg.num_temperatures, b):
         raise ConfigError(
@@ -143,16 +146,19 @@ def ais(
     log_w = log_w.reshape(c, b)
     est = torch.logsumexp(log_w, 0) - math.log(c)
     w = torch.exp(log_w - log_w.max(0).values)  # [C, B], stable
-    stderr = w.std(0) / (math.sqrt(c) * w.mean(0)) if c > 1 else torch.full((b,), math.nan)
+    stderr = w.std(0) / (math.sqrt(c) * w.mean(0)) if c > 1 else w.new_full((b,), math.nan)
     return AISResult(est.float(), stderr.float(), accept)
 
 
 def ais_dataset(model, data, config: AISConfig | None = None, batch_size: int = 100):
-    """:func:`ais` over a dataset's batches (``data.batches``), concatenated."""
+    """:func:`ais` over a dataset's batches (``data.batches``), concatenated, on the
+    model's device (results on the CPU)."""
     labels = hooks(model).uses_labels
-    parts = [ais(model, args, config) for args in data.batches(batch_size, labels=labels)]
+    device = device_of(model)
+    batches = data.batches(batch_size, labels=labels)
+    parts = [ais(model, to_device(args, device), config) for args in batches]
     return AISResult(
-        torch.cat([p.log_likelihood for p in parts]),
-        torch.cat([p.stderr for p in parts]),
+        torch.cat([p.log_likelihood for p in parts]).cpu(),
+        torch.cat([p.stderr for p in parts]).cpu(),
         sum(p.accept_prob for p in parts) / len(parts),
     )

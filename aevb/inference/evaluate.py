@@ -32,13 +32,15 @@ from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from aevb.data.dataset import Dataset, as_dataset
+from aevb.devices import chunk_elements, device_of, fork_devices, to_device
 from aevb.errors import ObjectiveError
 from aevb.models.base import hooks
 
-#: Upper bound on particles x datapoints x features in one vectorised evaluation: 2^22
-#: floats (16 MB per tensor of that size) keeps a chunk's elementwise work (likelihood, tanh)
-#: near the caches. Measured on 2 cores, IS-5000 on 100 MNIST test images, 784-200-200-50
-#: VAE: 2^25 4.2 s, 2^22 2.1 s, 2^20 2.2 s, 2^19 2.8 s (``scripts/bench.py`` measures it).
+#: Upper bound on particles x datapoints x features in one vectorised evaluation on a CPU:
+#: 2^22 floats (16 MB per tensor of that size) keeps a chunk's elementwise work (likelihood,
+#: tanh) near the caches. Measured on 2 cores, IS-5000 on 100 MNIST test images,
+#: 784-200-200-50 VAE: 2^25 4.2 s, 2^22 2.1 s, 2^20 2.2 s, 2^19 2.8 s (``scripts/bench.py``).
+#: On a GPU the bound follows its free memory (:func:`aevb.devices.chunk_elements`).
 MAX_ELEMENTS = 2**22
 
 
@@ -101,12 +103,15 @@ def bounds(
     seed: int = 0,
     max_plate_nesting: int = 1,
     progress: bool = False,
+    device: torch.device | str | None = None,
 ) -> Bounds:
     """ELBO and IS-k estimates of log p(x) for every datapoint of ``data``.
 
     :param data: a :class:`~aevb.data.Dataset` (binarised once if stochastic), tensor or array.
     :param num_samples: k, the number of proposals per datapoint.
     :param seed: draws are reproducible and do not disturb the global random state.
+    :param device: where the batches go; None: the device of the model's (or guide's)
+        parameters. Results are returned on the CPU.
 
     Example:
         >>> from aevb import data, guides, models
@@ -119,6 +124,7 @@ def bounds(
     """
     ds = _fixed(as_dataset(data))
     labels = hooks(model).uses_labels
+    device = torch.device(device) if device is not None else device_of(model, guide)
     for obj in (model, guide):  # evaluation is of the model itself (e.g. a discrete y)
         if isinstance(obj, torch.nn.Module):
             obj.eval()
@@ -127,7 +133,8 @@ def bounds(
         check(ds.transform(ds.x))
     x_size = max(1, ds.x_dim)
     batch_size = max(1, min(batch_size, len(ds)))
-    chunk = max(1, min(num_samples, MAX_ELEMENTS // (batch_size * x_size)))
+    elements = chunk_elements(device, MAX_ELEMENTS)
+    chunk = max(1, min(num_samples, elements // (batch_size * x_size)))
     elbos, lls = [], []
     start = time.perf_counter()
     bar = tqdm(
@@ -138,9 +145,10 @@ def bounds(
         desc=f"IS-{num_samples}",
         leave=False,
     )
-    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+    with torch.random.fork_rng(devices=fork_devices(device)), pyro.validation_enabled(False):
         torch.manual_seed(seed)
         for args in ds.batches(batch_size, labels=labels):
+            args = to_device(args, device)
             b = args[0].shape[0]
             lse_parts, w_sum = [], args[0].new_zeros(b)
             done = 0
@@ -155,7 +163,8 @@ def bounds(
             elbos.append(w_sum / num_samples)
             lls.append(lse)
     bar.close()
-    return Bounds(torch.cat(elbos), torch.cat(lls), num_samples, time.perf_counter() - start)
+    elbo_all, ll_all = torch.cat(elbos).cpu(), torch.cat(lls).cpu()
+    return Bounds(elbo_all, ll_all, num_samples, time.perf_counter() - start)
 
 
 def log_likelihood(model, guide, data, num_samples: int = 5000, **kwargs) -> torch.Tensor:
@@ -177,8 +186,10 @@ def posterior_means(guide, data, *, batch_size: int = 500, labels: bool = False)
     falls back to a 100-draw Monte Carlo average where a distribution has no closed-form mean.
     """
     ds = _fixed(as_dataset(data))
+    device = device_of(guide)
     out = []
     for args in ds.batches(batch_size, labels=labels):
+        args = to_device(args, device)
         trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args))
         parts = []
         for site in trace.nodes.values():
@@ -193,7 +204,7 @@ def posterior_means(guide, data, *, batch_size: int = 500, labels: bool = False)
                 mean = fn.sample((100,)).mean(0)
             parts.append(mean.reshape(args[0].shape[0], -1))
         out.append(torch.cat(parts, -1))
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def active_units(guide, data, threshold: float = 0.01, **kwargs) -> int:

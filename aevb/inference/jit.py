@@ -57,8 +57,9 @@ def quiet_trace():
 
 
 def signature(args: tuple) -> tuple:
-    """The part of a step's arguments a trace depends on: tensor shapes and dtypes."""
-    return tuple((tuple(a.shape), a.dtype) if torch.is_tensor(a) else a for a in args)
+    """The part of a step's arguments a trace depends on: tensor shapes, dtypes and devices
+    (a trace made on one device does not run on another)."""
+    return tuple((tuple(a.shape), a.dtype, a.device) if torch.is_tensor(a) else a for a in args)
 
 
 class PerSignature:

@@ -26,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from aevb.data.dataset import Dataset
+from aevb.devices import describe as describe_device
+from aevb.devices import fork_devices, move, resolve_device, to_cpu
 from aevb.errors import ConfigError, TrainingDiverged
 from aevb.inference import evaluate as ev
 from aevb.inference import rundir
@@ -61,6 +63,11 @@ class LoopConfig:
     #: checks cost ~15% of a VAE step on 2 cores (``scripts/bench.py``), so they are off
     #: for the remaining steps unless this is set
     validate: bool = False
+    #: where model, guide, minibatches and the algorithm's state live: "cpu" (the default,
+    #: so published figures reproduce), "cuda", "cuda:N" or "auto" (:mod:`aevb.devices`);
+    #: parameters are initialised on the CPU from the seed, then moved, so a run starts
+    #: from the same weights on every device
+    device: str = "cpu"
 
 
 class Algorithm(Protocol):
@@ -185,6 +192,9 @@ RESUMABLE_CHANGES = (
     "fit.max_seconds",
     "fit.jit",
     "fit.validate",
+    "fit.device",
+    "device",
+    "spec.device",
     "spec.schedule.epochs",
     "spec.schedule.max_steps",
     "spec.schedule.max_seconds",
@@ -268,14 +278,17 @@ def _output_folder(out, resume: bool) -> Path | None:
 
 
 def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, resume, reset):
-    """Seed, then restore a checkpoint (resume) or re-initialise the parameters; returns
-    (history rows so far, the checkpoint or None)."""
+    """Seed, then restore a checkpoint (resume) or re-initialise the parameters, then move
+    model and guide to the run's device; returns (history rows so far, the checkpoint or
+    None)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(cfg.seed)
+    device = resolve_device(cfg.device)
     if resume and out_dir is not None and rundir.has_checkpoint(out_dir):
         resumed = rundir.read_checkpoint(out_dir)
         check_resumable(resumed["config"], record)
-        rundir.load_params(model, guide, resumed)
+        move(device, model, guide)
+        rundir.load_params(model, guide, resumed, device)
         return resumed["history"], resumed
     if reset:  # a fresh start from the seed; reset=False keeps given parameters as they are
         reset_parameters(model)
@@ -283,6 +296,7 @@ def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, res
         init = hooks(model).init_from_data
         if init is not None:
             init(ds.transform(ds.x, torch.Generator().manual_seed(cfg.seed)).mean(0))
+    move(device, model, guide)
     return [], None
 
 
@@ -290,26 +304,34 @@ def _prepare(algorithm: Algorithm, model, guide, ds: Dataset, cfg: LoopConfig, r
     """Check the setup before anything is written, then restore the algorithm's state. The
     check must not touch the global random state, or a resumed run would draw differently."""
     set_mode(True, model, guide)
-    with torch.random.fork_rng(devices=[]):
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=fork_devices(device)):
         g = torch.Generator().manual_seed(cfg.seed)
         labels = hooks(model).uses_labels
-        first = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels, generator=g))
+        size = min(cfg.batch_size, len(ds))
+        first = next(ds.batches(size, labels=labels, generator=g, device=device))
         algorithm.prepare(ds, first)
     if resumed is not None:
         algorithm.load_state_dict(resumed["algorithm"])
         torch.set_rng_state(resumed["rng"])
+        cuda_rng = resumed.get("cuda_rng")
+        if cuda_rng is not None and device.type == "cuda":  # the same device type: continue it
+            torch.cuda.set_rng_state(cuda_rng, device)
 
 
 def _train_epoch(algorithm, model, guide, ds, cfg, epoch, counters, bar, callback, out_dir):
     """One epoch of shuffled minibatches (stopping early when the budget is spent); returns
     (summed loss, datapoints, seconds). A non-finite loss stops the run."""
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    device = resolve_device(cfg.device)
     step_hooks = [h for h in (hooks(model).set_step, hooks(guide).set_step) if h is not None]
     labels = hooks(model).uses_labels
     t0 = time.perf_counter()
     loss_sum, count = 0.0, 0
     algorithm.begin_epoch(epoch)  # e.g. a learning-rate schedule by epoch
-    batches = ds.batches(cfg.batch_size, shuffle=True, generator=g, labels=labels, indexed=True)
+    batches = ds.batches(
+        cfg.batch_size, shuffle=True, generator=g, labels=labels, indexed=True, device=device
+    )
     for index, args in batches:
         for hook in step_hooks:  # e.g. an annealed temperature
             hook(counters.step)
@@ -359,7 +381,8 @@ def train(
     if test is not None:
         check_data(model, test)
     out_dir = _output_folder(out, resume)
-    record = {**record, "versions": versions()}
+    device = resolve_device(cfg.device)
+    record = {**record, "versions": versions(), "device": describe_device(device)}
     rows, resumed = _initialise(model, guide, ds, cfg, record, out_dir, resume, reset)
     _prepare(algorithm, model, guide, ds, cfg, resumed)
     if out_dir is not None:
@@ -402,7 +425,7 @@ def train(
                 msg += f"  test ELBO {row['test_elbo']:.3f}"
             tqdm.write(msg + f"  ({seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
-            save(out_dir, record, model, guide, algorithm, rows)
+            save(out_dir, record, model, guide, algorithm, rows, device)
     bar.close()
     set_mode(False, model, guide)
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)
@@ -421,6 +444,7 @@ def evaluate_epoch(model, guide, test: Dataset, cfg: LoopConfig) -> dict:
             cfg.test_num_samples,
             seed=cfg.seed,
             max_plate_nesting=cfg.max_plate_nesting,
+            device=resolve_device(cfg.device),
         )
         row["test_elbo"] = float(b.elbo.mean())
     metrics = hooks(model).evaluation_metrics
@@ -430,8 +454,12 @@ def evaluate_epoch(model, guide, test: Dataset, cfg: LoopConfig) -> dict:
     return row
 
 
-def save(out_dir: Path, record: dict, model, guide, algorithm, rows: list[dict]) -> None:
-    """Checkpoint and history of the epoch just finished (:func:`.rundir.write_epoch`)."""
+def save(
+    out_dir: Path, record: dict, model, guide, algorithm, rows: list[dict], device: torch.device
+) -> None:
+    """Checkpoint and history of the epoch just finished (:func:`.rundir.write_epoch`), with
+    every tensor on the CPU (a device-free checkpoint) and the CUDA random state where a GPU
+    was used."""
     state = {
         "config": record,
         "params": pyro.get_param_store().get_state(),
@@ -440,6 +468,9 @@ def save(out_dir: Path, record: dict, model, guide, algorithm, rows: list[dict])
         "rng": torch.get_rng_state(),
         "history": rows,
     }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        state = to_cpu(state)
     rundir.write_epoch(out_dir, state, rows)
 
 

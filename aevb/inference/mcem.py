@@ -89,9 +89,10 @@ class MCEMAlgorithm:
         self.per_datapoint = self.sampler.per_datapoint
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None
-        self.u = torch.empty(0)
-        self.step_size = torch.empty(0)
-        self.visited = torch.empty(0, dtype=torch.bool)
+        # allocated by prepare(), on the device of the data
+        self.u = torch.empty(0, device="cpu")
+        self.step_size = torch.empty(0, device="cpu")
+        self.visited = torch.empty(0, dtype=torch.bool, device="cpu")
         #: batched-hmc: a shared log-scale on every chain's step size, moved after each
         #: E-step by the batch's mean acceptance. theta changes between two visits of a
         #: datapoint (one epoch apart); the shared scale follows it every step, the
@@ -112,10 +113,11 @@ class MCEMAlgorithm:
         """Find the model's latents and allocate one chain state per datapoint."""
         self.latents = Latents(self.model, first_batch)
         n, d = len(ds), self.latents.dim
-        self.u = torch.zeros(n, d)
-        self.visited = torch.zeros(n, dtype=torch.bool)
+        x = first_batch[0]
+        self.u = x.new_zeros(n, d)
+        self.visited = torch.zeros(n, dtype=torch.bool, device=x.device)
         size = n if self.per_datapoint else 1
-        self.step_size = torch.full((size,), self.cfg.init_step_size)
+        self.step_size = x.new_full((size,), self.cfg.init_step_size)
         if self.cfg.lr_decay_epochs is not None:
             self.decay_steps = self.cfg.lr_decay_epochs * ds.num_batches(self.cfg.batch_size)
 
@@ -129,6 +131,7 @@ class MCEMAlgorithm:
         assert self.latents is not None
         cfg = self.cfg
         t0 = time.perf_counter()
+        index = index.to(self.u.device)
         new = ~self.visited[index]
         warmup = 0
         if bool(new.any()):  # start fresh chains from z ~ p(z)
@@ -211,7 +214,10 @@ class MCEMAlgorithm:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output (a resumed run continues every chain)."""
         self.optim.load_state_dict(state["optim"])
-        self.u, self.step_size, self.visited = state["u"], state["step_size"], state["visited"]
+        device = self.u.device  # prepare() has allocated the chains on the data's device
+        self.u = state["u"].to(device)
+        self.step_size = state["step_size"].to(device)
+        self.visited = state["visited"].to(device)
         self.t, self.log_scale = state["t"], state["log_scale"]
 
 
@@ -338,6 +344,7 @@ def fit_proposal(run: Run, guide, ds: Dataset, cfg: MCEMConfig, *, test=None, pr
         freeze=tuple(frozen),
         reset=False,
         progress=progress,
+        device=cfg.device,
     )
     # the model's parameters were restored untouched; reset the guide only once, here
     run.guide = guide

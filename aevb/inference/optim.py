@@ -59,8 +59,12 @@ class Adam:
             self.names[n] = p
             if n in self.waiting:
                 state = self.waiting.pop(n)
+                # moments on the parameter's device; Adam keeps its step count on the CPU
                 self.optim.state[p] = {
-                    k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()
+                    k: (v.clone().to(p.device if k != "step" else v.device))
+                    if torch.is_tensor(v)
+                    else v
+                    for k, v in state.items()
                 }
 
     def step(self, named: list[tuple[str, torch.Tensor]], scale: float = 1.0) -> None:

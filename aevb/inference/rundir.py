@@ -29,6 +29,7 @@ import pyro
 import torch
 
 from aevb.data.dataset import as_dataset
+from aevb.devices import fork_devices, move, resolve_device
 from aevb.errors import ConfigError
 from aevb.inference import evaluate as ev
 from aevb.models.base import hooks
@@ -81,7 +82,8 @@ def read_checkpoint(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         raise ConfigError(f"{run_dir}: no {CHECKPOINT}; is this a run directory?")
-    return upgrade_names(torch.load(path, weights_only=False))
+    # device-free: a run trained on a GPU loads on a CPU (and is moved where it is used)
+    return upgrade_names(torch.load(path, map_location="cpu", weights_only=False))
 
 
 #: ``pyro.module`` names of the guides before the naming convention
@@ -168,17 +170,26 @@ def module_states(*objs) -> list:
     return [o.state_dict() if isinstance(o, torch.nn.Module) else None for o in objs]
 
 
-def load_params(model, guide, state: dict) -> None:
-    """Load a checkpoint's module states and param store into model and guide."""
+def load_params(model, guide, state: dict, device: torch.device | None = None) -> None:
+    """Load a checkpoint's module states and param store into model and guide (modules
+    keep the device they are on; the store's other parameters go to ``device``)."""
     for obj, sd in zip((model, guide), state.get("modules", [None, None])):
         if sd is not None and isinstance(obj, torch.nn.Module):
             obj.load_state_dict(sd)
     pyro.clear_param_store()
-    pyro.get_param_store().set_state(state["params"])
+    store = pyro.get_param_store()
+    store.set_state(state["params"])
+    if device is not None and device.type != "cpu":  # a user's pyro.param sites
+        for name, p in list(store._params.items()):  # noqa: SLF001
+            if p.device != device:
+                moved = torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
+                store._params[name] = moved  # noqa: SLF001
+                store._param_to_name[moved] = name  # noqa: SLF001
 
 
-def load_run(run_dir: str | Path):
-    """Rebuild a registered model and guide from ``run_dir`` with its last checkpoint.
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a registered model and guide from ``run_dir`` with its last checkpoint, on
+    ``device`` (whatever device the run was trained on).
 
     Returns ``(model, guide, record, history)``.
     """
@@ -194,7 +205,9 @@ def load_run(run_dir: str | Path):
         )
     model = models.build(mspec["name"], **mspec["config"])
     guide = guides.from_config(gspec["name"], gspec["config"], model)
-    load_params(model, guide, state)
+    where = resolve_device(device)
+    move(where, model, guide)
+    load_params(model, guide, state, where)
     return model, guide, record, pd.DataFrame(state["history"])
 
 
@@ -209,6 +222,7 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = False,
     ais_temperatures: int = 500,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Evaluate a run directory on its test set; return the DESIGN.md keys (nats/datapoint).
 
@@ -216,12 +230,13 @@ def evaluate_run(
     datapoint) or ``ais`` (annealed importance sampling from the prior with ``num_samples``
     chains and ``ais_temperatures`` temperatures, :mod:`aevb.inference.ais`; needs no guide).
     ``test`` overrides the test set recorded in the run's ``config.json`` (``data_spec``).
+    ``device`` is where the estimators run, whichever device trained the run.
     """
     from aevb import data as _data
 
     if estimator not in ("is", "ais"):
         raise ConfigError(f"unknown estimator {estimator!r}; available: ['ais', 'is']")
-    model, guide, record, _ = load_run(run_dir)
+    model, guide, record, _ = load_run(run_dir, device)
     if test is None:
         spec = record.get("data_spec")
         if spec is None:
@@ -237,7 +252,7 @@ def evaluate_run(
     if estimator == "ais":
         from aevb.inference.ais import AISConfig, ais_dataset
 
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=fork_devices(resolve_device(device))):
             torch.manual_seed(seed)
             config = AISConfig(num_temperatures=ais_temperatures, num_chains=num_samples)
             a = ais_dataset(model, test, config, batch_size=batch_size)

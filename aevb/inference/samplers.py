@@ -343,7 +343,7 @@ class BatchedHMC:
         target = potential(latents, args)
         U, grad = target(u)
         samples, probs = [], []
-        accepted = torch.zeros(u.shape[0])
+        accepted = u.new_zeros(u.shape[0])
         # Stan's windows: step size only for the first 15%, then the mass from the chains'
         # variance over the next 75%, then step size alone again for the last 10%
         window = (0, -1)
@@ -574,8 +574,8 @@ class PyroKernelSampler:
         return ChainState(
             samples,
             samples[-1],
-            torch.tensor(eps_new),
-            torch.full((u.shape[0],), accept),
+            u.new_tensor(eps_new),
+            u.new_full((u.shape[0],), accept),
             info,
             None if not (adapt_mass or inv_mass is not None) else _as_rows(kernel.last_inv_mass, u),
         )
@@ -667,7 +667,7 @@ def measure_ess(
     latents = Latents(model, (x,))
     u = latents.prior_draw((x,))
     chains = make_sampler(sampler, **(options or {}))
-    eps = chains.initial_step_size(latents, (x,), u, torch.tensor(0.1))
+    eps = chains.initial_step_size(latents, (x,), u, u.new_tensor(0.1))
     warm = chains.sample(latents, (x,), u, eps, 1, warmup_steps=warmup)
     t0 = time.perf_counter()
     state = chains.sample(

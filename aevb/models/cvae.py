@@ -97,7 +97,8 @@ class CVAE(VAE):
     @torch.no_grad()
     def generate_per_class(self, n: int) -> torch.Tensor:
         """Means of p(x | z, y) for n draws z ~ p(z | y) per class: [C, n, x_dim]."""
-        y = torch.arange(self.context_dim).repeat_interleave(n)
+        y = torch.arange(self.context_dim, device=self.prior_net.weight.device)
+        y = y.repeat_interleave(n)
         y1h = one_hot(y, self.context_dim, self.prior_net.weight)
         z = self.conditional_prior(y1h).sample()
         return self.decode_given(z, y1h).mean.reshape(self.context_dim, n, -1)

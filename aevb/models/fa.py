@@ -90,7 +90,7 @@ class FactorAnalysis(LatentVariableModel):
     def prior(self) -> dist.TorchDistribution:
         """p(z) = N(0, I_L), as a MultivariateNormal so KL(q || p) is analytic for both the
         full-covariance and the diagonal guide (TraceMeanField_ELBO)."""
-        eye = torch.eye(self.z_dim, dtype=self.W.dtype)
+        eye = torch.eye(self.z_dim, dtype=self.W.dtype, device=self.W.device)
         return dist.MultivariateNormal(self.W.new_zeros(self.z_dim), scale_tril=eye)
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
@@ -121,7 +121,8 @@ class FactorAnalysis(LatentVariableModel):
     def exact_posterior_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(V, L)`` with p(z | x) = N(V x, L L^T): plug into a linear-Gaussian guide."""
         w_phi = self.W.T / self.sigma**2
-        cov = torch.linalg.inv(torch.eye(self.z_dim, dtype=self.W.dtype) + w_phi @ self.W)
+        eye = torch.eye(self.z_dim, dtype=self.W.dtype, device=self.W.device)
+        cov = torch.linalg.inv(eye + w_phi @ self.W)
         return cov @ w_phi, torch.linalg.cholesky(cov)
 
     def exact_elbo(self, x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor):
@@ -153,7 +154,8 @@ class FactorAnalysis(LatentVariableModel):
     @torch.no_grad()
     def evaluation_metrics(self, guide, test) -> dict:
         """The exact test evidence, reported beside the IS estimate (nats per datapoint)."""
-        return {"test_log_evidence_exact": float(self.log_evidence(test.x).mean())}
+        x = test.x.to(self.W.device)
+        return {"test_log_evidence_exact": float(self.log_evidence(x).mean())}
 
     def set_parameters(self, W: torch.Tensor, sigma: torch.Tensor) -> FactorAnalysis:
         """Set W and the noise scales (e.g. to a known ground truth); returns self."""

@@ -147,7 +147,8 @@ class GMVAE(DecoderModel):
     @torch.no_grad()
     def generate_per_class(self, n: int) -> torch.Tensor:
         """Means of p(x | z) for n draws z ~ p(z | y) per cluster: [C, n, x_dim]."""
-        y = torch.eye(self.num_clusters, dtype=self.z_loc.dtype).repeat_interleave(n, 0)
+        y = torch.eye(self.num_clusters, dtype=self.z_loc.dtype, device=self.z_loc.device)
+        y = y.repeat_interleave(n, 0)
         z = self.z_prior(y).sample()
         return self.decode(z).mean.reshape(self.num_clusters, n, -1)
 
@@ -162,7 +163,9 @@ class GMVAE(DecoderModel):
         """Clustering accuracy of argmax q(y | x), clusters matched to labels (Hungarian)."""
         if test.y is None:
             return {}
-        pred = torch.cat([guide.cluster_probs(x).argmax(-1) for (x,) in test.batches(1000)])
+        device = self.z_loc.device
+        probs = [guide.cluster_probs(x.to(device)).argmax(-1) for (x,) in test.batches(1000)]
+        pred = torch.cat(probs).cpu()
         return {"cluster_accuracy": cluster_accuracy(pred.numpy(), test.y.numpy())}
 
 
