@@ -35,6 +35,15 @@ def _add_device(parser: argparse.ArgumentParser, default: str | None = "cpu") ->
     )
 
 
+def _add_track(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--track",
+        default=None,
+        metavar="mlflow[:URI]",
+        help="log to MLflow: a local mlruns/ folder, or the tracking URI given",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo."""
     from aevb.inference.samplers import SAMPLERS
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _add_track(t)
     _add_device(t, None)
     t.set_defaults(func=cmd_train)
 
@@ -134,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config", help="e.g. scripts/configs/estimators_fa.toml")
     c.add_argument("--out", default=None, help="output folder (default runs/compare-NAME)")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument(
+        "--engine",
+        default=None,
+        choices=["local", "ray"],
+        help="where the cells run: local (this process, the default) or ray (one Ray task "
+        "per cell and seed); overrides the config's [engine] name",
+    )
+    c.add_argument(
+        "--address",
+        default=None,
+        help="ray: 'auto' or HOST:PORT joins a running cluster; none starts a local one",
+    )
+    _add_track(c)
     _add_device(c, None)
     c.set_defaults(func=cmd_compare)
 
@@ -167,13 +190,28 @@ def cmd_train(args) -> dict:
 
     spec = train_spec(args)
     out = Path(args.out) if args.out else runs.default_out(spec)
-    run = runs.train(
-        spec,
-        out,
-        resume=args.resume,
-        progress=False if args.quiet else None,
-        verbose=not args.quiet,
-    )
+    tracker = None
+    if args.track is not None:
+        from aevb.experiments.tracking import RunTracker, parse_track
+
+        tracking = parse_track(args.track)
+        assert tracking is not None
+        tracker = RunTracker(tracking, spec, out.name, out)
+    try:
+        run = runs.train(
+            spec,
+            out,
+            resume=args.resume,
+            progress=False if args.quiet else None,
+            verbose=not args.quiet,
+            epoch_callback=tracker.epoch if tracker else None,
+        )
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, {}, "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(out, {})
     last = run.history.iloc[-1].to_dict()
     if not args.quiet:
         if "accept_prob" in last:
@@ -226,7 +264,15 @@ def cmd_compare(args) -> None:
     """``aevb compare CONFIG.toml``: a grid of runs into one table and report."""
     from aevb.experiments.compare import run_grid
 
-    results = run_grid(args.config, args.out, quiet=args.quiet, device=args.device)
+    results = run_grid(
+        args.config,
+        args.out,
+        quiet=args.quiet,
+        device=args.device,
+        engine=args.engine,
+        address=args.address,
+        track=args.track,
+    )
     failed = int((results["status"] != "ok").sum())
     if failed:
         print(f"{failed} of {len(results)} runs failed; see results.csv", file=sys.stderr)

@@ -169,12 +169,14 @@ def train(
     progress: bool | None = None,
     verbose: bool = False,
     figures: bool = True,
+    epoch_callback=None,
 ) -> Run:
     """Train the run ``spec`` describes into ``out`` (None: keep nothing on disk).
 
     ``resume`` continues ``out``'s checkpoint, and refuses (listing the differences) if the
     spec differs from the one the run was started with in anything but its length.
-    ``figures`` writes the learning curve, samples and reconstructions beside the run.
+    ``figures`` writes the learning curve, samples and reconstructions beside the run;
+    ``epoch_callback(row)`` gets each epoch's history row (experiment tracking).
     """
     r = resolve(spec)
     common = dict(
@@ -184,6 +186,7 @@ def train(
         progress=progress,
         verbose=verbose,
         meta=_meta(spec, r.train),
+        epoch_callback=epoch_callback,
         **fit_settings(spec),
     )
     if isinstance(spec.inference, MCEMSpec):
@@ -224,7 +227,9 @@ def evaluate(
     return result
 
 
-def run(spec: RunSpec, out: str | Path, *, progress: bool | None = False) -> dict:
+def run(
+    spec: RunSpec, out: str | Path, *, progress: bool | None = False, epoch_callback=None
+) -> dict:
     """Train (or resume) ``spec`` in ``out`` and make every estimate of ``spec.evaluation``
     not yet in ``evaluation.json``; a run already evaluated is left as it is. Returns the
     recorded estimates by key."""
@@ -232,7 +237,8 @@ def run(spec: RunSpec, out: str | Path, *, progress: bool | None = False) -> dic
     wanted = [ev for ev in spec.evaluation if ev.key not in done]
     if not wanted and spec.evaluation:
         return done
-    train(spec, out, resume=rundir.has_checkpoint(out), progress=progress)
+    resume = rundir.has_checkpoint(out)
+    train(spec, out, resume=resume, progress=progress, epoch_callback=epoch_callback)
     for ev in wanted:
         evaluate(out, ev, device=spec.device)
     return rundir.read_evaluations(out)

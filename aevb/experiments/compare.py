@@ -18,6 +18,13 @@ A config names cells (model, data, inference back-end and its settings) and seed
 
     modules = ["my_models"]     # optional: your own models, imported first (beside this file)
 
+    [engine]                    # optional: where the runs execute (default: name = "local")
+    name = "ray"                # one Ray task per (cell, seed); see aevb.experiments.engines
+    num_cpus = 1
+
+    [tracking]                  # optional: log every run to MLflow (or --track mlflow[:URI])
+    uri = "mlruns"
+
     [reference]                 # optional: published figures per cell label, for report.md
     source = "Burda et al. 2015, Table 1"
     note = "they trained 3,280 passes; these cells 5"
@@ -50,18 +57,25 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import tomllib
+from tqdm.auto import tqdm
 
-from aevb import runs
 from aevb.errors import ConfigError
-from aevb.spec import ESTIMATOR_DEFAULTS, FLAT_KEYS, EvaluationSpec, RunSpec, unknown_key
+from aevb.experiments.cells import cell_spec, results_row
+from aevb.experiments.engines import Task, make_engine
+from aevb.experiments.tracking import (
+    Tracking,
+    finish_grid_run,
+    parse_track,
+    start_grid_run,
+    tracking_from_table,
+)
+from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
 
-#: settings a cell may carry besides those of ``aevb train`` (handled here)
-_OWN = {"label"}
 _LABEL_KEYS = ("model", "inference", "objective", "particles", "alpha", "sampler", "preset")
 
 
@@ -99,28 +113,10 @@ def load_config(path: str | Path) -> dict:
         "evaluate": evaluations(raw.get("evaluate", {"is": 1000}), path),
         "reference": raw.get("reference", {}),
         "source": path.read_text(),
+        "engine": _engine_table(raw.get("engine", {}), path),
+        "tracking": tracking_from_table(raw.get("tracking"), path),
+        "modules": (raw.get("modules", []), str(path.resolve().parent)),
     }
-
-
-#: keys of the spec's flat form that the grid sets itself, per seed
-_GRID_SET = {"seed"}
-
-
-def cell_keys() -> set[str]:
-    """The keys a cell may hold: the RunSpec's flat form (:data:`aevb.spec.FLAT_KEYS`, the
-    ``aevb train`` options) but the seed, and ``label``."""
-    return (set(FLAT_KEYS) - _GRID_SET) | _OWN
-
-
-def cell_spec(cell: dict, seed: int, evaluation=()) -> RunSpec:
-    """The :class:`~aevb.spec.RunSpec` of one (cell, seed): the cell's flat keys (the
-    label aside) with the seed, and the grid's estimators."""
-    for key in cell:
-        if key not in cell_keys():
-            raise unknown_key(key, cell_keys())
-    flat = {k: v for k, v in cell.items() if k not in _OWN}
-    spec = RunSpec.from_flat({**flat, "seed": seed})
-    return spec.replace(evaluation=tuple(evaluation))
 
 
 def check_cell(cell: dict, path: Path) -> None:
@@ -156,6 +152,17 @@ def evaluations(table: dict, path: Path | str = "") -> tuple[EvaluationSpec, ...
         raise ConfigError(f"{path}: [evaluate]: {exc}") from None
 
 
+def _engine_table(table, path: Path) -> dict:
+    """The ``[engine]`` table, checked (an unknown key or engine name is an error)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [engine] must be a table, got {table!r}")
+    try:
+        make_engine(table)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return table
+
+
 def _import_modules(modules, path: Path) -> None:
     """Import the config's ``modules`` (a user's models and guides registering themselves,
     see :func:`aevb.models.register`), looked up beside the config file first."""
@@ -183,64 +190,25 @@ def cell_label(cell: dict) -> str:
     return "-".join(parts)
 
 
-def run_cell(cell: dict, seed: int, out: Path, evaluate) -> dict:
-    """Train (or resume) and evaluate one (cell, seed); return its results row.
-    ``evaluate``: the grid's estimators (:func:`evaluations`)."""
-    spec = cell_spec(cell, seed, evaluate)
-    done = runs.run(spec, out)
-    return results_row(
-        cell, seed, out, done, {ev.key: (ev.estimator, ev.samples) for ev in spec.evaluation}
-    )
+def grid_tasks(config: dict, out: Path, tracking: Tracking | None = None) -> list[Task]:
+    """The grid's (cell, seed) tasks, in the grid's order, as plain data."""
+    evaluate = [ev.to_dict() for ev in config["evaluate"]]
+    track = None if tracking is None else asdict(tracking)
+    tasks: list[Task] = []
+    for cell in config["cells"]:
+        for seed in config["seeds"]:
+            run_dir = str(out / f"{cell['label']}-seed{seed}")
+            modules, folder = config["modules"]
+            tasks.append(Task(len(tasks), cell, seed, run_dir, evaluate, modules, folder, track))
+    return tasks
 
 
-def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> dict:
-    """One tidy ``results.csv`` row for a finished (cell, seed): settings, seconds, bounds,
-    diagnostics.
-    """
+def _finished(task: Task, wanted: dict) -> bool:
+    """Whether a task's run directory already holds every estimate the grid asks for."""
     from aevb.inference import rundir
 
-    record = rundir.read_config(out)
-    history = rundir.read_history(out)
-    last = history.iloc[-1]
-    fit = record["fit"]
-    row = {
-        "cell": cell["label"],
-        "model": cell["model"],
-        "data": cell.get("data", "mnist"),
-        "inference": record.get("inference", "svi"),
-        "objective": fit.get("objective"),
-        "k": fit.get("num_particles"),
-        "alpha": fit.get("alpha"),
-        "sampler": fit.get("sampler"),
-        "seed": seed,
-        "epochs": int(last["epoch"]),
-        "train_seconds": float(last["train_seconds"]),
-        "samples_per_second": float(history["samples_per_second"].mean()),
-        "status": "ok",
-        "error": "",
-        "run_dir": str(out),
-    }
-    for key in ("accept_prob", "step_size", "divergences"):
-        if key in history:
-            row[key] = float(history[key].mean())
-    for key, (estimator, k) in wanted.items():
-        result = done[key]
-        row["test_elbo"] = result["test_elbo"]
-        row[f"test_ll_{estimator}"] = result["test_log_likelihood"]
-        row[f"{estimator}_samples"] = k
-        if "test_log_likelihood_stderr" in result:
-            row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
-        row["active_units"] = result["active_units"]
-        for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
-            if extra in result:
-                row[extra] = result[extra]
-    exact = row.get("test_log_evidence_exact")
-    if exact is not None:  # distance of every estimate from the exact evidence (FA)
-        for key in ("test_elbo", "test_ll_is", "test_ll_ais"):
-            if key in row:
-                row[f"{key}_minus_exact"] = row[key] - exact
-    row.update({f"version_{k}": v for k, v in record.get("versions", {}).items()})
-    return row
+    done = rundir.read_evaluations(task.out)
+    return bool(wanted) and all(key in done for key in wanted)
 
 
 def run_grid(
@@ -248,40 +216,80 @@ def run_grid(
     out: str | Path | None = None,
     quiet: bool = False,
     device: str | None = None,
+    engine: str | None = None,
+    address: str | None = None,
+    track: str | None = None,
 ):
-    """Run every (cell, seed) of the config; write results.csv and report.md; return the
-    results frame. ``device`` (e.g. ``"cuda"``) overrides every cell's."""
+    """Run every (cell, seed) of the config on its engine (``[engine]``, or ``engine`` /
+    ``address`` from the command line); write results.csv as cells finish and report.md at
+    the end; return the results frame. ``device`` (e.g. ``"cuda"``) overrides every cell's;
+    ``track`` (``mlflow[:URI]``, or the config's ``[tracking]``) logs every run to MLflow,
+    nested under one run for the grid. Cells already evaluated are read back, not run
+    again."""
     config = load_config(config_path)
     if device is not None:
         config["cells"] = [{**cell, "device": device} for cell in config["cells"]]
+    table = dict(config["engine"])
+    if engine is not None:
+        table["name"] = engine
+    if address is not None:
+        table["address"] = address
+    runner = make_engine(table)
     out = Path(out or f"runs/compare-{config['name']}")
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for cell in config["cells"]:
-        for seed in config["seeds"]:
-            run_dir = out / f"{cell['label']}-seed{seed}"
-            try:
-                row = run_cell(cell, seed, run_dir, config["evaluate"])
-            except Exception as exc:  # one failing cell must not stop the grid
-                row = {
-                    "cell": cell["label"],
-                    "model": cell["model"],
-                    "seed": seed,
-                    "status": "failed",
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "run_dir": str(run_dir),
-                }
-                (out / f"{cell['label']}-seed{seed}.error.txt").write_text(traceback.format_exc())
-            rows.append(row)
-            if not quiet:
-                status = row["status"] if row["status"] != "ok" else _short(row)
-                print(f"{cell['label']} seed {seed}: {status}", flush=True)
-            pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
-    results = pd.DataFrame(rows)
+    wanted = {ev.key: (ev.estimator, ev.samples) for ev in config["evaluate"]}
+    tracking = parse_track(track) if track is not None else config["tracking"]
+    if tracking is not None:
+        tracking = start_grid_run(tracking, config["name"], config["source"])
+    tasks = grid_tasks(config, out, tracking)
+    rows: dict[int, dict] = {}
+    todo = []
+    for task in tasks:  # a re-run submits nothing for the cells that are done
+        if _finished(task, wanted):
+            rows[task.index] = results_row(
+                task.cell, task.seed, Path(task.out), rundir_evaluations(task), wanted
+            )
+        else:
+            todo.append(task)
+    bar = tqdm(
+        total=len(tasks),
+        initial=len(rows),
+        disable=quiet or not sys.stderr.isatty(),
+        unit="run",
+        desc=f"{config['name']} ({runner.name})",
+    )
+    for task, row in runner.map(todo):
+        rows[task.index] = row
+        failed = sum(r["status"] != "ok" for r in rows.values())
+        bar.update(1)
+        bar.set_postfix(running=len(tasks) - len(rows), failed=failed)
+        if not quiet:
+            status = row["status"] if row["status"] != "ok" else _short(row)
+            tqdm.write(f"{task.cell['label']} seed {task.seed}: {status}", file=sys.stdout)
+        _write_results(rows, out)
+    bar.close()
+    results = _write_results(rows, out)
+    if tracking is not None:
+        finish_grid_run(tracking, int((results["status"] != "ok").sum()))
     from aevb.experiments.report import write_report
 
     write_report(config, results, out)
     return results
+
+
+def rundir_evaluations(task: Task) -> dict:
+    """The estimates recorded in a task's run directory."""
+    from aevb.inference import rundir
+
+    return rundir.read_evaluations(task.out)
+
+
+def _write_results(rows: dict[int, dict], out: Path) -> pd.DataFrame:
+    """``results.csv`` of the rows so far, in the grid's order (written as cells finish, so
+    an interrupted driver loses nothing)."""
+    frame = pd.DataFrame([rows[i] for i in sorted(rows)])
+    frame.to_csv(out / "results.csv", index=False)
+    return frame
 
 
 def _short(row: dict) -> str:

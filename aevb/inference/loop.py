@@ -374,9 +374,12 @@ def train(
     progress: bool | None = None,
     verbose: bool = False,
     callback: Callable[[int, int, float], None] | None = None,
+    epoch_callback: Callable[[dict], None] | None = None,
     desc: str = "train",
 ) -> Run:
-    """Run ``algorithm`` for ``cfg.epochs`` epochs over ``ds``; see the module docstring."""
+    """Run ``algorithm`` for ``cfg.epochs`` epochs over ``ds``; see the module docstring.
+    ``callback(epoch, step, loss)`` is called after every step, ``epoch_callback(row)`` with
+    each epoch's history row once it is saved (e.g. experiment tracking)."""
     check_data(model, ds)
     if test is not None:
         check_data(model, test)
@@ -426,6 +429,8 @@ def train(
             tqdm.write(msg + f"  ({seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
             save(out_dir, record, model, guide, algorithm, rows, device)
+        if epoch_callback is not None:
+            epoch_callback(dict(row))
     bar.close()
     set_mode(False, model, guide)
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)

@@ -234,6 +234,7 @@ def fit(
     reset: bool = True,
     meta: dict | None = None,
     callback: Callable[[int, int, float], None] | None = None,
+    epoch_callback: Callable[[dict], None] | None = None,
     **settings,
 ) -> Run:
     """Train ``model`` by Monte Carlo EM on ``train``; return a :class:`Run`.
@@ -301,6 +302,7 @@ def fit(
         progress=progress,
         verbose=verbose,
         callback=callback,
+        epoch_callback=epoch_callback,
         desc=f"{describe(model).get('name', 'model')}/mcem-{cfg.sampler}",
     )
     if proposal is None:

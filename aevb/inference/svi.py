@@ -142,6 +142,7 @@ def fit(
     reset: bool = True,
     meta: dict | None = None,
     callback: Callable[[int, int, float], None] | None = None,
+    epoch_callback: Callable[[dict], None] | None = None,
     **settings,
 ) -> Run:
     """Train ``guide`` and ``model`` by SVI on ``train``; return a :class:`Run`.
@@ -159,6 +160,7 @@ def fit(
         seed alone fixes the run.
     :param callback: called as ``callback(epoch, step, loss_per_datapoint)`` after every step
         (for per-step traces such as the FA experiments; keep it cheap).
+    :param epoch_callback: called with each epoch's history row (e.g. experiment tracking).
     :param settings: fields of :class:`FitConfig` (``num_particles``, ``epochs``, ``lr``, ...);
         those left out take the model's recipe (``fit_defaults``, e.g. FA's batch 32, lr
         1e-2, 35 epochs), then :class:`FitConfig`'s defaults, as on the command line.
@@ -207,5 +209,6 @@ def fit(
         progress=progress,
         verbose=verbose,
         callback=callback,
+        epoch_callback=epoch_callback,
         desc=f"{describe(model).get('name', 'model')}/{cfg.objective}",
     )

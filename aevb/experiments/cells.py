@@ -1,0 +1,106 @@
+"""One grid cell as a run: its keys as a :class:`~aevb.spec.RunSpec`, trained and evaluated
+by :mod:`aevb.runs`, and its tidy ``results.csv`` row. Shared by :mod:`.compare` (the
+driver) and :mod:`.engines` (which run cells here or on Ray workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aevb import runs
+from aevb.spec import FLAT_KEYS, RunSpec, unknown_key
+
+#: settings a cell may carry besides those of ``aevb train`` (handled here)
+OWN_KEYS = {"label"}
+
+#: keys of the spec's flat form that the grid sets itself, per seed
+_GRID_SET = {"seed"}
+
+
+def cell_keys() -> set[str]:
+    """The keys a cell may hold: the RunSpec's flat form (:data:`aevb.spec.FLAT_KEYS`, the
+    ``aevb train`` options) but the seed, and ``label``."""
+    return (set(FLAT_KEYS) - _GRID_SET) | OWN_KEYS
+
+
+def cell_spec(cell: dict, seed: int, evaluation=()) -> RunSpec:
+    """The :class:`~aevb.spec.RunSpec` of one (cell, seed): the cell's flat keys (the
+    label aside) with the seed, and the grid's estimators."""
+    for key in cell:
+        if key not in cell_keys():
+            raise unknown_key(key, cell_keys())
+    flat = {k: v for k, v in cell.items() if k not in OWN_KEYS}
+    spec = RunSpec.from_flat({**flat, "seed": seed})
+    return spec.replace(evaluation=tuple(evaluation))
+
+
+def run_cell(cell: dict, seed: int, out: Path, evaluate, tracking=None) -> dict:
+    """Train (or resume) and evaluate one (cell, seed); return its results row.
+    ``evaluate``: the grid's estimators (:func:`aevb.experiments.compare.evaluations`);
+    ``tracking``: a :class:`~aevb.experiments.tracking.Tracking` to log the run to."""
+    spec = cell_spec(cell, seed, evaluate)
+    tracker = None
+    if tracking is not None:
+        from aevb.experiments.tracking import RunTracker
+
+        tracker = RunTracker(tracking, spec, f"{cell['label']}-seed{seed}", out)
+    try:
+        done = runs.run(spec, out, epoch_callback=tracker.epoch if tracker else None)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, {}, "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(out, done)
+    return results_row(
+        cell, seed, out, done, {ev.key: (ev.estimator, ev.samples) for ev in spec.evaluation}
+    )
+
+
+def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> dict:
+    """One tidy ``results.csv`` row for a finished (cell, seed): settings, seconds, bounds,
+    diagnostics.
+    """
+    from aevb.inference import rundir
+
+    record = rundir.read_config(out)
+    history = rundir.read_history(out)
+    last = history.iloc[-1]
+    fit = record["fit"]
+    row = {
+        "cell": cell["label"],
+        "model": cell["model"],
+        "data": cell.get("data", "mnist"),
+        "inference": record.get("inference", "svi"),
+        "objective": fit.get("objective"),
+        "k": fit.get("num_particles"),
+        "alpha": fit.get("alpha"),
+        "sampler": fit.get("sampler"),
+        "seed": seed,
+        "epochs": int(last["epoch"]),
+        "train_seconds": float(last["train_seconds"]),
+        "samples_per_second": float(history["samples_per_second"].mean()),
+        "status": "ok",
+        "error": "",
+        "run_dir": str(out),
+    }
+    for key in ("accept_prob", "step_size", "divergences"):
+        if key in history:
+            row[key] = float(history[key].mean())
+    for key, (estimator, k) in wanted.items():
+        result = done[key]
+        row["test_elbo"] = result["test_elbo"]
+        row[f"test_ll_{estimator}"] = result["test_log_likelihood"]
+        row[f"{estimator}_samples"] = k
+        if "test_log_likelihood_stderr" in result:
+            row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
+        row["active_units"] = result["active_units"]
+        for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
+            if extra in result:
+                row[extra] = result[extra]
+    exact = row.get("test_log_evidence_exact")
+    if exact is not None:  # distance of every estimate from the exact evidence (FA)
+        for key in ("test_elbo", "test_ll_is", "test_ll_ais"):
+            if key in row:
+                row[f"{key}_minus_exact"] = row[key] - exact
+    row.update({f"version_{k}": v for k, v in record.get("versions", {}).items()})
+    return row

@@ -1,0 +1,180 @@
+"""Experiment tracking with MLflow: one MLflow run per training run, nested under its grid's.
+
+``--track mlflow`` logs to a local folder store (``mlruns/`` beside where the command runs,
+no server needed; ``mlflow ui --backend-store-uri mlruns`` shows it, with the full ``mlflow``
+package); ``--track mlflow:URI`` to any tracking URI (``http://host:5000``,
+``sqlite:///mlflow.db``, a folder). Per run:
+
+* params: the RunSpec, flattened (``model.name``, ``inference.objective``, ...), and the run
+  directory;
+* metrics per epoch (step = epoch): train loss, test ELBO, seconds, throughput, sampler
+  diagnostics and the model's own metrics, from the training loop's epoch callback;
+* final metrics: every estimate of the run's evaluations (``is-1000/test_log_likelihood``,
+  ``active_units``, ...);
+* artifacts: ``config.json``, ``history.csv``, ``evaluation.json`` and the figures.
+
+The loop knows nothing of this: a :class:`RunTracker` hands it an ``epoch_callback``.
+The client is ``mlflow-skinny`` (``pip install 'aevb[mlflow]'``). MLflow 3 keeps folder
+stores in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which is set here for
+folder URIs only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from aevb.errors import ConfigError
+from aevb.spec import RunSpec, close_keys
+
+#: a ``[tracking]`` table's keys
+TRACKING_KEYS = {"uri", "experiment"}
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where runs are logged: a tracking URI, an experiment name and (for a grid's runs) the
+    grid's own MLflow run as their parent."""
+
+    uri: str
+    experiment: str = "aevb"
+    parent_run_id: str | None = None
+
+
+def _as_uri(where: str) -> str:
+    if "://" in where or where.startswith(("file:", "sqlite:", "databricks")):
+        return where
+    return Path(where).resolve().as_uri()  # a folder: absolute, so workers agree
+
+
+def parse_track(text: str | None, experiment: str = "aevb") -> Tracking | None:
+    """``mlflow`` or ``mlflow:URI`` (the ``--track`` flag) as a :class:`Tracking`."""
+    if text is None:
+        return None
+    kind, _, where = text.partition(":")
+    if kind != "mlflow":
+        raise ConfigError(f"--track: invalid choice: {text!r} (expected mlflow or mlflow:URI)")
+    return Tracking(_as_uri(where or "mlruns"), experiment)
+
+
+def tracking_from_table(table, path="") -> Tracking | None:
+    """A grid's ``[tracking]`` table (``uri``, ``experiment``) as a :class:`Tracking`."""
+    if not table:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tracking] must be a table, got {table!r}")
+    for key in table:
+        if key not in TRACKING_KEYS:
+            raise ConfigError(
+                f"{path}: [tracking]: unknown key {key!r}{close_keys(key, TRACKING_KEYS)} "
+                f"(valid keys: {', '.join(sorted(TRACKING_KEYS))})"
+            )
+    return Tracking(_as_uri(table.get("uri", "mlruns")), table.get("experiment", "aevb"))
+
+
+def _client(tracking: Tracking):
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise ConfigError(
+            "--track mlflow needs MLflow: pip install 'aevb[mlflow]' (or pip install mlflow)"
+        ) from None
+    if tracking.uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking.uri)
+    found = client.get_experiment_by_name(tracking.experiment)
+    experiment_id = (
+        found.experiment_id if found is not None else client.create_experiment(tracking.experiment)
+    )
+    return client, experiment_id
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """A nested dict as {dotted key: value} (lists kept whole)."""
+    if isinstance(value, dict):
+        out: dict = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+class RunTracker:
+    """One MLflow run for one training run; :meth:`epoch` is the loop's epoch callback."""
+
+    def __init__(self, tracking: Tracking, spec: RunSpec, name: str, out: str | Path | None):
+        from mlflow.entities import Param
+
+        self.client, experiment_id = _client(tracking)
+        tags = {"mlflow.parentRunId": tracking.parent_run_id} if tracking.parent_run_id else {}
+        self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        params = {k: "" if v is None else str(v) for k, v in flatten(spec.to_dict()).items()}
+        params["run_dir"] = str(out)
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def epoch(self, row: dict) -> None:
+        """Log an epoch's numeric history columns at step = epoch."""
+        from mlflow.entities import Metric
+
+        step = int(row["epoch"])
+        metrics = [
+            Metric(key, number, 0, step)
+            for key, value in row.items()
+            if key not in ("epoch", "step") and (number := _number(value)) is not None
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, out: str | Path | None, evaluations: dict, status: str = "FINISHED") -> None:
+        """Final metrics (every estimate by key) and the run directory's files as artifacts;
+        then close the run."""
+        from mlflow.entities import Metric
+
+        metrics = [
+            Metric(f"{key}/{name}", number, 0, 0)
+            for key, result in evaluations.items()
+            for name, value in result.items()
+            if (number := _number(value)) is not None
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        if out is not None:
+            for path in sorted(Path(out).glob("*")):
+                if path.suffix in (".json", ".csv", ".png"):
+                    self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status)
+
+
+def start_grid_run(tracking: Tracking, name: str, source: str) -> Tracking:
+    """The grid's own MLflow run (its config as an artifact); returns the tracking its
+    runs log under, nested."""
+    client, experiment_id = _client(tracking)
+    run_id = client.create_run(experiment_id, run_name=name).info.run_id
+    client.log_text(run_id, source, "grid.toml")
+    return Tracking(tracking.uri, tracking.experiment, run_id)
+
+
+def finish_grid_run(tracking: Tracking, failed: int) -> None:
+    """Close the grid's run (FAILED if any cell failed)."""
+    if tracking.parent_run_id is None:
+        return
+    client, _ = _client(tracking)
+    client.set_terminated(tracking.parent_run_id, "FAILED" if failed else "FINISHED")
+
+
+__all__ = [
+    "RunTracker",
+    "Tracking",
+    "finish_grid_run",
+    "flatten",
+    "parse_track",
+    "start_grid_run",
+    "tracking_from_table",
+]

@@ -1,0 +1,67 @@
+"""``--track mlflow``: runs logged to a temporary MLflow store and read back with MlflowClient."""
+
+import pandas as pd
+import pytest
+
+from aevb.cli import main
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+FA = ["--data", "fa-synthetic", "--subset", "96", "--test-subset", "40", "--quiet"]
+
+
+def _client(store):
+    import os
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(store.resolve().as_uri())
+
+
+def test_a_training_run_is_logged_with_its_spec_metrics_and_artifacts(tmp_path):
+    store = tmp_path / "mlruns"
+    out = tmp_path / "run"
+    argv = ["train", "fa", *FA, "--epochs", "3", "--out", str(out), "--track", f"mlflow:{store}"]
+    assert main(argv) == 0
+    client = _client(store)
+    experiment = client.get_experiment_by_name("aevb")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    params = run.data.params
+    assert params["model.name"] == "fa" and params["schedule.epochs"] == "3"
+    assert params["data.subset"] == "96" and params["run_dir"] == str(out)
+    history = pd.read_csv(out / "history.csv")
+    for key in ("train_loss", "test_elbo", "epoch_seconds"):
+        points = client.get_metric_history(run.info.run_id, key)
+        assert [p.step for p in points] == [1, 2, 3], key  # one point per epoch
+        assert [p.value for p in points] == pytest.approx(list(history[key]))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "history.csv", "learning_curve.png"} <= artifacts
+
+
+def test_a_grid_logs_one_nested_run_per_cell_and_seed(tmp_path):
+    config = tmp_path / "g.toml"
+    config.write_text(
+        'name = "tracked"\nseeds = [0]\n[defaults]\nmodel = "fa"\ndata = "fa-synthetic"\n'
+        "subset = 96\ntest_subset = 40\nepochs = 2\n[evaluate]\nis = 10\n"
+        '[tracking]\nexperiment = "grids"\nuri = "' + str(tmp_path / "store") + '"\n'
+        '[[cells]]\nobjective = "meanfield"\n[[cells]]\nobjective = "trace"\n'
+    )
+    assert main(["compare", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    client = _client(tmp_path / "store")
+    experiment = client.get_experiment_by_name("grids")
+    found = client.search_runs([experiment.experiment_id])
+    (grid,) = [r for r in found if r.info.run_name == "tracked"]
+    cells = {r.info.run_name: r for r in found if r.info.run_name != "tracked"}
+    assert set(cells) == {"fa-meanfield-seed0", "fa-trace-seed0"}
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("cell")
+    for name, run in cells.items():
+        assert run.data.tags["mlflow.parentRunId"] == grid.info.run_id
+        logged = run.data.metrics["is-10/test_log_likelihood"]
+        assert logged == pytest.approx(results.loc[name.removesuffix("-seed0"), "test_ll_is"])
+    assert "grid.toml" in {a.path for a in client.list_artifacts(grid.info.run_id)}
+
+
+def test_a_bad_track_value_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "fa", *FA, "--epochs", "1", "--track", "wandb"]) == 2
+    assert "--track: invalid choice: 'wandb'" in capsys.readouterr().err
