@@ -265,8 +265,8 @@ MUTANTS = [
         "data",
         "shuffled batches take labels in another order",
         DS,
-        "args.append(self.y[idx])  # type: ignore[index]",
-        "args.append(self.y[idx].flip(0))  # type: ignore[index]",
+        "raw.append(self.y[idx])  # type: ignore[index]",
+        "raw.append(self.y[idx].flip(0))  # type: ignore[index]",
         ("tests/test_data.py",),
     ),
     Mutant(
