@@ -74,6 +74,7 @@ from aevb.experiments.tracking import (
     start_grid_run,
     tracking_from_table,
 )
+from aevb.inference import rundir
 from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
 
 _LABEL_KEYS = ("model", "inference", "objective", "particles", "alpha", "sampler", "preset")
@@ -203,14 +204,6 @@ def grid_tasks(config: dict, out: Path, tracking: Tracking | None = None) -> lis
     return tasks
 
 
-def _finished(task: Task, wanted: dict) -> bool:
-    """Whether a task's run directory already holds every estimate the grid asks for."""
-    from aevb.inference import rundir
-
-    done = rundir.read_evaluations(task.out)
-    return bool(wanted) and all(key in done for key in wanted)
-
-
 def run_grid(
     config_path: str | Path,
     out: str | Path | None = None,
@@ -245,10 +238,9 @@ def run_grid(
     rows: dict[int, dict] = {}
     todo = []
     for task in tasks:  # a re-run submits nothing for the cells that are done
-        if _finished(task, wanted):
-            rows[task.index] = results_row(
-                task.cell, task.seed, Path(task.out), rundir_evaluations(task), wanted
-            )
+        done = rundir.read_evaluations(task.out)
+        if wanted and all(key in done for key in wanted):
+            rows[task.index] = results_row(task.cell, task.seed, Path(task.out), done, wanted)
         else:
             todo.append(task)
     bar = tqdm(
@@ -275,13 +267,6 @@ def run_grid(
 
     write_report(config, results, out)
     return results
-
-
-def rundir_evaluations(task: Task) -> dict:
-    """The estimates recorded in a task's run directory."""
-    from aevb.inference import rundir
-
-    return rundir.read_evaluations(task.out)
 
 
 def _write_results(rows: dict[int, dict], out: Path) -> pd.DataFrame:
