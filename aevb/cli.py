@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from aevb.devices import check_device_name
-from aevb.errors import AevbError
+from aevb.errors import AevbError, ConfigError, RunInterrupted
 from aevb.spec import FLAT_KEYS, EvaluationSpec, RunSpec, hidden_sizes
 
 
@@ -174,7 +174,20 @@ def train_spec(args) -> RunSpec:
     key of the spec's flat form (:data:`aevb.spec.FLAT_KEYS`), and nothing else is done
     here."""
     flat = {key: getattr(args, key, None) for key in FLAT_KEYS}
-    return RunSpec.from_flat(flat)
+    try:
+        return RunSpec.from_flat(flat)
+    except ConfigError as exc:
+        raise ConfigError(option_message(str(exc))) from None
+
+
+#: a RunSpec setting's dotted path -> the ``aevb train`` option that sets it
+OPTIONS = {".".join(path): "--" + key.replace("_", "-") for key, path in FLAT_KEYS.items()}
+
+
+def option_message(message: str) -> str:
+    """A RunSpec error as the command line's: ``schedule.epochs: ...`` -> ``--epochs: ...``."""
+    path, sep, rest = message.partition(": ")
+    return f"{OPTIONS[path]}: {rest}" if sep and path in OPTIONS else message
 
 
 def cmd_data(args) -> None:
@@ -190,6 +203,7 @@ def cmd_train(args) -> dict:
 
     spec = train_spec(args)
     out = Path(args.out) if args.out else runs.default_out(spec)
+    args.resolved_out = out
     tracker = None
     if args.track is not None:
         from aevb.experiments.tracking import RunTracker, parse_track
@@ -245,7 +259,11 @@ def cmd_evaluate(args) -> dict:
     from aevb import runs
 
     keys = ("estimator", "num_samples", "ais_temperatures", "subset", "batch_size", "seed")
-    evaluation = EvaluationSpec.from_dict({key: getattr(args, key) for key in keys})
+    try:
+        evaluation = EvaluationSpec.from_dict({key: getattr(args, key) for key in keys})
+    except ConfigError as exc:
+        path, sep, rest = str(exc).partition(": ")
+        raise ConfigError(f"--{path.replace('_', '-')}: {rest}" if sep else str(exc)) from None
     result = runs.evaluate(
         args.run_dir,
         evaluation,
@@ -285,14 +303,33 @@ def cmd_demo(args) -> None:
     run_demo(out=args.out, epochs=args.epochs, quiet=args.quiet, device=args.device)
 
 
+def resume_hint(args, argv: list[str]) -> str:
+    """The command that continues an interrupted ``aevb`` command."""
+    if args.command == "train":
+        extra = [] if "--resume" in argv else ["--resume"]
+        if args.out is None:
+            extra += ["--out", str(getattr(args, "resolved_out", "DIR"))]
+        return " ".join(["aevb", *argv, *extra])
+    return " ".join(["aevb", *argv])  # run and compare resume what they find on disk
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``aevb`` command; returns the exit status (2 on a clear user error)."""
+    """Entry point of the ``aevb`` command; returns the exit status: 0, 2 on a clear user
+    error (the message, no traceback), 130 / 143 when SIGINT / SIGTERM stopped a run after
+    it wrote a checkpoint. A genuine bug still shows its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except RunInterrupted as exc:
+        print(f"aevb: {exc}\naevb: to continue: {resume_hint(args, argv)}", file=sys.stderr)
+        return exc.exit_code
     except AevbError as exc:
         print(f"aevb: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:  # outside training (fetching, evaluating): nothing to keep
+        print("aevb: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -57,6 +57,7 @@ import tomllib
 from aevb.data.dataset import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
+from aevb.registry import check_config_values
 
 # ------------------------------------------------------------------ value checks
 
@@ -214,6 +215,7 @@ class ModelSpec(_Spec):
             for key in self.config:
                 if key not in valid:
                     raise unknown_key(key, valid, f"model.config ({self.name})")
+            check_config_values(config_class, dict(self.config), "model.config")
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,7 @@ def test_a_decay_needs_its_length():
         inference.mcem_fit(
             models.build("fa"), x, lr_decay=0.1, lr_decay_epochs=None, proposal_epochs=0
         )
-    with pytest.raises(ConfigError, match="lr_decay must be > 0"):
+    with pytest.raises(ConfigError, match="lr_decay: must be > 0"):
         inference.mcem_fit(models.build("fa"), x, lr_decay=0.0, proposal_epochs=0)
 
 

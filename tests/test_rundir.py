@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aevb import runs
-from aevb.errors import ConfigError
+from aevb.errors import RunDirError
 from aevb.inference import rundir
 from aevb.models.nets import guide_module_name
 from aevb.spec import RunSpec, ScheduleSpec
@@ -46,7 +46,7 @@ def test_evaluations_accumulate_by_key(tmp_path):
 
 
 def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="no checkpoint.pt; is this a run directory"):
+    with pytest.raises(RunDirError, match="checkpoint.pt: missing; is .* a run directory"):
         rundir.read_checkpoint(tmp_path)
 
 

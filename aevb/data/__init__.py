@@ -31,6 +31,20 @@ def _mnist(binarize: str = "dynamic", folder: str | Path | None = None):
 
 
 def _image_pair(arrays: dict[str, np.ndarray], binarize: str, name: str):
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays.get(f"y_{part}")
+        if x.ndim >= 1 and len(x) == 0:
+            raise DataError(f"{name}: the {part} images file holds no images")
+        if x.ndim < 2:
+            raise DataError(
+                f"{name}: {part} images must have shape [N, rows, cols] or [N, pixels], got "
+                f"{x.shape}"
+            )
+        if y is not None and (y.ndim != 1 or len(y) != len(x)):
+            raise DataError(
+                f"{name}: {len(x)} {part} images but {part} labels of shape {y.shape} "
+                f"(expected [{len(x)}])"
+            )
     train = Dataset.from_arrays(
         arrays["x_train"].reshape(len(arrays["x_train"]), -1) / np.float32(255.0),
         arrays.get("y_train"),
@@ -43,7 +57,17 @@ def _image_pair(arrays: dict[str, np.ndarray], binarize: str, name: str):
         binarize,
         f"{name}-test",
     )
+    check_same_width(train, test, name)
     return train, test.fixed(TEST_BINARIZATION_SEED)
+
+
+def check_same_width(train: Dataset, test: Dataset, source: str) -> None:
+    """Raise a :class:`DataError` unless train and test datapoints have one shape."""
+    if train.event_shape != test.event_shape:
+        raise DataError(
+            f"{source}: train datapoints have shape {train.event_shape} but test datapoints "
+            f"{test.event_shape}; both parts must have the same width"
+        )
 
 
 #: Registered dataset names -> loader(binarize=...) returning (train, test).
@@ -83,6 +107,9 @@ def load_idx_folder(folder: str | Path, binarize: str = "dynamic"):
             f"{folder}: expected IDX files named train-images* and t10k-images* (or test-images*)"
         )
     arrays = {k: read_idx(p) for k, p in paths.items() if p is not None}
+    for key in ("y_train", "y_test"):
+        if key in arrays and arrays[key].dtype.kind not in "iu":
+            raise DataError(f"{paths[key]}: expected integer labels, got {arrays[key].dtype}")
     for key in ("x_train", "x_test"):
         if arrays[key].dtype != np.uint8:
             raise DataError(f"{paths[key]}: expected uint8 pixels, got {arrays[key].dtype}")
@@ -97,13 +124,7 @@ def load_array_file(path: str | Path, binarize: str = "none", test_fraction: flo
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix == ".npy":
-        arrays = {"x": np.load(path, allow_pickle=False)}
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    else:
-        raise DataError(f"{path}: expected a .npz or .npy file, an IDX folder or a dataset name")
+    arrays = read_array_file(path)
     parts: dict[str, tuple]
     if "x_train" in arrays and "x_test" in arrays:
         parts = {
@@ -112,6 +133,12 @@ def load_array_file(path: str | Path, binarize: str = "none", test_fraction: flo
         }
     elif "x" in arrays:
         x, y, m = arrays["x"], arrays.get("y"), arrays.get("mask")
+        for key, part in (("y", y), ("mask", m)):
+            if part is not None and (part.ndim == 0 or len(part) != len(x)):
+                raise DataError(
+                    f"{path}: x holds {len(x)} datapoints but {key} has shape {part.shape}; "
+                    f"expected one {'label' if key == 'y' else 'mask row'} per datapoint"
+                )
         n_test = max(1, int(round(len(x) * test_fraction)))
         if len(x) < 2:
             raise DataError(f"{path}: need at least 2 datapoints to split off a test set")
@@ -132,7 +159,40 @@ def load_array_file(path: str | Path, binarize: str = "none", test_fraction: flo
     test = Dataset.from_arrays(
         parts["test"][0], parts["test"][1], binarize, f"{stem}-test", parts["test"][2]
     )
+    check_same_width(train, test, str(path))
     return train, test.fixed(TEST_BINARIZATION_SEED)
+
+
+def read_array_file(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npy`` (as ``{"x": array}``) or ``.npz`` file, read without
+    unpickling; anything that is not such a file is a :class:`DataError` naming it."""
+    path = Path(path)
+    kind = {".npy": "NumPy .npy", ".npz": "NumPy .npz"}.get(path.suffix)
+    if kind is None:
+        raise DataError(f"{path}: expected a .npz or .npy file, an IDX folder or a dataset name")
+    try:
+        if path.suffix == ".npy":
+            arrays = {"x": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as f:
+                if not isinstance(f, np.lib.npyio.NpzFile):
+                    raise ValueError("it holds a single array, not named arrays")
+                arrays = {k: f[k] for k in f.files}
+    except PermissionError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
+    except Exception as exc:  # numpy raises many kinds for bytes that are not its format
+        reason = str(exc).split(". ")[0] or type(exc).__name__
+        if "pickled" in reason:
+            reason = "it holds pickled Python objects, which are never loaded"
+        raise DataError(f"{path}: not a valid {kind} file of numeric arrays ({reason})") from None
+    for key, value in arrays.items():
+        if value.ndim == 0:
+            raise DataError(f"{path}: array {key!r} is a single number; expected datapoints")
+        if value.dtype.kind not in "biuf":
+            raise DataError(
+                f"{path}: array {key!r} has dtype {value.dtype}; expected numbers (int or float)"
+            )
+    return arrays
 
 
 def load(name: str, binarize: str | None = None, **kwargs) -> tuple[Dataset, Dataset]:
@@ -179,6 +239,7 @@ __all__ = [
     "load",
     "load_array_file",
     "load_idx_folder",
+    "read_array_file",
     "read_idx",
     "validate_array",
     "write_idx",

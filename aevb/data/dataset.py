@@ -66,6 +66,8 @@ def validate_array(x, name: str = "x", unit_interval: bool = False) -> torch.Ten
         )
     if arr.shape[0] == 0:
         raise DataError(f"{name}: the array holds no datapoints")
+    if arr[0].numel() == 0:
+        raise DataError(f"{name}: the datapoints hold no values (shape {tuple(arr.shape)})")
     arr = arr.to(torch.float32)
     bad = ~torch.isfinite(arr)
     if bad.any():
@@ -77,6 +79,18 @@ def validate_array(x, name: str = "x", unit_interval: bool = False) -> torch.Ten
             f"[{float(arr.min()):g}, {float(arr.max()):g}] (scale 8-bit images by 1/255)"
         )
     return arr.contiguous()
+
+
+def _labels(y, n: int, name: str) -> torch.Tensor:
+    """Integer labels [n] (int64) from an array of shape [n] or [n, 1], or a DataError."""
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{name}: labels must be integers, got dtype {arr.dtype}")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or len(arr) != n:
+        raise DataError(f"{name}: {n} datapoints need labels of shape [{n}], got shape {arr.shape}")
+    return torch.as_tensor(arr.astype(np.int64), device="cpu")
 
 
 def _is_int(t: torch.Tensor) -> bool:
@@ -103,7 +117,7 @@ class Dataset:
                 f"unknown binarisation {self.binarize!r}; expected one of {sorted(BINARIZATIONS)}"
             )
         if self.y is not None and len(self.y) != len(self.x):
-            raise DataError(f"{len(self.x)} datapoints but {len(self.y)} labels")
+            raise DataError(f"{self.name}: {len(self.x)} datapoints but {len(self.y)} labels")
         if self.mask is not None and tuple(self.mask.shape) != tuple(self.x.shape[:2]):
             raise DataError(
                 f"{self.name}: a sequence mask must have shape [N, T] = "
@@ -123,10 +137,7 @@ class Dataset:
         xt = validate_array(x, f"{name}: x", unit_interval=binarize != "none")
         yt = None
         if y is not None:
-            yt = torch.as_tensor(np.asarray(y), device="cpu").reshape(-1)
-            if not _is_int(yt):
-                raise DataError(f"{name}: labels must be integers, got dtype {yt.dtype}")
-            yt = yt.long()
+            yt = _labels(y, len(xt), name)
         mt = None
         if mask is not None:
             mt = torch.as_tensor(np.asarray(mask), device="cpu")

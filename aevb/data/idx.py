@@ -8,7 +8,9 @@ row-major, big-endian order.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +46,32 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{source}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:
         raise DataError(
             f"{source}: IDX header announces shape {shape} ({expected} bytes of data) "
             f"but the file holds {len(raw) - header} bytes"
         )
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    try:
+        arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as exc:  # e.g. a shape with a zero and sizes past what numpy holds
+        raise DataError(
+            f"{source}: IDX header announces an unusable shape {shape} ({exc})"
+        ) from None
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file, gzipped or not (detected from its first bytes, not its name)."""
+    """Read an IDX file, gzipped or not (detected from its first bytes, not its name); a
+    file that cannot be read or decompressed is a :class:`DataError` naming it."""
     path = Path(path)
-    with _open_for_read(path) as f:
-        return parse_idx(f.read(), str(path))
+    try:
+        with _open_for_read(path) as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise DataError(f"{path}: cannot read the IDX file ({reason})") from None
+    return parse_idx(raw, str(path))
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:

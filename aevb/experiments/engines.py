@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aevb.errors import ConfigError
+from aevb.errors import ConfigError, RunInterrupted
 from aevb.spec import close_keys
 
 
@@ -90,6 +90,8 @@ class LocalEngine:
         for task in tasks:
             try:
                 row = run_task(task)
+            except RunInterrupted:  # Ctrl-C stops the grid (the cell resumes on a re-run)
+                raise
             except Exception as exc:  # one failing cell must not stop the grid
                 _write_error(task, traceback.format_exc())
                 row = failed_row(task, f"{type(exc).__name__}: {exc}")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.devices import chunk_elements, device_of, fork_devices, to_device
 from aevb.errors import ObjectiveError
-from aevb.models.base import hooks
+from aevb.models.base import check_dataset, hooks
 
 #: Upper bound on particles x datapoints x features in one vectorised evaluation on a CPU:
 #: 2^22 floats (16 MB per tensor of that size) keeps a chunk's elementwise work (likelihood,
@@ -128,9 +128,8 @@ def bounds(
     for obj in (model, guide):  # evaluation is of the model itself (e.g. a discrete y)
         if isinstance(obj, torch.nn.Module):
             obj.eval()
-    check = hooks(model).check_data
-    if check is not None:  # the data are checked once here; Pyro's per-chunk checks are off
-        check(ds.transform(ds.x))
+    # the data are checked once here; Pyro's per-chunk checks are off
+    check_dataset(model, ds.transform(ds.x), ds.y)
     x_size = max(1, ds.x_dim)
     batch_size = max(1, min(batch_size, len(ds)))
     elements = chunk_elements(device, MAX_ELEMENTS)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import math
 import platform
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,11 +31,11 @@ from tqdm.auto import tqdm
 from aevb.data.dataset import Dataset
 from aevb.devices import describe as describe_device
 from aevb.devices import fork_devices, move, resolve_device, to_cpu
-from aevb.errors import ConfigError, TrainingDiverged
+from aevb.errors import ConfigError, DataError, RunInterrupted, TrainingDiverged
 from aevb.inference import evaluate as ev
 from aevb.inference import rundir
 from aevb.inference.optim import Adam
-from aevb.models.base import hooks
+from aevb.models.base import check_dataset, hooks
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,41 @@ class LoopConfig:
     #: parameters are initialised on the CPU from the seed, then moved, so a run starts
     #: from the same weights on every device
     device: str = "cpu"
+
+    #: the range of every numeric setting: (bound, True: >= bound / False: > bound); the
+    #: library's own check, so ``inference.fit(..., epochs=-1)`` is refused like the CLI's
+    RANGES = {
+        "epochs": (1, True),
+        "batch_size": (1, True),
+        "lr": (0, False),
+        "eps": (0, False),
+        "seed": (0, True),
+        "test_num_samples": (1, True),
+        "max_steps": (1, True),
+        "max_seconds": (0, False),
+        "max_plate_nesting": (1, True),
+    }
+
+    def __post_init__(self):
+        check_ranges(self, type(self).RANGES)
+
+
+def check_ranges(settings, ranges: dict[str, tuple[float, bool]]) -> None:
+    """Raise :class:`~aevb.errors.ConfigError` for a setting of the wrong type or outside
+    its range (``ranges``: name -> (bound, inclusive)); None means "not set" and passes."""
+    for name, (bound, inclusive) in ranges.items():
+        value = getattr(settings, name, None)
+        if value is None:
+            continue
+        integer = isinstance(bound, int) and inclusive
+        if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+            kind = "an integer" if integer else "a number"
+            raise ConfigError(f"{name}: expected {kind}, got {value!r}")
+        ok = math.isfinite(value) and (value >= bound if inclusive else value > bound)
+        if not ok:
+            raise ConfigError(
+                f"{name}: must be {'>=' if inclusive else '>'} {bound}, got {value!r}"
+            )
 
 
 class Algorithm(Protocol):
@@ -169,12 +207,15 @@ def reset_parameters(obj) -> None:
 
 
 def check_data(model, ds: Dataset) -> None:
-    """The model's own data check on (up to) 2000 transformed datapoints."""
-    check = hooks(model).check_data
-    if check is None:
-        return
+    """The model's own data check on (up to) 2000 transformed datapoints, and its label
+    check on every label (:func:`aevb.models.base.check_dataset`)."""
+    if hooks(model).uses_labels and ds.y is None:
+        raise DataError(f"{ds.name}: this model needs labels but the dataset has none")
     head = ds.subset(2000)
-    check(head.transform(head.x, torch.Generator().manual_seed(0)))
+    try:
+        check_dataset(model, head.transform(head.x, torch.Generator().manual_seed(0)), ds.y)
+    except DataError as exc:
+        raise DataError(f"{ds.name}: {exc}") from None
 
 
 def set_mode(training: bool, *objs) -> None:
@@ -285,7 +326,7 @@ def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, res
     pyro.set_rng_seed(cfg.seed)
     device = resolve_device(cfg.device)
     if resume and out_dir is not None and rundir.has_checkpoint(out_dir):
-        resumed = rundir.read_checkpoint(out_dir)
+        resumed = rundir.read_checkpoint(out_dir, fallback=True)
         check_resumable(resumed["config"], record)
         move(device, model, guide)
         rundir.load_params(model, guide, resumed, device)
@@ -319,44 +360,151 @@ def _prepare(algorithm: Algorithm, model, guide, ds: Dataset, cfg: LoopConfig, r
             torch.cuda.set_rng_state(cuda_rng, device)
 
 
-def _train_epoch(algorithm, model, guide, ds, cfg, epoch, counters, bar, callback, out_dir):
-    """One epoch of shuffled minibatches (stopping early when the budget is spent); returns
-    (summed loss, datapoints, seconds). A non-finite loss stops the run."""
+@dataclass
+class _EpochProgress:
+    """How far the current epoch has got: minibatches done, their summed loss, datapoints and
+    seconds. An interrupted run's checkpoint keeps it (``"partial"``), so that the resumed
+    run continues the epoch at the next minibatch."""
+
+    epoch: int
+    batches: int = 0
+    loss_sum: float = 0.0
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _StopRequest:
+    """The signal (SIGINT or SIGTERM) that asked the run to stop, if one has."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def _stop_on_signals(enabled: bool) -> Iterator[_StopRequest]:
+    """While training into a run directory, SIGINT and SIGTERM ask the loop to stop after the
+    current step (it writes a checkpoint, then raises :class:`~aevb.errors.RunInterrupted`);
+    a second signal stops at once (the last checkpoint is whole either way). Signal handlers
+    can only be set in the main thread: elsewhere (a Ray worker's thread) nothing changes."""
+    stop = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        tqdm.write(
+            f"aevb: {signal.Signals(signum).name} received; finishing this step and writing a "
+            "checkpoint (send it again to stop at once)",
+            file=sys.stderr,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _diverged(loss: float, epoch: int, step: int, out_dir: Path | None) -> TrainingDiverged:
+    ckpt = None if out_dir is None else out_dir / rundir.CHECKPOINT
+    where = f"{ckpt} (epoch {epoch - 1})" if ckpt and ckpt.exists() else "none written"
+    return TrainingDiverged(
+        f"the loss became {loss} at epoch {epoch}, step {step}; stopping. Last good "
+        f"checkpoint: {where}. Likely causes: a learning rate too large (try --lr 10x "
+        "smaller), data outside the likelihood's range or badly scaled (Bernoulli pixels must "
+        "lie in [0, 1]; standardise real-valued data), or a scale collapsing to zero (a "
+        "min_scale floor, fewer latent units)"
+    )
+
+
+def _interrupted(signum: int, epoch: int, step: int, out_dir: Path) -> RunInterrupted:
+    return RunInterrupted(
+        f"{signal.Signals(signum).name} received: stopped after step {step} (epoch {epoch}) "
+        f"and wrote {out_dir / rundir.CHECKPOINT}; resume with the same settings and "
+        "--resume (resume=True) to continue exactly where it stopped",
+        signum,
+    )
+
+
+def _train_epoch(algorithm, model, guide, ds, cfg, done, counters, bar, callback, out_dir, stop):
+    """Continue epoch ``done.epoch`` from its ``done.batches``-th minibatch (0: a fresh
+    epoch) until its end or the budget; returns its :class:`_EpochProgress`. A non-finite
+    loss stops the run; a stop request writes a mid-epoch checkpoint first."""
+    epoch = done.epoch
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     device = resolve_device(cfg.device)
     step_hooks = [h for h in (hooks(model).set_step, hooks(guide).set_step) if h is not None]
     labels = hooks(model).uses_labels
-    t0 = time.perf_counter()
-    loss_sum, count = 0.0, 0
+    t0 = time.perf_counter() - done.seconds
+    if done.batches and counters.out_of_budget(cfg, done.seconds):
+        return done  # interrupted on the step that spent the budget: the epoch ends here
     algorithm.begin_epoch(epoch)  # e.g. a learning-rate schedule by epoch
     batches = ds.batches(
         cfg.batch_size, shuffle=True, generator=g, labels=labels, indexed=True, device=device
     )
-    for index, args in batches:
+    for position, (index, args) in enumerate(batches):
+        if position < done.batches:  # done before an interruption (drawn again: same bits)
+            continue
         for hook in step_hooks:  # e.g. an annealed temperature
             hook(counters.step)
         with pyro.validation_enabled(cfg.validate):
             loss = algorithm.step(args, index)
         if not math.isfinite(loss):
             bar.close()
-            ckpt = None if out_dir is None else out_dir / rundir.CHECKPOINT
-            where = f"{ckpt} (epoch {epoch - 1})" if ckpt and ckpt.exists() else "none written"
-            raise TrainingDiverged(
-                f"loss became {loss} at epoch {epoch}, step {counters.step + 1}; stopping. "
-                f"Last good checkpoint: {where}. Try a smaller --lr."
-            )
+            raise _diverged(loss, epoch, counters.step + 1, out_dir)
         b = len(index)
-        loss_sum += loss
-        count += b
+        done.loss_sum += loss
+        done.count += b
+        done.batches += 1
         counters.step += 1
         bar.update(1)
         if counters.step % 50 == 0:
             bar.set_postfix(epoch=epoch, loss=f"{loss / b:.2f}")
         if callback is not None:
             callback(epoch, counters.step, loss / b)
+        if stop.signum is not None and out_dir is not None:
+            bar.close()
+            done.seconds = time.perf_counter() - t0
+            return done
         if counters.out_of_budget(cfg, time.perf_counter() - t0):
             break
-    return loss_sum, count, time.perf_counter() - t0
+    done.seconds = time.perf_counter() - t0
+    return done
+
+
+def _epoch_row(algorithm, model, guide, test, cfg, done: _EpochProgress, counters) -> dict:
+    """The history row of a finished epoch (with the test ELBO and the model's metrics)."""
+    counters.train_seconds += done.seconds
+    counters.seen += done.count
+    row = {
+        "epoch": done.epoch,
+        "step": counters.step,
+        "train_loss": done.loss_sum / max(done.count, 1),
+        "epoch_seconds": done.seconds,
+        "train_seconds": counters.train_seconds,
+        "samples_per_second": done.count / done.seconds if done.seconds > 0 else 0.0,
+        "datapoints": counters.seen,
+        **algorithm.epoch_diagnostics(),
+    }
+    if test is not None:
+        row.update(evaluate_epoch(model, guide, test, cfg))
+        set_mode(True, model, guide)
+    return row
+
+
+def _resume_point(rows: list[dict], resumed: dict | None) -> tuple[_EpochProgress, _Counters]:
+    """Where training continues: the epoch after the last finished one, or the middle of
+    the epoch an interruption stopped (its checkpoint's ``"partial"``)."""
+    counters = _Counters.from_history(rows)
+    partial = (resumed or {}).get("partial")
+    if partial is None:
+        return _EpochProgress(rows[-1]["epoch"] + 1 if rows else 1), counters
+    counters.step = partial.pop("step")
+    return _EpochProgress(**partial), counters
 
 
 def train(
@@ -379,58 +527,90 @@ def train(
 ) -> Run:
     """Run ``algorithm`` for ``cfg.epochs`` epochs over ``ds``; see the module docstring.
     ``callback(epoch, step, loss)`` is called after every step, ``epoch_callback(row)`` with
-    each epoch's history row once it is saved (e.g. experiment tracking)."""
+    each epoch's history row once it is saved (e.g. experiment tracking).
+
+    With a run directory ``out``: the directory is locked for the duration
+    (:func:`.rundir.lock`), and SIGINT / SIGTERM stop the run after the current step with a
+    checkpoint from which ``resume=True`` continues bit for bit
+    (:class:`~aevb.errors.RunInterrupted`)."""
     check_data(model, ds)
     if test is not None:
         check_data(model, test)
     out_dir = _output_folder(out, resume)
+    with rundir.lock(out_dir), _stop_on_signals(out_dir is not None) as stop:
+        return _train(
+            algorithm,
+            (model, guide, ds, test),
+            cfg,
+            record,
+            out_dir,
+            stop,
+            resume=resume,
+            reset=reset,
+            progress=progress,
+            verbose=verbose,
+            callback=callback,
+            epoch_callback=epoch_callback,
+            desc=desc,
+        )
+
+
+def _train(
+    algorithm,
+    data,
+    cfg,
+    record,
+    out_dir,
+    stop,
+    *,
+    resume,
+    reset,
+    progress,
+    verbose,
+    callback,
+    epoch_callback,
+    desc,
+) -> Run:
+    """:func:`train` inside its lock and signal handlers (``data``: model, guide, the
+    training and the test set)."""
+    model, guide, ds, test = data
     device = resolve_device(cfg.device)
     record = {**record, "versions": versions(), "device": describe_device(device)}
     rows, resumed = _initialise(model, guide, ds, cfg, record, out_dir, resume, reset)
     _prepare(algorithm, model, guide, ds, cfg, resumed)
     if out_dir is not None:
         rundir.write_config(out_dir, record)
-
-    start_epoch = rows[-1]["epoch"] if rows else 0
+    done, counters = _resume_point(rows, resumed)
+    per_epoch = ds.num_batches(cfg.batch_size)
     bar = tqdm(
-        total=(cfg.epochs - start_epoch) * ds.num_batches(cfg.batch_size),
+        total=max(0, (cfg.epochs - done.epoch + 1) * per_epoch - done.batches),
         disable=not (sys.stderr.isatty() if progress is None else progress),
         unit="batch",
         leave=False,
         desc=desc,
     )
-    counters = _Counters.from_history(rows)
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if counters.out_of_budget(cfg):
-            break
-        loss_sum, count, seconds = _train_epoch(
-            algorithm, model, guide, ds, cfg, epoch, counters, bar, callback, out_dir
+    while done.epoch <= cfg.epochs and not (done.batches == 0 and counters.out_of_budget(cfg)):
+        done = _train_epoch(
+            algorithm, model, guide, ds, cfg, done, counters, bar, callback, out_dir, stop
         )
-        counters.train_seconds += seconds
-        counters.seen += count
-        row = {
-            "epoch": epoch,
-            "step": counters.step,
-            "train_loss": loss_sum / count,
-            "epoch_seconds": seconds,
-            "train_seconds": counters.train_seconds,
-            "samples_per_second": count / seconds,
-            "datapoints": counters.seen,
-            **algorithm.epoch_diagnostics(),
-        }
-        if test is not None:
-            row.update(evaluate_epoch(model, guide, test, cfg))
-            set_mode(True, model, guide)
+        if stop.signum is not None and out_dir is not None and done.batches < per_epoch:
+            partial = {**asdict(done), "step": counters.step}
+            save(out_dir, record, model, guide, algorithm, rows, device, partial)
+            raise _interrupted(stop.signum, done.epoch, counters.step, out_dir)
+        row = _epoch_row(algorithm, model, guide, test, cfg, done, counters)
         rows.append(row)
         if verbose:
-            msg = f"epoch {epoch}/{cfg.epochs}  loss/pt {row['train_loss']:.3f}"
+            msg = f"epoch {done.epoch}/{cfg.epochs}  loss/pt {row['train_loss']:.3f}"
             if "test_elbo" in row:
                 msg += f"  test ELBO {row['test_elbo']:.3f}"
-            tqdm.write(msg + f"  ({seconds:.1f} s)", file=sys.stderr)
+            tqdm.write(msg + f"  ({done.seconds:.1f} s)", file=sys.stderr)
         if out_dir is not None:
             save(out_dir, record, model, guide, algorithm, rows, device)
         if epoch_callback is not None:
             epoch_callback(dict(row))
+        if stop.signum is not None and out_dir is not None:
+            raise _interrupted(stop.signum, done.epoch, counters.step, out_dir)
+        done = _EpochProgress(done.epoch + 1)
     bar.close()
     set_mode(False, model, guide)
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)
@@ -460,11 +640,18 @@ def evaluate_epoch(model, guide, test: Dataset, cfg: LoopConfig) -> dict:
 
 
 def save(
-    out_dir: Path, record: dict, model, guide, algorithm, rows: list[dict], device: torch.device
+    out_dir: Path,
+    record: dict,
+    model,
+    guide,
+    algorithm,
+    rows: list[dict],
+    device: torch.device,
+    partial: dict | None = None,
 ) -> None:
     """Checkpoint and history of the epoch just finished (:func:`.rundir.write_epoch`), with
     every tensor on the CPU (a device-free checkpoint) and the CUDA random state where a GPU
-    was used."""
+    was used; ``partial``: how far an interrupted epoch got (the resumed run continues it)."""
     state = {
         "config": record,
         "params": pyro.get_param_store().get_state(),
@@ -473,6 +660,8 @@ def save(
         "rng": torch.get_rng_state(),
         "history": rows,
     }
+    if partial is not None:
+        state["partial"] = partial
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
         state = to_cpu(state)

@@ -78,6 +78,17 @@ class MCEMConfig(LoopConfig):
     #: the objective that fits the proposal
     proposal_objective: str = "trace"
 
+    RANGES = {
+        **LoopConfig.RANGES,
+        "num_samples": (1, True),
+        "first_visit_warmup": (0, True),
+        "m_steps": (1, True),
+        "init_step_size": (0, False),
+        "lr_decay": (0, False),
+        "lr_decay_epochs": (1, True),
+        "proposal_epochs": (0, True),
+    }
+
 
 class MCEMAlgorithm:
     """E-step by a sampler from :data:`aevb.inference.samplers.SAMPLERS`, M-step by Adam;
@@ -209,6 +220,13 @@ class MCEMAlgorithm:
             "visited": self.visited.clone(),
             "t": self.t,
             "log_scale": self.log_scale,
+            # the epoch's diagnostics so far (a checkpoint written mid-epoch continues them)
+            "epoch_diagnostics": {
+                "acc": list(self._acc),
+                "eps": list(self._eps),
+                "divergences": self._divergences,
+                "seconds": (self._e_seconds, self._m_seconds),
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -219,6 +237,11 @@ class MCEMAlgorithm:
         self.step_size = state["step_size"].to(device)
         self.visited = state["visited"].to(device)
         self.t, self.log_scale = state["t"], state["log_scale"]
+        running = state.get("epoch_diagnostics")
+        if running is not None:
+            self._acc, self._eps = list(running["acc"]), list(running["eps"])
+            self._divergences = running["divergences"]
+            self._e_seconds, self._m_seconds = running["seconds"]
 
 
 def fit(
@@ -265,9 +288,7 @@ def fit(
         raise ConfigError(f"unknown MCEM setting(s) {sorted(unknown)}")
     cfg = MCEMConfig(**recipe(model, settings, mcem=True))
     sampler_from_options(cfg.sampler, cfg.sampler_options)  # bad names fail before any run
-    if not cfg.lr_decay > 0:
-        raise ConfigError(f"lr_decay must be > 0, got {cfg.lr_decay}")
-    if cfg.lr_decay != 1.0 and (cfg.lr_decay_epochs is None or cfg.lr_decay_epochs < 1):
+    if cfg.lr_decay != 1.0 and cfg.lr_decay_epochs is None:  # ranges: MCEMConfig.RANGES
         raise ConfigError(
             f"lr_decay={cfg.lr_decay} needs lr_decay_epochs >= 1 (the epochs over which the "
             f"learning rate falls to lr * lr_decay), got {cfg.lr_decay_epochs}"
@@ -322,7 +343,7 @@ def _saved_proposal(out) -> tuple[int, dict] | None:
     proposal (a finished MCEM run), else None."""
     if out is None or not rundir.has_checkpoint(out):
         return None
-    state = rundir.read_checkpoint(out)
+    state = rundir.read_checkpoint(out, fallback=True)
     return (len(state["history"]), state) if "proposal_history" in state else None
 
 

@@ -5,22 +5,34 @@ A run directory holds::
     config.json             what the run is (``loop.make_record`` plus library versions)
     history.csv             one row per epoch
     checkpoint.pt           parameters, optimiser and algorithm state, random state, history
-                            and the record; written atomically after every epoch
+                            and the record; written atomically after every epoch (and when
+                            a run is interrupted, mid-epoch, with where it stopped)
+    checkpoint.prev.pt      the checkpoint before it, kept so that a damaged checkpoint.pt
+                            (a failing disk, a copy cut short) loses one epoch, not the run
+    run.lock                the pid and host of the process training in the folder, held
+                            with an OS lock for as long as it trains (:func:`lock`)
     proposal_history.csv    Monte Carlo EM: the epochs that fitted its proposal q(z|x)
     evaluation.json         ``aevb evaluate`` results, one entry per estimator and k
 
-Every file is written through :func:`atomic_write` (a temporary file and a rename), so a run
-stopped at any moment leaves the previous version whole. Training (:mod:`.loop`), Monte Carlo
-EM's proposal (:mod:`.mcem`), the command line and grids read and write the directory only
-through the functions here.
+Every file is written through :func:`atomic_write` (a temporary file, flushed to disk, and a
+rename), so a run stopped at any moment -- even killed while writing -- leaves the previous
+version whole; a write that fails (a full disk) is an error that says what is still intact.
+Training (:mod:`.loop`), Monte Carlo EM's proposal (:mod:`.mcem`), the command line and
+grids read and write the directory only through the functions here.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +42,7 @@ import torch
 
 from aevb.data.dataset import as_dataset
 from aevb.devices import fork_devices, move, resolve_device
-from aevb.errors import ConfigError
+from aevb.errors import ConfigError, RunDirError, RunLocked
 from aevb.inference import evaluate as ev
 from aevb.models.base import hooks
 
@@ -41,16 +53,39 @@ PROPOSAL_HISTORY = "proposal_history.csv"
 EVALUATION = "evaluation.json"
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` via ``write(tmp_path)`` and an atomic rename: never a half-written file."""
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+LOCK = "run.lock"
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], keep: Path | None = None) -> None:
+    """Write ``path`` via ``write(tmp_path)``, flush it to disk, then rename it over ``path``:
+    never a half-written file. With ``keep``, the version being replaced stays there (a hard
+    link, so ``path`` exists at every moment). A failing write removes the temporary file
+    and raises :class:`~aevb.errors.RunDirError` saying that ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        kept = "its previous version is intact" if path.exists() else "nothing was written"
+        raise RunDirError(
+            f"could not write {path} ({exc.strerror or exc}); {kept}. Free disk space or "
+            "choose another output folder, then resume"
+        ) from None
+    if keep is not None and path.exists():
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(path, keep)
+        except OSError:  # a file system without hard links: a copy
+            shutil.copy2(path, keep)
     os.replace(tmp, path)
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run (a checkpoint)."""
-    return (Path(run_dir) / CHECKPOINT).exists()
+    """Whether ``run_dir`` holds a run (a checkpoint, or the previous one)."""
+    return any((Path(run_dir) / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT))
 
 
 def write_config(run_dir: Path, record: dict) -> None:
@@ -59,31 +94,225 @@ def write_config(run_dir: Path, record: dict) -> None:
     atomic_write(run_dir / CONFIG, lambda p: p.write_text(json.dumps(record, indent=2)))
 
 
+def save_state(state: dict, path: Path) -> None:
+    """Serialise a checkpoint to ``path`` (``torch.save``): the one writer of checkpoints,
+    which the fault-injection tests replace by one that fails half way."""
+    torch.save(state, path)
+
+
+def write_checkpoint(run_dir: Path, state: dict) -> None:
+    """``checkpoint.pt`` (atomically), the one it replaces kept as ``checkpoint.prev.pt``."""
+    atomic_write(
+        run_dir / CHECKPOINT, lambda p: save_state(state, p), keep=run_dir / PREVIOUS_CHECKPOINT
+    )
+
+
 def write_epoch(run_dir: Path, state: dict, rows: list[dict]) -> None:
     """The checkpoint ``state`` and ``history.csv`` (``rows``) after an epoch, each atomically."""
-    atomic_write(run_dir / CHECKPOINT, lambda p: torch.save(state, p))
+    write_checkpoint(run_dir, state)
     frame = pd.DataFrame(rows)
     atomic_write(run_dir / HISTORY, lambda p: frame.to_csv(p, index=False))
 
 
+def _missing(run_dir: str | Path, name: str) -> RunDirError:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return RunDirError(f"{run_dir}: no such run directory")
+    return RunDirError(f"{run_dir / name}: missing; is {run_dir} a run directory?")
+
+
 def read_config(run_dir: str | Path) -> dict:
-    """``config.json`` as a dict."""
-    return json.loads((Path(run_dir) / CONFIG).read_text())
+    """``config.json`` as a dict (a :class:`~aevb.errors.RunDirError` if missing or corrupt)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise _missing(run_dir, CONFIG)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable or not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path}: expected a JSON object, found {type(record).__name__}")
+    return record
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
-    """``history.csv`` as a DataFrame, one row per epoch."""
-    return pd.read_csv(Path(run_dir) / HISTORY)
+    """``history.csv`` as a DataFrame, one row per epoch (a clear error if missing or
+    corrupt)."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        raise _missing(run_dir, HISTORY)
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' parser errors too
+        raise RunDirError(f"{path}: unreadable or not CSV ({exc})") from None
+    if "epoch" not in frame.columns:
+        raise RunDirError(f"{path}: no 'epoch' column; columns found: {list(frame.columns)}")
+    return frame
 
 
-def read_checkpoint(run_dir: str | Path) -> dict:
-    """The last checkpoint of ``run_dir`` (a clear error if there is none), in today's
-    naming of parameters (:func:`upgrade_names`)."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: no {CHECKPOINT}; is this a run directory?")
-    # device-free: a run trained on a GPU loads on a CPU (and is moved where it is used)
-    return upgrade_names(torch.load(path, map_location="cpu", weights_only=False))
+def _load(path: Path) -> dict:
+    """A checkpoint file, or :class:`~aevb.errors.RunDirError` naming it if it is damaged."""
+    try:
+        # device-free: a run trained on a GPU loads on a CPU (and is moved where it is used)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch and pickle raise many kinds for damaged bytes
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunDirError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not {"config", "params", "history"} <= state.keys():
+        raise RunDirError(f"{path}: not an aevb checkpoint (missing config, params or history)")
+    return upgrade_names(state)
+
+
+def _epoch_of(state: dict) -> str:
+    rows = state.get("history") or []
+    return f"epoch {rows[-1]['epoch']}" if rows else "before the first epoch"
+
+
+def read_checkpoint(run_dir: str | Path, *, fallback: bool = False) -> dict:
+    """The last checkpoint of ``run_dir`` in today's naming of parameters
+    (:func:`upgrade_names`); a clear :class:`~aevb.errors.RunDirError` if there is none or
+    it is damaged. A damaged ``checkpoint.pt`` beside a good ``checkpoint.prev.pt``: with
+    ``fallback`` (resuming) the damaged file is set aside as ``checkpoint.corrupt.pt`` and
+    the previous one is used, with a line on stderr saying so; without, the error says that
+    ``--resume`` will use it."""
+    run_dir = Path(run_dir)
+    path, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT
+    if not path.exists() and not prev.exists():
+        raise _missing(run_dir, CHECKPOINT)
+    try:
+        return _load(path if path.exists() else prev)
+    except RunDirError as damaged:
+        if not path.exists() or not prev.exists():
+            raise
+        try:
+            state = _load(prev)
+        except RunDirError:
+            raise RunDirError(f"{damaged}; {prev} is damaged too") from None
+        if not fallback:
+            raise RunDirError(
+                f"{damaged}. The previous checkpoint {prev} ({_epoch_of(state)}) is intact: "
+                "resume the run (--resume) to continue from it"
+            ) from None
+        os.replace(path, run_dir / "checkpoint.corrupt.pt")
+        os.replace(prev, path)
+        print(
+            f"aevb: {damaged}; set aside as checkpoint.corrupt.pt, resuming from the previous "
+            f"checkpoint ({_epoch_of(state)})",
+            file=sys.stderr,
+        )
+        return state
+
+
+# ------------------------------------------------------------------ the run's lock
+
+#: run directories this process holds the lock of (the lock is re-entrant per process)
+_HELD: dict[Path, int] = {}
+
+
+def _owner() -> dict:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _read_owner(path: Path) -> dict:
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _locked_error(run_dir: Path, owner: dict) -> RunLocked:
+    who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+    return RunLocked(
+        f"{run_dir} is in use: another aevb process ({who}, since {owner.get('since', '?')}) "
+        f"is training there. Wait for it, stop it, or choose another output folder (if that "
+        f"process is gone, delete {run_dir / LOCK})"
+    )
+
+
+def _acquire(run_dir: Path) -> int:
+    """Open and lock ``run.lock``; returns its descriptor. An OS lock (``fcntl.lockf``,
+    released by the kernel when its process dies) decides who holds the folder; the file's
+    contents, the holder's pid and host, are for the message. Without OS locks (a file
+    system that refuses them) a lock naming a live process on this host is refused."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    for _ in range(10):  # a holder may unlink the file between our open and our lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        owner = _read_owner(path)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise _locked_error(run_dir, owner) from None
+            mine = owner.get("host") == socket.gethostname()
+            if owner.get("pid") and mine and _pid_alive(int(owner["pid"])):
+                raise _locked_error(run_dir, owner) from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        if owner.get("pid"):
+            print(
+                f"aevb: taking over {path}: its holder (pid {owner['pid']} on "
+                f"{owner.get('host', '?')}) is no longer running",
+                file=sys.stderr,
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(_owner()).encode())
+        os.fsync(fd)
+        return fd
+    raise RunDirError(f"{path}: could not take the lock (the file kept changing)")
+
+
+@contextmanager
+def lock(run_dir: str | Path | None) -> Iterator[None]:
+    """Hold ``run_dir``'s lock for the ``with`` block: a second process training in the same
+    folder is refused with :class:`~aevb.errors.RunLocked` (naming the holder's pid and
+    host); a lock left by a process that died is taken over. Re-entrant within a process;
+    ``None`` (no run directory) holds nothing."""
+    if run_dir is None:
+        yield
+        return
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    created = [p for p in (Path(run_dir), *Path(run_dir).parents) if not p.exists()]
+    fd = _acquire(Path(run_dir))
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        (Path(run_dir) / LOCK).unlink(missing_ok=True)
+        os.close(fd)
+        for folder in created:  # refused before writing anything: leave no empty folders
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 #: ``pyro.module`` names of the guides before the naming convention
@@ -123,7 +352,7 @@ def write_proposal(run_dir: Path, params: Any, modules: list, history: pd.DataFr
     state["params"] = params
     state["modules"] = modules
     state["proposal_history"] = history.to_dict("records")
-    atomic_write(run_dir / CHECKPOINT, lambda p: torch.save(state, p))
+    write_checkpoint(run_dir, state)
     atomic_write(run_dir / PROPOSAL_HISTORY, lambda p: history.to_csv(p, index=False))
 
 
@@ -139,7 +368,15 @@ def record_evaluation(run_dir: str | Path, key: str, result: dict) -> dict:
 def read_evaluations(run_dir: str | Path) -> dict:
     """``evaluation.json`` as a dict (empty if the run has not been evaluated)."""
     path = Path(run_dir) / EVALUATION
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable or not JSON ({exc})") from None
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path}: expected a JSON object, found {type(saved).__name__}")
+    return saved
 
 
 #: Monte Carlo EM settings that older records kept beside MCEM's own, with the defaults

@@ -60,6 +60,8 @@ class FitConfig(LoopConfig):
     #: (an error if the objective has none) / never
     jit: bool | None = None
 
+    RANGES = {**LoopConfig.RANGES, "num_particles": (1, True)}
+
 
 def burda_lr(lr: float, epoch: int) -> float:
     """The learning rate of (1-based) ``epoch`` under Burda et al.'s schedule."""

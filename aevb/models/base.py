@@ -29,6 +29,8 @@ class ModelHooks:
 
     #: ``check_data(x)``: raise a clear error for data of the wrong shape or support
     check_data: Callable[[torch.Tensor], None] | None = None
+    #: ``check_labels(y)``: raise a clear error for labels outside the model's classes
+    check_labels: Callable[[torch.Tensor], None] | None = None
     #: ``init_from_data(x_mean)``: initialise from the training set's mean datapoint
     init_from_data: Callable[[torch.Tensor], None] | None = None
     #: ``set_step(step)``: called before every training step (e.g. an annealed temperature)
@@ -56,6 +58,31 @@ def recipe(model, settings: Mapping[str, Any], mcem: bool = False) -> dict:
     h = hooks(model)
     defaults = (h.mcem_defaults if mcem else None) or h.fit_defaults or {}
     return {**defaults, **settings}
+
+
+def check_dataset(model, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    """The model's own checks of (transformed) datapoints ``x`` and, for a model of labelled
+    data, of their labels ``y``: the one place the data checks run, before training or
+    estimating anything."""
+    h = hooks(model)
+    if h.check_data is not None:
+        h.check_data(x)
+    if h.uses_labels and h.check_labels is not None and y is not None:
+        h.check_labels(y)
+
+
+def check_class_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
+    """Raise a :class:`~aevb.errors.DataError` unless every label is an integer in
+    0..num_classes-1 (the message gives the first bad one and its position)."""
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise DataError(f"{what} expects integer labels, got dtype {y.dtype}")
+    bad = (y < 0) | (y >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise DataError(
+            f"{what} expects labels in 0..{num_classes - 1}, found {int(bad.sum())} outside "
+            f"(the first: {int(y[i])} at datapoint {i})"
+        )
 
 
 def hooks(obj) -> ModelHooks:

@@ -30,6 +30,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from aevb.models.base import check_class_labels
 from aevb.models.nets import cat_broadcast, diagonal_gaussian, one_hot, register
 from aevb.models.vae import VAE, VAEConfig
 
@@ -80,6 +81,10 @@ class CVAE(VAE):
         """p(z | y) for one-hot labels [..., C]."""
         loc, raw = self.prior_net(y1h).chunk(2, dim=-1)
         return diagonal_gaussian(loc, raw, self.config.min_scale)
+
+    def check_labels(self, y: torch.Tensor) -> None:
+        """Labels must be integers in 0..num_classes-1 (a clear error, not an index error)."""
+        check_class_labels(y, self.context_dim, type(self).__name__)
 
     def decode_given(self, z: torch.Tensor, y1h: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z, y)."""
