@@ -171,6 +171,11 @@ def read_array_file(path: str | Path) -> dict[str, np.ndarray]:
     if kind is None:
         raise DataError(f"{path}: expected a .npz or .npy file, an IDX folder or a dataset name")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        expected = b"\x93NUMPY" if path.suffix == ".npy" else b"PK"
+        if not magic.startswith(expected):
+            raise ValueError(f"it does not start with the format's magic bytes {expected!r}")
         if path.suffix == ".npy":
             arrays = {"x": np.load(path, allow_pickle=False)}
         else:

@@ -156,7 +156,7 @@ def _load(path: Path) -> dict:
         # device-free: a run trained on a GPU loads on a CPU (and is moved where it is used)
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch and pickle raise many kinds for damaged bytes
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise RunDirError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
     if not isinstance(state, dict) or not {"config", "params", "history"} <= state.keys():
         raise RunDirError(f"{path}: not an aevb checkpoint (missing config, params or history)")
