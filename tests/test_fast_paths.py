@@ -99,20 +99,27 @@ def test_frozen_parameters_are_not_stepped(binary_data):
 COMPILED = sorted(name for name, o in OBJECTIVES.items() if o.make_jit is not None)
 
 
-def test_the_registry_compiles_trace_and_meanfield():
-    assert COMPILED == ["meanfield", "trace"]
+def test_the_registry_compiles_trace_meanfield_and_the_renyi_family():
+    assert COMPILED == ["iwae", "meanfield", "renyi", "trace"]
+
+
+#: the alpha each compiled objective is checked at (the Renyi family: a positive and a
+#: negative one besides iwae's 0)
+ALPHAS = {"renyi": [0.5, -1.0]}
 
 
 @pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("name", COMPILED)
-def test_every_compiled_objective_computes_its_eager_loss_and_gradients(binary_data, name, k):
+@pytest.mark.parametrize("name, alpha", [(n, a) for n in COMPILED for a in ALPHAS.get(n, [None])])
+def test_every_compiled_objective_computes_its_eager_loss_and_gradients(
+    binary_data, name, alpha, k
+):
     """For every registry name with a compiled form: under one seed, the compiled loss and
-    gradients equal the eager objective's (``make_objective``), in float64 where the two
-    orders of summation agree to ~1e-12."""
+    gradients equal the eager objective's (``make_objective``: Pyro's own ELBO classes), in
+    float64 where the two orders of summation agree to ~1e-12."""
     model, guide = _vae()
     model.double(), guide.double()
     x = binary_data[:32].double()
-    jitted = make_jit_objective(name, k)
+    jitted = make_jit_objective(name, k, alpha=alpha)
     jitted.loss_and_grads(model, guide, x)  # compile (on a forked random stream)
     store = pyro.get_param_store()
     for p in store.values():
@@ -123,7 +130,7 @@ def test_every_compiled_objective_computes_its_eager_loss_and_gradients(binary_d
     for p in store.values():
         p.grad = None
     torch.manual_seed(1)
-    loss = make_objective(name, k).loss_and_grads(model, guide, x)
+    loss = make_objective(name, k, alpha).loss_and_grads(model, guide, x)
     assert loss_jit == pytest.approx(loss, rel=1e-10)
     assert set(grads_jit) == set(store.keys())
     for key, v in store.items():
@@ -146,11 +153,11 @@ def test_jit_selection():
     model, guide = _vae()
     assert use_jit("trace", model, guide, None)
     assert use_jit("meanfield", model, guide, None)
-    assert not use_jit("iwae", model, guide, None)  # no compiled RenyiELBO
+    assert use_jit("iwae", model, guide, None)  # aevb's compiled RenyiELBO
     assert not use_jit("trace", models.build("gmvae", x_dim=16), guide, None)
     assert not use_jit("trace", model, guide, False)
     with pytest.raises(ConfigError, match="no compiled form"):
-        use_jit("iwae", model, guide, True)
+        use_jit("enum", model, guide, True)
 
 
 def test_uneven_last_batch_trains_under_jit(binary_data):

@@ -49,7 +49,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
-from aevb.inference.jit import PerSignature, jit_meanfield, jit_trace
+from aevb.inference.jit import PerSignature, jit_meanfield, jit_renyi, jit_trace
 from aevb.models.base import hooks
 
 
@@ -63,9 +63,9 @@ class Objective:
     summary: str
     #: how the objective needs the guide prepared (enum: discrete sites enumerated)
     prepare_guide: Callable = lambda guide: guide  # noqa: E731
-    #: the compiled form, ``make_jit(num_particles, max_plate_nesting) -> ELBO``, if any
-    #: (:mod:`aevb.inference.jit`)
-    make_jit: Callable[[int, int], ELBO] | None = None
+    #: the compiled form, ``make_jit(num_particles, max_plate_nesting, alpha) -> ELBO``, if
+    #: any (:mod:`aevb.inference.jit`)
+    make_jit: Callable[[int, int, float | None], ELBO] | None = None
     #: particles per datapoint when none are given (the library's and the CLI's default):
     #: 5 for the importance-weighted family (Burda et al.'s k = 5), 1 for the ELBOs
     default_particles: int = 1
@@ -123,6 +123,7 @@ OBJECTIVES: dict[str, Objective] = {
         lambda k, a, n: RenyiELBO(0.0, k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
         True,
         "importance-weighted bound with k particles (Burda et al.)",
+        make_jit=jit_renyi,
         default_particles=5,
         refuses_score_function=lambda alpha: _no_gradient_at_alpha_zero(0.0),
     ),
@@ -130,6 +131,7 @@ OBJECTIVES: dict[str, Objective] = {
         _renyi,
         True,
         "Renyi alpha bound (Li & Turner); alpha=0 is iwae",
+        make_jit=jit_renyi,
         default_particles=5,
         refuses_score_function=_no_gradient_at_alpha_zero,
         takes_alpha=True,
@@ -199,11 +201,17 @@ def use_jit(name: str, model, guide, jit: bool | None) -> bool:
     return bool(jit)
 
 
-def make_jit_objective(name: str, num_particles: int = 1, max_plate_nesting: int = 1):
+def make_jit_objective(
+    name: str, num_particles: int = 1, max_plate_nesting: int = 1, alpha: float | None = None
+):
     """The compiled form of ``name``, one trace per argument signature."""
     make = OBJECTIVES[name].make_jit
     assert make is not None
-    return PerSignature(lambda: make(num_particles, max_plate_nesting))
+    if OBJECTIVES[name].takes_alpha:
+        check_alpha(name, alpha)
+    else:
+        alpha = None
+    return PerSignature(lambda: make(num_particles, max_plate_nesting, alpha))
 
 
 def check_compatible(name: str, model, guide, *args, alpha: float | None = None) -> None:

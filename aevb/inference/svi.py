@@ -87,7 +87,7 @@ class SVIAlgorithm:
         if k is None:
             k = OBJECTIVES[cfg.objective].default_particles
         self.elbo: Any = (
-            make_jit_objective(cfg.objective, k, cfg.max_plate_nesting)
+            make_jit_objective(cfg.objective, k, cfg.max_plate_nesting, cfg.alpha)
             if self.jit
             else make_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
         )
