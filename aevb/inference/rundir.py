@@ -126,13 +126,18 @@ def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise _missing(run_dir, CONFIG)
+    return _read_json_object(path)
+
+
+def _read_json_object(path: Path) -> dict:
+    """A JSON object from ``path``, or a :class:`~aevb.errors.RunDirError` naming the file."""
     try:
-        record = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{path}: unreadable or not JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise RunDirError(f"{path}: expected a JSON object, found {type(record).__name__}")
-    return record
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def read_history(run_dir: str | Path) -> pd.DataFrame:
@@ -368,15 +373,7 @@ def record_evaluation(run_dir: str | Path, key: str, result: dict) -> dict:
 def read_evaluations(run_dir: str | Path) -> dict:
     """``evaluation.json`` as a dict (empty if the run has not been evaluated)."""
     path = Path(run_dir) / EVALUATION
-    if not path.exists():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path}: unreadable or not JSON ({exc})") from None
-    if not isinstance(saved, dict):
-        raise RunDirError(f"{path}: expected a JSON object, found {type(saved).__name__}")
-    return saved
+    return _read_json_object(path) if path.exists() else {}
 
 
 #: Monte Carlo EM settings that older records kept beside MCEM's own, with the defaults
