@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from torch_reference import ReferenceVAE, train_steps  # noqa: E402
+from torch_reference import ReferenceVAE, importance_sampled_ll, train_steps  # noqa: E402
 
 from aevb import data, devices, guides, inference, models, runs  # noqa: E402
 from aevb.inference import evaluate as ev  # noqa: E402
@@ -238,16 +238,56 @@ def is_child(args) -> None:
         slices.append(time.perf_counter() - t)
         lls.append(b.log_likelihood)
     seconds = time.perf_counter() - t0
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "seconds_median_slice": statistics.median(slices) * len(slices),
-                "peak_rss_mb": peak_rss_mb(),
-                "log_likelihood": float(torch.cat(lls).mean()),
-            }
-        )
-    )
+    result = {
+        "seconds": seconds,
+        "seconds_median_slice": statistics.median(slices) * len(slices),
+        "peak_rss_mb": peak_rss_mb(),
+        "log_likelihood": float(torch.cat(lls).mean()),
+    }
+    result.update(is_against_reference(model, guide, x[:100].to(device), args.is_k, args.reps))
+    print(json.dumps(result))
+
+
+def is_against_reference(model, guide, x: torch.Tensor, k: int, reps: int | None) -> dict:
+    """The package's IS-k against the same IS written by hand (``torch_reference``), on the
+    same weights, images and chunk size, interleaved: ``is_ratio_vs_reference`` = reference
+    seconds / package seconds (>= 1: the package is as fast), median over repetitions, for the
+    reference with the package's product-form likelihood and with PyTorch's
+    ``binary_cross_entropy_with_logits`` (``..._bce``)."""
+    ref = ReferenceVAE().to(x.device)
+    ref.encoder.load_state_dict(guide.net.state_dict())
+    ref.decoder.load_state_dict(model.decoder.state_dict())
+    chunk = max(1, min(k, devices.chunk_elements(x.device, ev.MAX_ELEMENTS) // (x.shape[0] * 784)))
+
+    def timed(fn) -> tuple[float, torch.Tensor]:
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t, out
+
+    contenders = {
+        "package": lambda: ev.bounds(model, guide, x, k, batch_size=x.shape[0]).log_likelihood,
+        "reference": lambda: importance_sampled_ll(ref, x, k, chunk, product_form=True),
+        "reference_bce": lambda: importance_sampled_ll(ref, x, k, chunk, product_form=False),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    values = {}
+    for _ in range(reps or 3):
+        for name, fn in contenders.items():
+            seconds, values[name] = timed(fn)
+            times[name].append(seconds)
+    ratio = {
+        name: statistics.median(r / p for r, p in zip(times[name], times["package"]))
+        for name in ("reference", "reference_bce")
+    }
+    return {
+        "ratio_vs_reference": ratio["reference"],
+        "ratio_vs_reference_bce": ratio["reference_bce"],
+        "reference_minus_package_ll": float(
+            (values["reference"].cpu() - values["package"].cpu()).mean()
+        ),
+    }
 
 
 def bench_is(args, model, guide, workdir: Path) -> dict:
@@ -289,6 +329,9 @@ def bench_is(args, model, guide, workdir: Path) -> dict:
         "machine_matmul_gflops": peak,
         "is_gflops_fraction_of_peak": achieved / peak,
         "is5000_log_likelihood": res["log_likelihood"],
+        "is_ratio_vs_reference": res["ratio_vs_reference"],
+        "is_ratio_vs_reference_bce": res["ratio_vs_reference_bce"],
+        "is_reference_minus_package_ll": res["reference_minus_package_ll"],
     }
     label = " (extrapolated)" if images < 10_000 else ""
     log(

@@ -148,7 +148,7 @@ class DecoderModel(LatentVariableModel):
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z)."""
-        return self.likelihood.make(self.decoder(z)).to_event(1)
+        return self.likelihood.pixels(self.decoder(z))
 
     def init_from_data(self, x_mean: torch.Tensor) -> None:
         """Set the decoder's output bias to logit(mean pixel): the model starts at the

@@ -88,7 +88,7 @@ class CVAE(VAE):
 
     def decode_given(self, z: torch.Tensor, y1h: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z, y)."""
-        return self.likelihood.make(self.decoder(cat_broadcast(z, y1h))).to_event(1)
+        return self.likelihood.pixels(self.decoder(cat_broadcast(z, y1h)))
 
     def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None):  # type: ignore[override]
         register(self.name, self)

@@ -7,7 +7,7 @@ rather than deep inside Pyro.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
@@ -23,6 +23,58 @@ def _unit(x: torch.Tensor) -> bool:
     return bool(((x >= 0) & (x <= 1)).all())
 
 
+#: pixels per group in :func:`bernoulli_log_prob_sum`'s products: each factor lies in
+#: [1/2, 1), so a group's product is at least 2^-64, far inside float32's range (2^-126), and
+#: its rounding error is about 64 ulp (4e-6 relative, 4e-6 absolute after the log)
+PRODUCT_GROUP = 64
+
+
+def bernoulli_log_prob_sum(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_d log Bernoulli(x_d; sigmoid(l_d)) over the last dimension, in five passes.
+
+    With log sigmoid(l) = min(l, 0) - log(1 + exp(-|l|)) and min(l, 0) = (l - |l|) / 2,
+    the Bernoulli log-mass x l - softplus(l) = log sigmoid(l) + (x - 1) l gives::
+
+        sum_d log p(x_d | l_d) = (x - 1/2) . l - (1/2) sum_d |l_d| + log prod_d sigmoid(|l_d|)
+
+    ``(x - 1/2) . l`` is a contraction (no [..., D] product is materialised) and the
+    logarithm is taken once per group of :data:`PRODUCT_GROUP` factors instead of once per
+    pixel. The value agrees with ``Bernoulli(logits=l).log_prob(x).sum(-1)`` to float
+    rounding (tests/test_models.py). It is used where no gradient is asked for (evaluation),
+    since training differentiates the fused elementwise kernel instead.
+    """
+    a = logits.abs()
+    total = torch.einsum("...d,...d->...", logits, x.to(logits.dtype) - 0.5) - 0.5 * a.sum(-1)
+    a.sigmoid_()
+    d = a.shape[-1]
+    main = d - d % PRODUCT_GROUP
+    if main:
+        groups = a[..., :main].unflatten(-1, (main // PRODUCT_GROUP, PRODUCT_GROUP))
+        total = total + groups.prod(-1).log_().sum(-1)
+    if main < d:
+        total = total + a[..., main:].log().sum(-1)
+    return total
+
+
+class BernoulliPixels(dist.Independent):
+    """Independent Bernoulli pixels (event dimension 1) whose ``log_prob``, when no gradient
+    flows through the logits, is :func:`bernoulli_log_prob_sum`: same distribution, same
+    values to float rounding, about five times less elementwise work in evaluation."""
+
+    def log_prob(self, value):
+        base = self.base_dist
+        logits = base.logits if isinstance(base, dist.Bernoulli) else None
+        if (
+            logits is None
+            or self.reinterpreted_batch_ndims != 1
+            or (torch.is_grad_enabled() and logits.requires_grad)
+        ):
+            return super().log_prob(value)
+        if self._validate_args:
+            self._validate_sample(value)
+        return bernoulli_log_prob_sum(logits, value)
+
+
 @dataclass(frozen=True)
 class Likelihood:
     """A decoder-logits -> distribution map, with the support it needs and its mean."""
@@ -32,6 +84,12 @@ class Likelihood:
     support: str
     #: the data transform this likelihood is meant for (see aevb.data.BINARIZATIONS)
     default_binarize: str
+    #: the event wrapper of :meth:`pixels` (an Independent over the last dimension)
+    event: type[dist.Independent] = field(default=dist.Independent)
+
+    def pixels(self, logits: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z) over the last dimension: the pixels independent given the logits."""
+        return self.event(self.make(logits), 1)
 
     def check(self, x: torch.Tensor, name: str) -> None:
         """Raise a clear :class:`~aevb.errors.DataError` if ``x`` lies outside the support."""
@@ -46,7 +104,11 @@ class Likelihood:
 LIKELIHOODS: dict[str, Likelihood] = {
     # Bernoulli(sigmoid(logits)), the likelihood of Kingma & Welling and Burda et al.
     "bernoulli": Likelihood(
-        lambda logits: dist.Bernoulli(logits=logits), _binary, "{0, 1}", "dynamic"
+        lambda logits: dist.Bernoulli(logits=logits),
+        _binary,
+        "{0, 1}",
+        "dynamic",
+        event=BernoulliPixels,
     ),
     # Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1],
     # used by the aevb-tutorial on dequantised MNIST.

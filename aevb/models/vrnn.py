@@ -147,7 +147,7 @@ class VRNN(LatentVariableModel):
     def emission(self, z: torch.Tensor, h: torch.Tensor) -> dist.TorchDistribution:
         """p(x_t | z_t, h_{t-1})."""
         logits = self.emit_net(cat_broadcast(self.act(self.phi_z(z)), h))
-        return self.likelihood.make(logits).to_event(1)
+        return self.likelihood.pixels(logits)
 
     def forward(
         self,
