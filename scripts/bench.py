@@ -345,46 +345,114 @@ def bench_is(args, model, guide, workdir: Path) -> dict:
 # ------------------------------------------------------------------------------------- MCEM
 
 
+#: independent chains per datapoint for the vectorised sampler's headline row
+ESS_CHAINS = 16
+
+
 def bench_ess(model, args) -> dict:
     _, test = data.load("mnist", "dynamic")
     x = test.subset(args.ess_batch).fixed(0).x.to(DEVICE)
     warmup, draws = (60, 150) if args.quick else (100, 300)
     rows = {}
-    for name, options in (
-        ("hmc", {}),
-        ("nuts", {}),
-        ("batched-hmc", {}),
-        ("hmc-identity-mass", {"adapt_mass": False}),
+    for name, sampler, options, chains in (
+        ("hmc", "hmc", {}, 1),
+        ("nuts", "nuts", {}, 1),
+        ("batched-hmc", "batched-hmc", {}, 1),
+        (f"batched-hmc-{ESS_CHAINS}-chains", "batched-hmc", {}, ESS_CHAINS),
+        ("hmc-identity-mass", "hmc", {"adapt_mass": False}, 1),
     ):
-        sampler = name.replace("-identity-mass", "")
-        r = measure_ess(model, x, sampler, warmup, draws, seed=0, options=options)
+        r = measure_ess(model, x, sampler, warmup, draws, seed=0, options=options, chains=chains)
         rows[name] = r
         log(
-            f"ess {name:18s}: {r['ess_per_second_per_datapoint']:7.2f} ESS/s per datapoint "
-            f"(median ESS {r['ess_per_datapoint_median']:.0f} of {draws}, {r['seconds']:.1f} s, "
-            f"accept {r['accept_prob']:.2f}, step {r['step_size']:.3f})"
+            f"ess {name:24s}: {r['ess_per_second_per_datapoint']:7.2f} ESS/s per datapoint "
+            f"(median ESS {r['ess_per_datapoint_median']:.0f} of {chains} x {draws}, "
+            f"{r['seconds']:.1f} s, accept {r['accept_prob']:.2f}, step {r['step_size']:.3f}, "
+            f"split R-hat max {r['rhat_max']:.3f})"
         )
     rate = {k: v["ess_per_second_per_datapoint"] for k, v in rows.items()}
+    many = rows[f"batched-hmc-{ESS_CHAINS}-chains"]
     # the same comparison on a minibatch of 100 (the SVI part's batch): Pyro's joint chain
     # then spans 100 datapoints
-    x100 = test.subset(100).fixed(0).x
+    x100 = test.subset(100).fixed(0).x.to(DEVICE)
     big = {
-        name: measure_ess(model, x100, name, warmup, draws, seed=0)["ess_per_second_per_datapoint"]
-        for name in ("hmc", "batched-hmc")
+        name: measure_ess(model, x100, sampler, warmup, draws, seed=0, chains=chains)
+        for name, sampler, chains in (
+            ("hmc", "hmc", 1),
+            ("batched-hmc", "batched-hmc", 1),
+            (f"batched-hmc-{ESS_CHAINS}-chains", "batched-hmc", ESS_CHAINS),
+        )
     }
-    log(f"ess batch 100: hmc {big['hmc']:.2f}, batched-hmc {big['batched-hmc']:.2f} ESS/s")
+    big_rate = {k: v["ess_per_second_per_datapoint"] for k, v in big.items()}
+    log("ess batch 100: " + ", ".join(f"{k} {v:.2f}" for k, v in big_rate.items()) + " ESS/s")
+    two = pyro_two_processes(model, x, warmup, draws)
     return {
-        "ess_per_s_batched_over_pyro_hmc_batch100": big["batched-hmc"] / big["hmc"],
-        "ess_per_s_per_datapoint_batch100": big,
+        "ess_per_s_batched_chains_over_pyro_hmc": many["ess_per_second_per_datapoint"]
+        / rate["hmc"],
+        "ess_per_s_batched_chains_over_pyro_hmc_batch100": big_rate[
+            f"batched-hmc-{ESS_CHAINS}-chains"
+        ]
+        / big_rate["hmc"],
+        "ess_chains": ESS_CHAINS,
+        "ess_batched_chains_rhat_max": many["rhat_max"],
+        "ess_batched_chains_rhat_median": many["rhat_median"],
+        "ess_batched_chains_rhat_fraction_below_1_01": many["rhat_fraction_below_1_01"],
+        "ess_batched_chains_rhat_max_batch100": big[f"batched-hmc-{ESS_CHAINS}-chains"]["rhat_max"],
+        "ess_per_s_batched_over_pyro_hmc_batch100": big_rate["batched-hmc"] / big_rate["hmc"],
+        "ess_per_s_per_datapoint_batch100": big_rate,
         "ess_per_s_batched_over_pyro_hmc": rate["batched-hmc"] / rate["hmc"],
         "ess_per_s_batched_over_pyro_hmc_identity_mass": rate["batched-hmc"]
         / rate["hmc-identity-mass"],
         "ess_per_s_per_datapoint": rate,
         "ess_per_datapoint_median": {k: v["ess_per_datapoint_median"] for k, v in rows.items()},
+        "ess_pyro_hmc_two_processes_over_one": two,
         "ess_batch": args.ess_batch,
         "ess_warmup": warmup,
         "ess_draws": draws,
     }
+
+
+def pyro_two_processes(model, x: torch.Tensor, warmup: int, draws: int) -> float:
+    """Pyro's HMC with ``MCMC(num_chains=2)`` (two forked processes, one chain each) against
+    its single chain, ESS per second of the whole run (warm-up included, as Pyro times its
+    chains only together): is a second process Pyro's better configuration on these cores?"""
+    from pyro.infer import HMC, MCMC
+    from pyro.ops.stats import effective_sample_size
+
+    from aevb.inference.samplers import Latents
+
+    latents = Latents(model, (x,))
+
+    def potential_fn(params):
+        return -latents.log_joint(params["u"], (x,)).sum()
+
+    rate = {}
+    for chains in (1, 2):
+        torch.manual_seed(0)
+        u0 = torch.stack([latents.prior_draw((x,)) for _ in range(chains)])
+        kernel = HMC(
+            potential_fn=potential_fn,
+            step_size=0.1,
+            num_steps=10,
+            adapt_mass_matrix=True,
+            target_accept_prob=0.9,
+        )
+        mcmc = MCMC(
+            kernel,
+            num_samples=draws,
+            warmup_steps=warmup,
+            num_chains=chains,
+            initial_params={"u": u0 if chains > 1 else u0[0]},
+            disable_progbar=True,
+            mp_context="fork" if chains > 1 else None,
+        )
+        t0 = time.perf_counter()
+        mcmc.run()
+        seconds = time.perf_counter() - t0
+        samples = mcmc.get_samples(group_by_chain=True)["u"]  # [C, S, B, D]
+        ess = effective_sample_size(samples, chain_dim=0, sample_dim=1).min(-1).values
+        rate[chains] = float(ess.median()) / seconds
+    log(f"Pyro hmc, num_chains=2 in two processes / one chain: {rate[2] / rate[1]:.2f}")
+    return rate[2] / rate[1]
 
 
 # ------------------------------------------------------------------------------------- main
@@ -483,9 +551,17 @@ def summary(r: dict) -> str:
         lines.append(
             f"  IS-5000, 10k test images: {r['is5000_seconds']:.0f} s{ex}, "
             f"{r['is_gflops_fraction_of_peak']:.2f} of peak matmul GFLOP/s, "
-            f"peak RSS {r['is_peak_rss_mb']:.0f} MB"
+            f"peak RSS {r['is_peak_rss_mb']:.0f} MB; hand-written IS / package "
+            f"{r['is_ratio_vs_reference']:.2f} (with PyTorch's BCE: "
+            f"{r['is_ratio_vs_reference_bce']:.2f})"
         )
     if "ess_per_s_batched_over_pyro_hmc" in r:
+        lines.append(
+            f"  E-step ESS/s, batched-hmc x {r['ess_chains']} chains / Pyro hmc: "
+            f"{r['ess_per_s_batched_chains_over_pyro_hmc']:.1f} (batch 100: "
+            f"{r['ess_per_s_batched_chains_over_pyro_hmc_batch100']:.1f}; split R-hat max "
+            f"{r['ess_batched_chains_rhat_max']:.3f})"
+        )
         lines.append(
             f"  E-step ESS/s, batched-hmc / Pyro hmc: "
             f"{r['ess_per_s_batched_over_pyro_hmc']:.1f} (identity-mass Pyro hmc: "

@@ -350,6 +350,25 @@ MUTANTS = [
         "cov = self.W @ self.W.T + torch.diag(self.sigma)",
         ("tests/test_fa.py",),
     ),
+    # performance (issue 20): the fast paths must still compute the same thing
+    Mutant(
+        "perf-chains-pooled-across-datapoints",
+        "performance",
+        "measure_ess pools chains of different datapoints",
+        "aevb/inference/samplers.py",
+        "state.samples.reshape(draws, chains, batch, -1).transpose(0, 1)",
+        "state.samples.reshape(draws, batch, chains, -1).transpose(0, 2).transpose(1, 2)",
+        ("tests/test_samplers.py",),
+    ),
+    Mutant(
+        "perf-product-form-drops-the-tail",
+        "performance",
+        "the product-form Bernoulli forgets the pixels past the last full group",
+        "aevb/models/likelihoods.py",
+        "        total = total + a[..., main:].log().sum(-1)",
+        "        total = total + 0.0",
+        ("tests/test_fast_paths.py",),
+    ),
     # faults (issue 19): what keeps a run alive through a signal, a kill, a bad disk
     Mutant(
         "fault-resume-restarts-the-epoch",

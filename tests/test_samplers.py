@@ -28,6 +28,7 @@ from aevb.inference.samplers import (
     kinetic_energy,
     leapfrog,
     make_sampler,
+    measure_ess,
     metropolis,
 )
 
@@ -225,3 +226,22 @@ def test_sampler_leaves_the_exact_fa_posterior_invariant(
     low, high = (0.45, 0.8) if name == "batched-hmc" else (0.3, 0.95)
     assert low < float(state.accept_prob.mean()) < high
     _assert_standard_normal(_whitened(truth, x, state.samples))
+
+
+def test_chains_per_datapoint_are_pooled_per_datapoint(fa_posterior):
+    """measure_ess(chains=C) runs C chains for each datapoint and pools only those: on FA
+    datapoints whose exact posteriors lie many posterior sds apart, pooling the wrong rows
+    (another datapoint's chains) would put split-R-hat far above 1, and pooling C chains
+    multiplies the effective sample size."""
+    truth, x = fa_posterior
+    x = 4 * x  # the posterior mean is linear in x, its covariance does not depend on x
+    post = truth.exact_posterior(x)
+    sd = torch.diagonal(post.covariance_matrix, dim1=-2, dim2=-1).sqrt().max()
+    gaps = torch.cdist(post.mean, post.mean) + torch.eye(len(x)) * 1e9
+    assert float(gaps.min()) > 2 * float(sd)  # the datapoints' posteriors are told apart
+    one = measure_ess(truth, x, "batched-hmc", warmup=100, draws=200, chains=1)
+    many = measure_ess(truth, x, "batched-hmc", warmup=100, draws=200, chains=8)
+    assert many["chains"] == 8 and many["batch"] == len(x)
+    assert many["rhat_max"] < 1.05, many
+    assert many["rhat_fraction_below_1_01"] >= 0.5
+    assert many["ess_per_datapoint_median"] > 4 * one["ess_per_datapoint_median"]
