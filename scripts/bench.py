@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from torch_reference import ReferenceVAE, importance_sampled_ll, train_steps  # noqa: E402
+from user_vae import UserVAE  # noqa: E402
 
 from aevb import data, devices, guides, inference, models, runs  # noqa: E402
 from aevb.inference import evaluate as ev  # noqa: E402
@@ -93,7 +94,7 @@ def reference_rate(images: torch.Tensor, objective: str, k: int, steps: int, see
 def package_rate(train, model_name: str, objective: str, k: int, steps: int, seed: int, **kw):
     """Steady-state images/s (or s/step) of ``inference.fit``'s own loop: steps are
     timestamped by the loop's callback and the first 10 (compilation, warm-up) dropped."""
-    model = models.build(model_name, **kw.pop("model_kw", {}))
+    model = kw.pop("model", None) or models.build(model_name, **kw.pop("model_kw", {}))
     guide = kw.pop("guide", None) or guides.default_for(model)
     stamps: list[float] = []
     batch = kw.pop("batch_size", BATCH)
@@ -140,7 +141,31 @@ def bench_svi(train, reps: int, steps: int) -> dict:
         out[f"svi_{name}_images_per_s_reference"] = statistics.median(ref)
         out[f"svi_{name}_steps_timed"] = n
         log(f"svi {name}: ratio median {out[f'svi_ratio_{name}']:.3f} (min {min(ratios):.3f})")
+    out.update(bench_user_model(train, reps, steps))
     return out
+
+
+def bench_user_model(train, reps: int, steps: int) -> dict:
+    """A user's own VAE (``scripts/user_vae.py``, Pyro's example's shape, the reference's
+    architecture) through ``inference.fit`` under ``trace``: probed and compiled (the
+    default) and eager (``jit=False``), each against the hand-written step, interleaved."""
+    ratios: dict[str, list[float]] = {"probed": [], "eager": []}
+    for rep in range(reps):
+        r = reference_rate(train.x, "trace", 1, steps, seed=rep)
+        for label, jit in (("probed", None), ("eager", False)):
+            user = UserVAE().to(DEVICE)
+            p, _ = package_rate(
+                train, "user", "trace", 1, steps, rep, model=user.model, guide=user.guide, jit=jit
+            )
+            ratios[label].append(p / r)
+        log(
+            f"svi user-vae rep {rep}: probed {ratios['probed'][-1]:.3f}, eager "
+            f"{ratios['eager'][-1]:.3f} of hand-written"
+        )
+    return {
+        "svi_ratio_user_vae": statistics.median(ratios["probed"]),
+        "svi_ratio_user_vae_eager": statistics.median(ratios["eager"]),
+    }
 
 
 def bench_models(steps: int) -> dict:
@@ -540,6 +565,11 @@ def summary(r: dict) -> str:
                 f"({r[f'svi_{name}_images_per_s_package']:.0f} vs "
                 f"{r[f'svi_{name}_images_per_s_reference']:.0f} images/s)"
             )
+    if "svi_ratio_user_vae" in r:
+        lines.append(
+            f"  svi user-vae : package / hand-written {r['svi_ratio_user_vae']:.3f} "
+            f"(eager: {r['svi_ratio_user_vae_eager']:.3f})"
+        )
     for name in ("cvae", "gmvae", "vrnn"):
         if f"{name}_seconds_per_epoch_extrapolated" in r:
             lines.append(

@@ -369,6 +369,24 @@ MUTANTS = [
         "        total = total + 0.0",
         ("tests/test_fast_paths.py",),
     ),
+    Mutant(
+        "perf-probe-trusts-any-trace",
+        "performance",
+        "the jit probe keeps a compiled objective whose loss differs from the eager one",
+        "aevb/inference/jit.py",
+        "                if not math.isclose(loss_jit, loss, rel_tol=rtol, abs_tol=1e-6):",
+        "                if False:",
+        ("tests/test_fast_paths.py",),
+    ),
+    Mutant(
+        "perf-probe-draws-from-the-run",
+        "performance",
+        "the jit probe draws from the run's random stream",
+        "aevb/inference/jit.py",
+        "        with torch.random.fork_rng(devices=[]), quiet_trace():\n            for i, args",
+        "        with quiet_trace():\n            for i, args",
+        ("tests/test_fast_paths.py",),
+    ),
     # faults (issue 19): what keeps a run alive through a signal, a kill, a bad disk
     Mutant(
         "fault-resume-restarts-the-epoch",

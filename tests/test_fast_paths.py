@@ -8,13 +8,15 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from aevb import guides, inference, models
+from aevb.data.dataset import as_dataset
 from aevb.errors import ConfigError
-from aevb.inference.jit import PerSignature, jit_meanfield, signature
+from aevb.inference.jit import PerSignature, compiled_matches_eager, jit_meanfield, signature
 from aevb.inference.loop import apply_gradients
 from aevb.inference.objectives import (
     OBJECTIVES,
     make_jit_objective,
     make_objective,
+    should_probe_jit,
     use_jit,
 )
 from aevb.inference.optim import Adam
@@ -202,3 +204,136 @@ def test_the_decoder_distribution_keeps_its_gradient_path_and_its_shape():
         torch.testing.assert_close(d.log_prob(x), plain.log_prob(x), rtol=1e-6, atol=1e-5)
         expanded = d.expand(torch.Size([2, 4]))
         assert isinstance(expanded, BernoulliPixels) and expanded.log_prob(x).shape == (2, 4)
+
+
+# --- a user's own pair: compiled when the compiled form reproduces the eager one ----------
+
+
+def _user_model(x):
+    w = pyro.param("W", 0.1 * torch.ones(x.shape[-1], 2))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(2), 1.0).to_event(1))
+        pyro.sample("x", pyro.distributions.Normal(z @ w.T, 1.0).to_event(1), obs=x)
+
+
+def _user_guide(x):
+    v = pyro.param("V", torch.zeros(2, x.shape[-1]))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", pyro.distributions.Normal(x @ v.T, 1.0).to_event(1))
+
+
+def _branchy_model(x):
+    """Branches in Python on its data: a trace freezes the branch of the batch it saw."""
+    w = pyro.param("W", 0.1 * torch.ones(x.shape[-1], 2))
+    scale = 1.0 if float(x[:, 0].mean()) > 0 else 3.0
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", pyro.distributions.Normal(x.new_zeros(2), 1.0).to_event(1))
+        pyro.sample("x", pyro.distributions.Normal(z @ w.T, scale).to_event(1), obs=x)
+
+
+def _svi(model, guide, objective="trace", **settings):
+    from aevb.inference.svi import FitConfig, SVIAlgorithm
+
+    return SVIAlgorithm(model, guide, FitConfig(objective=objective, **settings))
+
+
+def test_only_an_undeclared_pair_without_step_hooks_is_probed():
+    vae, encoder = _vae()
+    assert should_probe_jit("trace", _user_model, _user_guide, None)
+    assert should_probe_jit("iwae", _user_model, encoder, None)  # the guide promises
+    assert not should_probe_jit("trace", vae, encoder, None)  # both promise: compiled
+    assert not should_probe_jit("trace", models.build("fa"), _user_guide, None)  # FA: no
+    assert not should_probe_jit("trace", _user_model, _user_guide, False)
+    assert not should_probe_jit("enum", _user_model, _user_guide, None)  # no compiled form
+    gmvae = models.build("gmvae", x_dim=16)
+    assert not should_probe_jit("trace", gmvae, guides.default_for(gmvae), None)
+
+
+@pytest.mark.parametrize("objective, k", [("trace", 1), ("iwae", 5)])
+def test_a_users_pair_is_compiled_and_trains_as_it_would_eagerly(objective, k):
+    """The README's pair is probed, compiled, and trains to the eager run's losses: to float
+    rounding, which also shows that the probe drew nothing from the run's random stream
+    (another draw would move the losses by Monte Carlo noise, ~1e-2 here)."""
+    x = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
+    pyro.clear_param_store()
+    alg = _svi(_user_model, _user_guide, objective, num_particles=k)
+    alg.prepare(as_dataset(x), (x[:32],))
+    assert alg.jit
+
+    def losses(jit):
+        pyro.clear_param_store()
+        kw = dict(num_particles=k, epochs=2, batch_size=32, seed=3, progress=False, jit=jit)
+        run = inference.fit(_user_model, _user_guide, x, objective, **kw)
+        return run.history["train_loss"].to_numpy()
+
+    probed, eager = losses(None), losses(False)
+    assert abs(probed - eager).max() < 1e-4 * abs(eager).max(), (probed, eager)
+
+
+def test_a_pair_whose_trace_differs_on_other_data_trains_eagerly_with_a_notice(capsys):
+    """Batches taking the model's two branches: the compiled loss on the second is the
+    first's branch replayed, so the probe keeps the eager objective and says why."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    positive = x[:, 0].abs().unsqueeze(-1) * torch.ones(6)  # first column > 0
+    negative = -positive
+    pyro.clear_param_store()
+    alg = _svi(_branchy_model, _user_guide)
+    alg.prepare(as_dataset(negative), (positive[:32],))
+    assert not alg.jit
+    err = capsys.readouterr().err
+    assert "training trace eagerly" in err and "batch 2: compiled loss" in err
+    assert err.count("\n") == 1  # one line
+    # the same model on batches of one branch only is indistinguishable from a static one;
+    # the check draws nothing from the caller's random stream
+    torch.manual_seed(12345)
+    rng = torch.get_rng_state()
+    why = compiled_matches_eager(
+        make_jit_objective("trace"),
+        make_objective("trace"),
+        _branchy_model,
+        _user_guide,
+        [(positive[:32],), (positive[32:],)],
+    )
+    assert why is None
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_probed_pair_is_checked_again_at_every_epoch_and_drops_a_stale_trace(capsys):
+    """State a trace cannot see (a flag set between epochs that adds a site): the check at
+    epoch 3's start finds the compiled loss stale and trains eagerly from then on."""
+    flag = {"on": False}
+
+    def model(x):
+        _user_model(x)
+        if flag["on"]:
+            pyro.factor("extra", -x.abs().sum())
+
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    algs = []
+
+    def after_step(epoch, step, loss):
+        flag["on"] = epoch >= 2
+
+    from aevb.inference import svi
+
+    real = svi.SVIAlgorithm
+
+    class Spy(real):  # records the algorithm fit builds
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            algs.append(self)
+
+    svi.SVIAlgorithm = Spy
+    try:
+        run = inference.fit(model, _user_guide, x, "trace", epochs=3, batch_size=32,
+                            progress=False, callback=after_step)  # fmt: skip
+    finally:
+        svi.SVIAlgorithm = real
+    err = capsys.readouterr().err
+    assert "training trace compiled" in err
+    assert "epoch 3: training trace eagerly from now on" in err
+    assert not algs[0].jit
+    # the eager epoch 3 sees the extra term: its loss jumps by about E|x| summed (~4.8 / point)
+    losses = run.history["train_loss"].to_numpy()
+    assert losses[2] - losses[1] > 3.0, losses

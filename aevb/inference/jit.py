@@ -199,3 +199,57 @@ def jit_renyi(k: int, nesting: int, alpha: float | None = 0.0) -> ELBO:
     return JitRenyiELBO(
         0.0 if alpha is None else alpha, k, max_plate_nesting=nesting, vectorize_particles=k > 1
     )
+
+
+def param_grads() -> dict[str, torch.Tensor]:
+    """The gradient of every unconstrained parameter in Pyro's store (zeros where none)."""
+    return {
+        name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for name, p in pyro.get_param_store().named_parameters()
+    }
+
+
+def clear_grads() -> None:
+    """Drop every gradient in Pyro's store, so a probe leaves the first step untouched."""
+    for _, p in pyro.get_param_store().named_parameters():
+        p.grad = None
+
+
+def compiled_matches_eager(
+    compiled: PerSignature, eager: Any, model, guide, batches, rtol: float = 1e-3
+) -> str | None:
+    """Check a compiled objective against the eager one on ``batches`` (argument tuples):
+    under one seed per batch, the same loss (relative ``rtol``) and, for every parameter, the
+    same gradient (max difference <= ``rtol`` x the gradient's largest entry + 1e-6). Returns
+    None when they agree, else why not (a failed trace, or the first difference).
+
+    A trace records one execution, so a model that branches in Python on its data or on a
+    changing value computes something else when replayed on other data: comparing on more
+    than one batch is what catches it. It cannot catch a branch that these batches all take
+    the same way; a model that has one should say ``jit_compatible = False``. Runs on a forked
+    random stream and leaves no gradients behind.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]), quiet_trace():
+            for i, args in enumerate(batches):
+                compiled._get(model, guide, args, {})  # compile outside the comparison
+                clear_grads()
+                torch.manual_seed(1000 + i)
+                loss = eager.loss_and_grads(model, guide, *args)
+                want = param_grads()
+                clear_grads()
+                torch.manual_seed(1000 + i)
+                loss_jit = compiled.loss_and_grads(model, guide, *args)
+                got = param_grads()
+                if not math.isclose(loss_jit, loss, rel_tol=rtol, abs_tol=1e-6):
+                    return f"batch {i + 1}: compiled loss {loss_jit:.6g}, eager {loss:.6g}"
+                for name, g in want.items():
+                    h = got.get(name, torch.zeros_like(g))
+                    if float((h - g).abs().max()) > rtol * float(g.abs().max()) + 1e-6:
+                        return f"batch {i + 1}: the gradient of {name!r} differs"
+    except Exception as exc:  # noqa: BLE001 - any failure to trace means: stay eager
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"it could not be traced ({type(exc).__name__}: {first[:120]})"
+    finally:
+        clear_grads()
+    return None

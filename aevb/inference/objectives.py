@@ -185,12 +185,13 @@ def make_objective(
 
 
 def use_jit(name: str, model, guide, jit: bool | None) -> bool:
-    """Whether to train with the objective's compiled form.
+    """Whether to train with the objective's compiled form without checking it first.
 
     ``jit=None`` (the default) compiles when the objective has a compiled form and both model
     and guide declare ``jit_compatible = True`` (static structure, see
     :mod:`aevb.inference.jit`); ``True`` insists (an error if the objective has none);
-    ``False`` never compiles.
+    ``False`` never compiles. A pair that declares nothing is probed instead
+    (:func:`should_probe_jit`).
     """
     has = name in OBJECTIVES and OBJECTIVES[name].make_jit is not None
     if jit is None:
@@ -199,6 +200,23 @@ def use_jit(name: str, model, guide, jit: bool | None) -> bool:
         compiled = sorted(k for k, o in OBJECTIVES.items() if o.make_jit is not None)
         raise ConfigError(f"objective {name!r} has no compiled form; jit works with {compiled}")
     return bool(jit)
+
+
+def should_probe_jit(name: str, model, guide, jit: bool | None) -> bool:
+    """Whether to try the compiled form and keep it only if it reproduces the eager loss and
+    gradients on the first batches (:func:`aevb.inference.jit.compiled_matches_eager`).
+
+    That is the default (``jit=None``) for a pair that makes no promise either way: a user's
+    own Pyro functions or modules, with neither ``jit_compatible`` attribute set to False, and
+    no per-step hook (``set_step``: an annealed value a trace would freeze). The package's
+    own models all declare theirs.
+    """
+    if jit is not None or name not in OBJECTIVES or OBJECTIVES[name].make_jit is None:
+        return False
+    declared = [getattr(f, "jit_compatible", None) for f in (model, guide)]
+    if False in declared or all(d is True for d in declared):
+        return False
+    return all(hooks(f).set_step is None for f in (model, guide))
 
 
 def make_jit_objective(

@@ -19,14 +19,18 @@ References:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from aevb.data.dataset import as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import loop
+from aevb.inference.jit import compiled_matches_eager
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.objectives import (
     OBJECTIVES,
@@ -34,6 +38,7 @@ from aevb.inference.objectives import (
     check_compatible,
     make_jit_objective,
     make_objective,
+    should_probe_jit,
     use_jit,
 )
 from aevb.inference.optim import Adam
@@ -86,6 +91,10 @@ class SVIAlgorithm:
         k = cfg.num_particles
         if k is None:
             k = OBJECTIVES[cfg.objective].default_particles
+        self.k = k
+        #: the eager objective and the batch a probed compiled one is re-checked on
+        self.eager: Any = None
+        self.probe_batch: tuple = ()
         self.elbo: Any = (
             make_jit_objective(cfg.objective, k, cfg.max_plate_nesting, cfg.alpha)
             if self.jit
@@ -100,11 +109,42 @@ class SVIAlgorithm:
         self.lr = cfg.lr
 
     def prepare(self, ds, first_batch) -> None:
-        # refuse a wrong (model, guide, objective) before anything is written
-        """Refuse a (model, guide, objective) that would train silently wrong."""
-        check_compatible(
-            self.cfg.objective, self.model, self.guide, *first_batch, alpha=self.cfg.alpha
+        """Refuse a (model, guide, objective) that would train silently wrong; for a pair
+        that declares nothing about its structure, compile the objective if the compiled
+        form reproduces the eager loss and gradients on two batches."""
+        cfg = self.cfg
+        check_compatible(cfg.objective, self.model, self.guide, *first_batch, alpha=cfg.alpha)
+        if should_probe_jit(cfg.objective, self.model, self.guide, cfg.jit):
+            self._probe_jit(ds, first_batch)
+
+    def _probe_jit(self, ds, first_batch) -> None:
+        cfg = self.cfg
+        x = first_batch[0]
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        labels = hooks(self.model).uses_labels
+        second = next(
+            ds.batches(x.shape[0], shuffle=True, labels=labels, generator=g, device=x.device)
         )
+        compiled = make_jit_objective(cfg.objective, self.k, cfg.max_plate_nesting, cfg.alpha)
+        why = compiled_matches_eager(
+            compiled, self.elbo, self.model, self.train_guide, [first_batch, second]
+        )
+        if why is None:
+            self.eager, self.elbo, self.jit = self.elbo, compiled, True
+            self.probe_batch = first_batch
+            print(
+                f"aevb: training {cfg.objective} compiled: its trace reproduced the eager "
+                "loss and gradients on two batches (checked again at every epoch's start; a "
+                "model that reads Python state changing during training should set "
+                "jit_compatible = False, or pass jit=False)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"aevb: training {cfg.objective} eagerly: the compiled objective was tried "
+                f"and {why} (set jit=False to skip the check)",
+                file=sys.stderr,
+            )
 
     def step(self, args, index) -> float:
         """One objective evaluation and Adam step on the minibatch; returns the summed loss."""
@@ -113,9 +153,22 @@ class SVIAlgorithm:
         return float(loss)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Set the learning rate the schedule gives this (1-based) epoch."""
+        """Set the learning rate the schedule gives this (1-based) epoch; a probed compiled
+        objective is checked against the eager one again (a trace cannot see Python state
+        that changes between epochs) and dropped, with a notice, if they now differ."""
         self.lr = LR_SCHEDULES[self.cfg.lr_schedule](self.cfg.lr, epoch)
         self.optim.set_lr(self.lr)
+        if self.eager is not None and self.jit:
+            why = compiled_matches_eager(
+                self.elbo, self.eager, self.model, self.train_guide, [self.probe_batch]
+            )
+            if why is not None:
+                self.elbo, self.jit = self.eager, False
+                print(
+                    f"aevb: epoch {epoch}: training {self.cfg.objective} eagerly from now on: "
+                    f"the compiled objective no longer matches the eager one ({why})",
+                    file=sys.stderr,
+                )
 
     def epoch_diagnostics(self) -> dict:
         """The learning rate, when it follows a schedule."""

@@ -97,6 +97,9 @@ class LatentVariableModel(nn.Module):
     config: Any
     default_guide = "gaussian"
     uses_labels = False
+    #: the package's models declare whether a trace of them is valid (the VAE and CVAE: yes);
+    #: only a user's own, undeclared pair is probed (aevb.inference.objectives.should_probe_jit)
+    jit_compatible = False
 
     @classmethod
     def config_from_data(cls, data) -> dict:
