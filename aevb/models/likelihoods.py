@@ -32,7 +32,7 @@ PRODUCT_GROUP = 64
 def bernoulli_log_prob_sum(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_d log Bernoulli(x_d; sigmoid(l_d)) over the last dimension, in five passes.
 
-    With log sigmoid(l) = min(l, 0) - log(1 + exp(-|l|)) and min(l, 0) = (l - |l|) / 2,
+    With ``log sigmoid(l) = min(l, 0) - log(1 + exp(-|l|))`` and ``min(l, 0) = (l - |l|) / 2``,
     the Bernoulli log-mass x l - softplus(l) = log sigmoid(l) + (x - 1) l gives::
 
         sum_d log p(x_d | l_d) = (x - 1/2) . l - (1/2) sum_d |l_d| + log prod_d sigmoid(|l_d|)
