@@ -189,3 +189,69 @@ def test_bounds_against_the_evidence_by_numerical_integration():
     gap, se = exact - w.mean(0), w.std(0) / math.sqrt(40000)
     assert (gap > -3 * se).all(), (gap, se)
     assert gap.sum() > 5 * se.pow(2).sum().sqrt(), (gap, se)
+
+
+def _loss_and_grads(model, guide, x, objective, k, share):
+    """Loss and every parameter's gradient under seed 3, the guide's recurrence shared with
+    the model (the default) or recomputed by the model (``share=False``)."""
+    if not share:  # the model never finds the guide's recurrence
+        model.__dict__["_take_shared"] = lambda x: None
+    try:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(3)
+        loss = make_objective(objective, k).loss_and_grads(model, guide, x)
+        params = list(model.parameters()) + list(guide.parameters())
+        grads = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        return loss, grads
+    finally:
+        model.__dict__.pop("_take_shared", None)
+
+
+@pytest.mark.parametrize("objective, k", [("trace", 1), ("iwae", 4)])
+def test_the_model_reuses_the_guides_recurrence_exactly(vrnn, objective, k):
+    """Taking the guide's h_t instead of recomputing it changes nothing: the same loss and
+    the same gradients in float64 (the recurrence is the same function of the same z_t)."""
+    model, guide = vrnn
+    model.double(), guide.double()
+    x = _x().double()
+    shared = _loss_and_grads(model, guide, x, objective, k, share=True)
+    recomputed = _loss_and_grads(model, guide, x, objective, k, share=False)
+    assert shared[0] == pytest.approx(recomputed[0], rel=1e-12)
+    for a, b in zip(shared[1], recomputed[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_other_latents_are_not_given_the_guides_recurrence(vrnn):
+    """After the guide ran on x, the model replaying *other* draws of z computes its own
+    recurrence: its log joint equals that of a model that never saw the guide."""
+    model, guide = vrnn
+    x = _x()
+    other = poutine.trace(guide).get_trace(x)  # draws the model will replay
+    poutine.trace(guide).get_trace(x)  # the guide runs again on the same x: new z_t
+
+    def log_joint():
+        replayed = poutine.trace(poutine.replay(model, trace=other)).get_trace(x)
+        return replayed.log_prob_sum()
+
+    got = log_joint()
+    model.__dict__["_take_shared"] = lambda x: None
+    try:
+        expected = log_joint()
+    finally:
+        model.__dict__.pop("_take_shared")
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_the_vrnn_is_compiled_and_its_compiled_objective_is_the_eager_one(vrnn):
+    from aevb.inference.jit import compiled_matches_eager
+    from aevb.inference.objectives import make_jit_objective, use_jit
+
+    model, guide = vrnn
+    assert use_jit("trace", model, guide, None)
+    mask = torch.ones(12, 5, dtype=torch.bool)
+    mask[:4, 3:] = False
+    for args in ([(_x(),), (_x(seed=1),)], [(_x(), mask), (_x(seed=1), mask)]):
+        compiled, eager = make_jit_objective("trace"), make_objective("trace")
+        assert compiled_matches_eager(compiled, eager, model, guide, args) is None

@@ -35,6 +35,8 @@ class RecurrentEncoder(nn.Module):
 
     name = "recurrent"
     config_class = RecurrentEncoderConfig
+    #: static structure, like its VRNN: SVI may compile the objective (aevb.inference.jit)
+    jit_compatible = True
 
     def __init__(self, config: RecurrentEncoderConfig | None = None, model=None):
         super().__init__()
@@ -68,6 +70,7 @@ class RecurrentEncoder(nn.Module):
         register(model.name, model)  # the shared recurrence, under the model's own name
         seqs = model.sequences(x)
         state = model.initial_state(seqs.shape[0], x)
+        shared = model.share_recurrence(x)
         with pyro.plate("data", seqs.shape[0]):
             for t in pyro.markov(range(seqs.shape[1])):
                 m: Any = True if mask is None else mask[:, t].bool()
@@ -75,3 +78,4 @@ class RecurrentEncoder(nn.Module):
                 with pyro.poutine.mask(mask=m):
                     z = pyro.sample(f"z_{t}", self.step_posterior(fx, model.hidden(state)))
                 state = model.advance(state, fx, z)
+                shared.append((z, state))

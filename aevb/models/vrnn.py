@@ -69,6 +69,9 @@ class VRNN(LatentVariableModel):
     fit_defaults = {"batch_size": 100, "lr": 1e-3}
     #: rows of x > 0.5, the aevb-tutorial's VRNN data
     default_binarize = "threshold"
+    #: static structure for a given sequence length and mask shape (the mask is an argument,
+    #: the loop over steps is fixed): SVI compiles it (aevb.inference.jit)
+    jit_compatible = True
 
     def __init__(self, config: VRNNConfig | None = None):
         super().__init__()
@@ -162,6 +165,7 @@ class VRNN(LatentVariableModel):
         batch = self.batch_size(seqs, num_samples)
         like = next(self.parameters())
         state = self.initial_state(batch, like)
+        shared = self._take_shared(x)
         xs = []
         with pyro.plate("data", batch):
             for t in pyro.markov(range(c.seq_len)):
@@ -172,8 +176,28 @@ class VRNN(LatentVariableModel):
                     obs = None if seqs is None else seqs[:, t]
                     x_t = pyro.sample(f"x_{t}", self.emission(z, h), obs=obs)
                 xs.append(x_t)
-                state = self.advance(state, self.features_x(x_t), z)
+                if shared is not None and t < len(shared) and shared[t][0] is z:
+                    state = shared[t][1]  # the guide's h_t: the same function of the same z
+                else:
+                    shared = None
+                    state = self.advance(state, self.features_x(x_t), z)
         return torch.stack(xs, -2)
+
+    def share_recurrence(self, x: torch.Tensor) -> list:
+        """A list the recurrent guide fills with ``(z_t, state_t)`` as it runs the recurrence
+        on ``x``. When the model then runs on the same ``x`` and replays the guide's very
+        tensors z_t (as every ELBO and IS does), h_t is the same function of the same inputs,
+        so the model takes the guide's state instead of computing the recurrence a second
+        time: the same values and gradients, half the recurrent work. Any other z_t (prior
+        samples, MCMC, a conditioned model) is recomputed from there on."""
+        steps: list = []
+        self.__dict__["_shared"] = (x, steps)
+        return steps
+
+    def _take_shared(self, x) -> list | None:
+        """The guide's recurrence on this very ``x``, once (then forgotten)."""
+        shared = self.__dict__.pop("_shared", None)
+        return shared[1] if shared is not None and x is not None and shared[0] is x else None
 
     @torch.no_grad()
     def generate(self, n: int) -> torch.Tensor:
