@@ -48,6 +48,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_references import ReferenceGMVAE, ReferenceVRNN  # noqa: E402
+from model_references import seconds_per_step as model_seconds_per_step  # noqa: E402
 from torch_reference import ReferenceVAE, importance_sampled_ll, train_steps  # noqa: E402
 from user_vae import UserVAE  # noqa: E402
 
@@ -168,37 +170,61 @@ def bench_user_model(train, reps: int, steps: int) -> dict:
     }
 
 
-def bench_models(steps: int) -> dict:
-    """Seconds per epoch of the other models under their CLI defaults (extrapolated)."""
+#: the hand-written yardsticks of the other models (``scripts/model_references.py``)
+MODEL_REFERENCES = {"gmvae": ReferenceGMVAE, "vrnn": ReferenceVRNN}
+
+
+def package_seconds_per_step(name: str, steps: int) -> tuple[float, int, str, int]:
+    """Seconds per step of model ``name`` under its CLI defaults (``inference.fit``'s own
+    loop, the first 5 steps dropped); also its batch size, objective and training set size."""
+    spec = RunSpec.from_flat({"model": name, "device": str(DEVICE)})
+    resolved = runs.resolve(spec)
+    train, model, guide = resolved.train, resolved.model, resolved.guide
+    objective, _ = runs.objective_of(spec)
+    settings = recipe(model, runs.fit_settings(spec))
+    batch = settings.get("batch_size", 20)
+    stamps: list[float] = []
+    inference.fit(
+        model,
+        guide,
+        train,
+        objective,
+        epochs=1,
+        max_steps=steps + 5,
+        batch_size=batch,
+        lr=settings.get("lr", 1e-3),
+        progress=False,
+        callback=lambda e, s, loss: stamps.append(time.perf_counter()),
+    )
+    return (stamps[-1] - stamps[4]) / (len(stamps) - 5), batch, objective, len(train)
+
+
+def bench_models(steps: int, reps: int) -> dict:
+    """Seconds per epoch of the other models under their CLI defaults (extrapolated), and
+    for the GMVAE and the VRNN the hand-written step's seconds over the package's (same
+    architecture, estimator, batch and Adam), median over ``reps`` interleaved repetitions."""
     out: dict = {}
+    images = data.load("mnist")[0].x
     for name in ("cvae", "gmvae", "vrnn"):
-        spec = RunSpec.from_flat({"model": name, "device": str(DEVICE)})
-        resolved = runs.resolve(spec)
-        train, model, guide = resolved.train, resolved.model, resolved.guide
-        objective, _ = runs.objective_of(spec)
-        settings = recipe(model, runs.fit_settings(spec))
-        batch = settings.get("batch_size", 20)
         t0 = time.perf_counter()
-        stamps: list[float] = []
-        inference.fit(
-            model,
-            guide,
-            train,
-            objective,
-            epochs=1,
-            max_steps=steps + 5,
-            batch_size=batch,
-            lr=settings.get("lr", 1e-3),
-            progress=False,
-            callback=lambda e, s, loss, stamps=stamps: stamps.append(time.perf_counter()),
-        )
-        per_step = (stamps[-1] - stamps[4]) / (len(stamps) - 5)
-        epoch = per_step * math.ceil(len(train) / batch)
+        ratios = []
+        for rep in range(reps if name in MODEL_REFERENCES else 1):
+            per_step, batch, objective, n = package_seconds_per_step(name, steps)
+            if name in MODEL_REFERENCES:
+                ref = model_seconds_per_step(
+                    MODEL_REFERENCES[name]().to(DEVICE), images, batch, steps, 1e-3, rep
+                )
+                ratios.append(ref / per_step)
+                log(f"{name} rep {rep}: package {per_step:.4f} s/step, hand-written {ref:.4f}")
+        epoch = per_step * math.ceil(n / batch)
         out[f"{name}_seconds_per_epoch_extrapolated"] = epoch
         out[f"{name}_batch_size"] = batch
+        if ratios:
+            out[f"{name}_ratio_vs_reference"] = statistics.median(ratios)
         log(
             f"{name} ({objective}, batch {batch}): {epoch:.1f} s/epoch ({steps} steps timed, "
             f"{time.perf_counter() - t0:.0f} s)"
+            + (f", hand-written / package {statistics.median(ratios):.3f}" if ratios else "")
         )
     return out
 
@@ -491,7 +517,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (3; quick 2)")
     p.add_argument("--ess-batch", type=int, default=20, help="minibatch for the E-step")
-    p.add_argument("--part", default="all", choices=["all", "svi", "is", "ess", "is-child"])
+    p.add_argument(
+        "--part", default="all", choices=["all", "svi", "models", "is", "ess", "is-child"]
+    )
     p.add_argument("--is-images", type=int, default=10_000, help=argparse.SUPPRESS)
     p.add_argument("--is-k", type=int, default=5000, help=argparse.SUPPRESS)
     p.add_argument("--model-state", help=argparse.SUPPRESS)
@@ -519,7 +547,8 @@ def main(argv=None) -> None:
     train, _ = data.load("mnist", "dynamic")
     if args.part in ("all", "svi"):
         result.update(bench_svi(train, reps, steps))
-        result.update(bench_models(20 if args.quick else 60))
+    if args.part in ("all", "svi", "models"):
+        result.update(bench_models(20 if args.quick else 60, reps))
     if args.part in ("all", "is", "ess"):
         # one decoder and encoder for the IS and E-step parts: the VAE after a short training
         model = models.build("vae")
@@ -572,9 +601,11 @@ def summary(r: dict) -> str:
         )
     for name in ("cvae", "gmvae", "vrnn"):
         if f"{name}_seconds_per_epoch_extrapolated" in r:
+            ratio = r.get(f"{name}_ratio_vs_reference")
             lines.append(
                 f"  {name:5s} seconds/epoch (extrapolated): "
                 f"{r[f'{name}_seconds_per_epoch_extrapolated']:.1f}"
+                + (f"; hand-written / package {ratio:.3f}" if ratio is not None else "")
             )
     if "is5000_seconds" in r:
         ex = " (extrapolated)" if r["is5000_seconds_extrapolated"] else ""

@@ -387,6 +387,24 @@ MUTANTS = [
         "        with quiet_trace():\n            for i, args",
         ("tests/test_fast_paths.py",),
     ),
+    Mutant(
+        "perf-vrnn-shares-any-recurrence",
+        "performance",
+        "the VRNN takes the guide's recurrence for latents the guide did not draw",
+        "aevb/models/vrnn.py",
+        "if shared is not None and t < len(shared) and shared[t][0] is z:",
+        "if shared is not None and t < len(shared):",
+        ("tests/test_vrnn.py",),
+    ),
+    Mutant(
+        "perf-vrnn-shares-a-stale-state",
+        "performance",
+        "the recurrent guide hands the model the state before its step",
+        "aevb/guides/recurrent.py",
+        "state = model.advance(state, fx, z)\n                shared.append((z, state))",
+        "shared.append((z, state))\n                state = model.advance(state, fx, z)",
+        ("tests/test_vrnn.py",),
+    ),
     # faults (issue 19): what keeps a run alive through a signal, a kill, a bad disk
     Mutant(
         "fault-resume-restarts-the-epoch",

@@ -102,8 +102,8 @@ def test_frozen_parameters_are_not_stepped(binary_data):
 COMPILED = sorted(name for name, o in OBJECTIVES.items() if o.make_jit is not None)
 
 
-def test_the_registry_compiles_trace_meanfield_and_the_renyi_family():
-    assert COMPILED == ["iwae", "meanfield", "renyi", "trace"]
+def test_the_registry_compiles_trace_meanfield_enum_and_the_renyi_family():
+    assert COMPILED == ["enum", "iwae", "meanfield", "renyi", "trace"]
 
 
 #: the alpha each compiled objective is checked at (the Renyi family: a positive and a
@@ -157,10 +157,12 @@ def test_jit_selection():
     assert use_jit("trace", model, guide, None)
     assert use_jit("meanfield", model, guide, None)
     assert use_jit("iwae", model, guide, None)  # aevb's compiled RenyiELBO
-    assert not use_jit("trace", models.build("gmvae", x_dim=16), guide, None)
+    assert use_jit("enum", models.build("gmvae", x_dim=16), guide, None)  # discrete y
+    # the relaxed GMVAE reads an annealed temperature: not traced
+    assert not use_jit("trace", models.build("gmvae", x_dim=16, relaxed=True), guide, None)
     assert not use_jit("trace", model, guide, False)
     with pytest.raises(ConfigError, match="no compiled form"):
-        use_jit("enum", model, guide, True)
+        use_jit("enum-meanfield", model, guide, True)
 
 
 def test_uneven_last_batch_trains_under_jit(binary_data):
@@ -244,7 +246,7 @@ def test_only_an_undeclared_pair_without_step_hooks_is_probed():
     assert not should_probe_jit("trace", vae, encoder, None)  # both promise: compiled
     assert not should_probe_jit("trace", models.build("fa"), _user_guide, None)  # FA: no
     assert not should_probe_jit("trace", _user_model, _user_guide, False)
-    assert not should_probe_jit("enum", _user_model, _user_guide, None)  # no compiled form
+    assert not should_probe_jit("enum-meanfield", _user_model, _user_guide, None)  # none compiled
     gmvae = models.build("gmvae", x_dim=16)
     assert not should_probe_jit("trace", gmvae, guides.default_for(gmvae), None)
 

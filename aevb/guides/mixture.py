@@ -54,6 +54,12 @@ class MixtureEncoder(nn.Module):
     name = "mixture"
     config_class = MixtureEncoderConfig
 
+    @property
+    def jit_compatible(self) -> bool:  # type: ignore[override]
+        """Static structure with a discrete y; the relaxed (Gumbel-softmax) variant reads an
+        annealed temperature that a trace would freeze."""
+        return not self.config.relaxed
+
     def __init__(self, config: MixtureEncoderConfig | None = None):
         super().__init__()
         self.config = c = config or MixtureEncoderConfig()

@@ -49,7 +49,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
-from aevb.inference.jit import PerSignature, jit_meanfield, jit_renyi, jit_trace
+from aevb.inference.jit import PerSignature, jit_enum, jit_meanfield, jit_renyi, jit_trace
 from aevb.models.base import hooks
 
 
@@ -143,6 +143,7 @@ OBJECTIVES: dict[str, Objective] = {
         # expand=True: enumerated one-hot values have the full batch shape, so a guide can
         # concatenate them with per-datapoint features (PYRO_NOTES, enumeration shapes)
         lambda guide: config_enumerate(guide, "parallel", expand=True),
+        make_jit=jit_enum,
     ),
     "enum-meanfield": Objective(
         lambda k, a, n: TraceEnumMeanField_ELBO(

@@ -97,6 +97,12 @@ class GMVAE(DecoderModel):
     #: accuracy 0.46 / 0.51 against 0.54 / 0.52 without)
     init_output_bias = False
 
+    @property
+    def jit_compatible(self) -> bool:  # type: ignore[override]
+        """Static structure with a discrete y; the relaxed (Gumbel-softmax) variant reads an
+        annealed temperature that a trace would freeze."""
+        return not self.config.relaxed
+
     def __init__(self, config: GMVAEConfig | None = None):
         super().__init__()
         self.config = c = config or GMVAEConfig()
