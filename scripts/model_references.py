@@ -39,17 +39,13 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_reference import mlp
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return mlp(sizes, nn.ReLU)
 
 
 def _gaussian(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,12 +27,13 @@ from torch import nn
 LOG_2PI = math.log(2 * math.pi)
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers of ``sizes``, ``activation`` between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.Tanh())
+            layers.append(activation())
     return nn.Sequential(*layers)
 
 
