@@ -678,7 +678,7 @@ def measure_ess(
         and localization: an improved R-hat for assessing convergence of MCMC.
     """
     if chains < 1:
-        raise ValueError(f"chains must be >= 1, got {chains}")
+        raise ConfigError(f"chains: must be >= 1, got {chains}")
     pyro.set_rng_seed(seed)
     batch = x.shape[0]
     xs = x.repeat(chains, *([1] * (x.dim() - 1)))  # chain-major rows: c * B + i

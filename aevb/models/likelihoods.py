@@ -40,7 +40,7 @@ def bernoulli_log_prob_sum(logits: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     ``(x - 1/2) . l`` is a contraction (no [..., D] product is materialised) and the
     logarithm is taken once per group of :data:`PRODUCT_GROUP` factors instead of once per
     pixel. The value agrees with ``Bernoulli(logits=l).log_prob(x).sum(-1)`` to float
-    rounding (tests/test_models.py). It is used where no gradient is asked for (evaluation),
+    rounding (tests/test_fast_paths.py). It is used where no gradient is asked for (evaluation),
     since training differentiates the fused elementwise kernel instead.
     """
     a = logits.abs()
