@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--objective",
         default=None,
-        help="trace|meanfield|iwae|renyi|enum|enum-meanfield (default: the model's)",
+        help="trace|meanfield|stl|iwae|renyi|enum|enum-meanfield (default: the model's)",
     )
     t.add_argument(
         "--particles",

@@ -10,6 +10,7 @@ for
                     (Williams 1992; no baseline)
     trace           SGVB estimator A: the reparameterised ELBO, every term sampled
     meanfield       SGVB estimator B: the KL term analytic (Kingma & Welling 2013)
+    stl             trace without log q's score term (Roeder et al. 2017)
     iwae k          the k-sample importance-weighted bound (Burda et al. 2015)
 
 on factor analysis (the true fa-synthetic model, the linear guide at its exact posterior
@@ -53,6 +54,7 @@ ESTIMATORS = (
     ("score function", "trace", 1, True),
     ("trace (A)", "trace", 1, False),
     ("meanfield (B)", "meanfield", 1, False),
+    ("stl", "stl", 1, False),
     ("iwae k=5", "iwae", 5, False),
     ("iwae k=50", "iwae", 50, False),
 )

@@ -11,6 +11,8 @@ iwae        ``RenyiELBO(alpha=0)``                       the k-sample importance
                                                          log (1/k) sum_i p(x,z_i)/q(z_i|x)
                                                          (Burda et al. 2015)
 renyi       ``RenyiELBO(alpha)``                         the Renyi alpha bound (Li & Turner 2016)
+stl         ``Trace_ELBO``, log q's parameters     the ELBO's gradient without the score
+            held fixed (:mod:`.pathwise`)                term of log q (Roeder et al. 2017)
 enum        ``TraceEnum_ELBO``                           the ELBO with the guide's discrete
                                                          sites summed out exactly (parallel
                                                          enumeration), the rest sampled
@@ -50,6 +52,7 @@ from pyro.poutine.util import prune_subsample_sites
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
 from aevb.inference.jit import PerSignature, jit_enum, jit_meanfield, jit_renyi, jit_trace
+from aevb.inference.pathwise import check_pathwise, jit_stl, make_stl
 from aevb.models.base import hooks
 
 
@@ -74,6 +77,9 @@ class Objective:
     refuses_score_function: Callable[[float | None], str | None] = lambda alpha: None  # noqa: E731
     #: the objective has an alpha (the Renyi family): it needs one, and no other does
     takes_alpha: bool = False
+    #: the gradient holds log q's parameters fixed (STL): exact only for guides whose sites
+    #: do not depend on other latents (:func:`aevb.inference.pathwise.check_pathwise`)
+    pathwise: bool = False
 
 
 def _no_gradient_at_alpha_zero(alpha: float | None) -> str | None:
@@ -135,6 +141,13 @@ OBJECTIVES: dict[str, Objective] = {
         default_particles=5,
         refuses_score_function=_no_gradient_at_alpha_zero,
         takes_alpha=True,
+    ),
+    "stl": Objective(
+        make_stl,
+        False,
+        "ELBO, score term of log q dropped: sticking the landing (Roeder et al.)",
+        make_jit=jit_stl,
+        pathwise=True,
     ),
     "enum": Objective(
         lambda k, a, n: TraceEnum_ELBO(k, max_plate_nesting=n, vectorize_particles=_vectorize(k)),
@@ -257,6 +270,8 @@ def check_compatible(name: str, model, guide, *args, alpha: float | None = None)
                 f"{name}: guide site {site_name!r} ({type(fn).__name__}) is not "
                 f"reparameterised: {why}."
             )
+    if objective.pathwise:
+        check_pathwise(name, guide_trace)
     if not objective.needs_shared_plate:
         return
     batch = args[0].shape[0]
