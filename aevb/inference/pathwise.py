@@ -42,7 +42,7 @@ def reparameterised_latents(guide_trace: Trace) -> list[str]:
     ]
 
 
-def _fn(site: dict) -> Any:
+def _fn(site: Any) -> Any:
     return site["fn"]
 
 
