@@ -11,12 +11,13 @@ iwae        ``RenyiELBO(alpha=0)``                       the k-sample importance
                                                          log (1/k) sum_i p(x,z_i)/q(z_i|x)
                                                          (Burda et al. 2015)
 renyi       ``RenyiELBO(alpha)``                         the Renyi alpha bound (Li & Turner 2016)
-stl         ``Trace_ELBO``, log q's parameters     the ELBO's gradient without the score
-            held fixed (:mod:`.pathwise`)                term of log q (Roeder et al. 2017)
 enum        ``TraceEnum_ELBO``                           the ELBO with the guide's discrete
                                                          sites summed out exactly (parallel
                                                          enumeration), the rest sampled
 ==========  ===========================================  =====================================
+
+``stl`` is ``Trace_ELBO`` with log q's parameters held fixed: the ELBO's gradient without
+the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.pathwise`).
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
