@@ -46,6 +46,7 @@ def _add_track(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo."""
+    from aevb.inference.objectives import OBJECTIVES
     from aevb.inference.samplers import SAMPLERS
 
     p = argparse.ArgumentParser(prog="aevb", description=__doc__)
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--objective",
         default=None,
-        help="trace|meanfield|stl|iwae|renyi|enum|enum-meanfield (default: the model's)",
+        help="|".join(OBJECTIVES) + " (default: the model's)",
     )
     t.add_argument(
         "--particles",

@@ -126,6 +126,16 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "evaluate" in done.stdout
 
 
+def test_train_help_lists_every_registered_objective(capsys):
+    from aevb.inference.objectives import OBJECTIVES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps long help lines
+    for name in OBJECTIVES:
+        assert name in shown, name
+
+
 def test_resume_refuses_changed_settings_and_lists_them(tmp_path, capsys):
     """Only the run's length may change on --resume; anything else that would mix two runs
     (objective, inference, data, guide, model) is refused before a step is taken."""

@@ -102,8 +102,8 @@ def test_frozen_parameters_are_not_stepped(binary_data):
 COMPILED = sorted(name for name, o in OBJECTIVES.items() if o.make_jit is not None)
 
 
-def test_the_registry_compiles_trace_meanfield_enum_and_the_renyi_family():
-    assert COMPILED == ["enum", "iwae", "meanfield", "renyi", "trace"]
+def test_the_registry_compiles_trace_meanfield_stl_enum_and_the_renyi_family():
+    assert COMPILED == ["enum", "iwae", "meanfield", "renyi", "stl", "trace"]
 
 
 #: the alpha each compiled objective is checked at (the Renyi family: a positive and a

@@ -23,6 +23,7 @@ SMALL = {
 REFUSED = {
     ("gmvae", "iwae"): "zero gradient",
     ("gmvae", "meanfield"): "reparameterised",
+    ("gmvae-gumbel", "stl"): "depends on the latent",
 }
 
 
