@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--objective",
         default=None,
-        help="|".join(OBJECTIVES) + " (default: the model's)",
+        help=", ".join(OBJECTIVES) + " (default: the model's)",
     )
     t.add_argument(
         "--particles",

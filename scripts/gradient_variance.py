@@ -12,6 +12,7 @@ for
     meanfield       SGVB estimator B: the KL term analytic (Kingma & Welling 2013)
     stl             trace without log q's score term (Roeder et al. 2017)
     iwae k          the k-sample importance-weighted bound (Burda et al. 2015)
+    iwae-dreg k     the same bound, doubly reparameterised encoder gradient (Tucker et al. 2018)
 
 on factor analysis (the true fa-synthetic model, the linear guide at its exact posterior
 moved off the optimum) and on the VAE (784-200-200-50, after one epoch of trace training).
@@ -57,6 +58,8 @@ ESTIMATORS = (
     ("stl", "stl", 1, False),
     ("iwae k=5", "iwae", 5, False),
     ("iwae k=50", "iwae", 50, False),
+    ("iwae-dreg k=5", "iwae-dreg", 5, False),
+    ("iwae-dreg k=50", "iwae-dreg", 50, False),
 )
 
 

@@ -1,7 +1,11 @@
 import numpy as np
 import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
+
+from aevb import data, guides
+from aevb.inference.objectives import make_objective
 
 
 @pytest.fixture(autouse=True)
@@ -25,3 +29,31 @@ def prototype_data(n: int, d: int = 16, seed: int = 0, n_proto: int = 4) -> torc
 @pytest.fixture
 def binary_data():
     return prototype_data(256)
+
+
+def gradient_draws(model, guide, x, objective, repeats, k=1, alpha=None, prefix="encoder"):
+    """``repeats`` independent gradients of ``objective``'s loss (k particles) with respect to
+    the parameters whose names start with ``prefix``, one row each, and the loss values."""
+    elbo = make_objective(objective, k, alpha)
+    draws, losses = [], []
+    for _ in range(repeats):
+        with poutine.trace(param_only=True) as capture:
+            losses.append(elbo.loss_and_grads(model, guide, x))
+        params = {n: s["value"].unconstrained() for n, s in capture.trace.nodes.items()}
+        names = sorted(n for n in params if n.startswith(prefix))
+        draws.append(torch.cat([params[n].grad.flatten() for n in names]).clone())
+        for p in params.values():
+            p.grad = None
+    return torch.stack(draws), losses
+
+
+@pytest.fixture()
+def fa():
+    """The synthetic FA truth, its linear-Gaussian guide, 50 test points in float64 and the
+    exact posterior's parameters (V, L)."""
+    pyro.clear_param_store()
+    truth = data.fa_truth()
+    _, test = data.load("fa-synthetic")
+    guide = guides.default_for(truth)
+    V, L = truth.exact_posterior_parameters()
+    return truth, guide, test.x[:50].double(), V.detach(), L.detach()

@@ -4,37 +4,12 @@ the gradient's mean equals trace's within Monte Carlo error, with less variance.
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import pytest
 import torch
 
-from aevb import data, guides
 from aevb.errors import ObjectiveError
-from aevb.inference.objectives import check_compatible, make_objective
-
-
-def _guide_grads(model, guide, x, objective, repeats):
-    elbo = make_objective(objective, 1)
-    draws, losses = [], []
-    for _ in range(repeats):
-        with poutine.trace(param_only=True) as capture:
-            losses.append(elbo.loss_and_grads(model, guide, x))
-        params = {n: s["value"].unconstrained() for n, s in capture.trace.nodes.items()}
-        names = sorted(n for n in params if n.startswith("encoder"))
-        draws.append(torch.cat([params[n].grad.flatten() for n in names]).clone())
-        for p in params.values():
-            p.grad = None
-    return torch.stack(draws), losses
-
-
-@pytest.fixture()
-def fa():
-    pyro.clear_param_store()
-    truth = data.fa_truth()
-    _, test = data.load("fa-synthetic")
-    guide = guides.default_for(truth)
-    V, L = truth.exact_posterior_parameters()
-    return truth, guide, test.x[:50].double(), V.detach(), L.detach()
+from aevb.inference.objectives import check_compatible
+from tests.conftest import gradient_draws
 
 
 def test_stl_guide_gradient_is_zero_at_the_exact_posterior(fa):
@@ -44,9 +19,9 @@ def test_stl_guide_gradient_is_zero_at_the_exact_posterior(fa):
     with torch.no_grad():
         guide.set_parameters(V.detach(), L.detach())
     pyro.set_rng_seed(0)
-    stl, _ = _guide_grads(truth, guide, x, "stl", 5)
+    stl, _ = gradient_draws(truth, guide, x, "stl", 5)
     pyro.set_rng_seed(0)
-    trace, _ = _guide_grads(truth, guide, x, "trace", 5)
+    trace, _ = gradient_draws(truth, guide, x, "trace", 5)
     assert float(stl.abs().max()) < 1e-8 * max(1.0, float(trace.abs().max()))
     assert float(trace.abs().max()) > 1e-2  # the score term trace keeps is not zero per draw
 
@@ -58,9 +33,9 @@ def test_stl_is_unbiased_with_less_variance_than_trace(fa):
     truth.double(), guide.double()
     repeats = 400
     pyro.set_rng_seed(1)
-    stl, stl_loss = _guide_grads(truth, guide, x, "stl", repeats)
+    stl, stl_loss = gradient_draws(truth, guide, x, "stl", repeats)
     pyro.set_rng_seed(1)
-    trace, trace_loss = _guide_grads(truth, guide, x, "trace", repeats)
+    trace, trace_loss = gradient_draws(truth, guide, x, "trace", repeats)
     assert stl_loss == pytest.approx(trace_loss, rel=1e-10)  # same draws, same loss values
     diff = stl.mean(0) - trace.mean(0)
     se = ((stl.var(0) + trace.var(0)) / repeats).sqrt()

@@ -65,7 +65,7 @@ def test_lists_become_tuples_so_equal_specs_compare_equal():
         ({"inference": {"method": "vi"}}, "inference.method: invalid choice: 'vi'"),
         ({"inference": {"objective": "renyi"}}, "renyi objective needs --alpha"),
         ({"inference": {"objective": "renyi", "alpha": 1}}, "alpha=1 is the ordinary ELBO"),
-        ({"inference": {"objective": "iwae", "alpha": 0.5}}, "alpha applies to the renyi"),
+        ({"inference": {"objective": "iwae", "alpha": 0.5}}, "applies to the objectives renyi"),
         (
             {"inference": {"method": "mcem", "objective": "iwae"}},
             "objective is an SVI setting",

@@ -17,7 +17,9 @@ enum        ``TraceEnum_ELBO``                           the ELBO with the guide
 ==========  ===========================================  =====================================
 
 ``stl`` is ``Trace_ELBO`` with log q's parameters held fixed: the ELBO's gradient without
-the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.pathwise`).
+the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.pathwise`). ``iwae-dreg``
+and ``renyi-dreg`` are ``RenyiELBO`` with the doubly reparameterised encoder gradient (Tucker
+et al. 2018; :mod:`aevb.inference.dreg`): same value and decoder gradient, no score term.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
@@ -51,6 +53,7 @@ from pyro.infer import (
 from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
+from aevb.inference.dreg import make_iwae_dreg, make_renyi_dreg
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
 from aevb.inference.jit import PerSignature, jit_enum, jit_meanfield, jit_renyi, jit_trace
 from aevb.inference.pathwise import check_pathwise, jit_stl, make_stl
@@ -100,6 +103,14 @@ def _needs_reparameterised(alpha: float | None) -> str | None:
     )
 
 
+def _dreg_needs_reparameterised(alpha: float | None) -> str | None:
+    return (
+        "DReG turns the score term into a path term through z, which a discrete or other "
+        "non-reparameterised site does not have. Use enum, trace, renyi with alpha != 0, or a "
+        "relaxed (reparameterised) distribution"
+    )
+
+
 def _vectorize(k: int) -> bool:
     return k > 1
 
@@ -108,6 +119,11 @@ def _renyi(k: int, alpha: float | None, nesting: int) -> ELBO:
     check_alpha("renyi", alpha)
     assert alpha is not None
     return RenyiELBO(alpha, k, max_plate_nesting=nesting, vectorize_particles=_vectorize(k))
+
+
+def _renyi_dreg(k: int, alpha: float | None, nesting: int) -> ELBO:
+    check_alpha("renyi-dreg", alpha)
+    return make_renyi_dreg(k, alpha, nesting)
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -143,6 +159,23 @@ OBJECTIVES: dict[str, Objective] = {
         refuses_score_function=_no_gradient_at_alpha_zero,
         takes_alpha=True,
     ),
+    "iwae-dreg": Objective(
+        make_iwae_dreg,
+        True,
+        "iwae with doubly reparameterised encoder gradients (Tucker et al.)",
+        default_particles=5,
+        refuses_score_function=_dreg_needs_reparameterised,
+        pathwise=True,
+    ),
+    "renyi-dreg": Objective(
+        _renyi_dreg,
+        True,
+        "renyi with doubly reparameterised encoder gradients",
+        default_particles=5,
+        refuses_score_function=_dreg_needs_reparameterised,
+        takes_alpha=True,
+        pathwise=True,
+    ),
     "stl": Objective(
         make_stl,
         False,
@@ -170,6 +203,10 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
+def _with_alpha() -> str:
+    return ", ".join(n for n, o in OBJECTIVES.items() if o.takes_alpha)
+
+
 def check_alpha(name: str, alpha: float | None, where: str = "alpha") -> None:
     """Refuse an alpha the objective ``name`` cannot use: the Renyi family needs one other
     than 1 (alpha = 1 is the ELBO), every other objective takes none. Unknown names pass
@@ -184,7 +221,8 @@ def check_alpha(name: str, alpha: float | None, where: str = "alpha") -> None:
             raise ConfigError("alpha=1 is the ordinary ELBO: use the trace objective")
     elif alpha is not None:
         raise ConfigError(
-            f"{where}: alpha applies to the renyi objective only; {name!r} takes none (got {alpha})"
+            f"{where}: alpha applies to the objectives {_with_alpha()} only; {name!r} takes "
+            f"none (got {alpha})"
         )
 
 
