@@ -7,7 +7,7 @@ the pages use:
 
 * ``scripts/fa_experiments.py`` (AEVB as approximate EM, ELBO vs exact evidence):
   ``fa_exp1.png``, ``fa_exp2.png``;
-* ``scripts/gradient_variance.py`` (estimators A, B, score function, IWAE):
+* ``scripts/gradient_variance.py`` (estimators A, B, score function, STL, IWAE, IWAE-DReG):
   ``gradient_variance.png``;
 * ``aevb train MODEL`` for ``vae`` (3 epochs), ``cvae`` (2), ``gmvae`` (2) and ``vrnn`` (1
   epoch on 10,000 images): each run's ``learning_curve.png``, ``samples.png``,

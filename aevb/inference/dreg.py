@@ -49,16 +49,21 @@ from pyro.util import warn_if_nan
 from aevb.inference.pathwise import reparameterised_latents, stick_the_landing_
 
 
-def log_weights(model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
-    """log p(x, z) - log q(z|x) per particle and datapoint (the dependent plates summed, as
-    in ``RenyiELBO``), from traces whose log probabilities are computed."""
-    sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+def summed_log_prob(trace: Trace, sum_dims: set) -> torch.Tensor:
+    """The sum of a trace's sample-site log probabilities, per particle and datapoint (the
+    dependent plate dimensions ``sum_dims`` summed, as in ``RenyiELBO``)."""
     total: Any = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                total = total + sign * torch_sum(site["log_prob"], sum_dims)
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            total = total + torch_sum(site["log_prob"], sum_dims)
     return torch.as_tensor(total)
+
+
+def log_weights(model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+    """log p(x, z) - log q(z|x) per particle and datapoint, from traces whose log
+    probabilities are computed."""
+    sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+    return summed_log_prob(model_trace, sum_dims) - summed_log_prob(guide_trace, sum_dims)
 
 
 def _scale_gradient(value: torch.Tensor, factor: torch.Tensor) -> None:

@@ -20,6 +20,8 @@ enum        ``TraceEnum_ELBO``                           the ELBO with the guide
 the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.pathwise`). ``iwae-dreg``
 and ``renyi-dreg`` are ``RenyiELBO`` with the doubly reparameterised encoder gradient (Tucker
 et al. 2018; :mod:`aevb.inference.dreg`): same value and decoder gradient, no score term.
+``rws`` is reweighted wake-sleep (:mod:`aevb.inference.rws`): the IWAE bound's value and
+decoder gradient, the guide trained on the inclusive KL(p||q); valid with discrete guide sites.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
@@ -57,6 +59,7 @@ from aevb.inference.dreg import make_iwae_dreg, make_renyi_dreg
 from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
 from aevb.inference.jit import PerSignature, jit_enum, jit_meanfield, jit_renyi, jit_trace
 from aevb.inference.pathwise import check_pathwise, jit_stl, make_stl
+from aevb.inference.rws import make_rws
 from aevb.models.base import hooks
 
 
@@ -175,6 +178,12 @@ OBJECTIVES: dict[str, Objective] = {
         refuses_score_function=_dreg_needs_reparameterised,
         takes_alpha=True,
         pathwise=True,
+    ),
+    "rws": Objective(
+        make_rws,
+        True,
+        "reweighted wake-sleep: iwae's decoder gradient, q trained on the inclusive KL",
+        default_particles=5,
     ),
     "stl": Objective(
         make_stl,
