@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aevb.devices import check_device_name
 from aevb.errors import AevbError, ConfigError, RunInterrupted
-from aevb.spec import FLAT_KEYS, EvaluationSpec, RunSpec, hidden_sizes
+from aevb.spec import FLAT_KEYS, INFERENCE_SPECS, EvaluationSpec, RunSpec, hidden_sizes
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -72,7 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="k particles (default: 5 for iwae, renyi; else 1)",
     )
     t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
-    t.add_argument("--inference", default="svi", choices=["svi", "mcem"])
+    t.add_argument(
+        "--inference",
+        default="svi",
+        choices=list(INFERENCE_SPECS),
+        help="svi (default), mcem (Monte Carlo EM) or vi-mcmc (the encoder's draws refined by "
+        "HMC for the decoder)",
+    )
+    t.add_argument(
+        "--mcmc-steps",
+        type=int,
+        default=None,
+        help="vi-mcmc: HMC transitions from each encoder draw (default 5)",
+    )
+    t.add_argument(
+        "--leapfrog-steps",
+        type=int,
+        default=None,
+        help="vi-mcmc: leapfrog steps per HMC transition (default 10)",
+    )
     t.add_argument(
         "--sampler",
         default=None,
@@ -199,7 +217,8 @@ def cmd_data(args) -> None:
 
 
 def cmd_train(args) -> dict:
-    """``aevb train MODEL ...``: one SVI or MCEM run into ``--out``; returns its last row."""
+    """``aevb train MODEL ...``: one SVI, MCEM or vi-mcmc run into ``--out``; returns its
+    last row."""
     from aevb import runs
 
     spec = train_spec(args)
@@ -229,10 +248,12 @@ def cmd_train(args) -> dict:
         tracker.finish(out, {})
     last = run.history.iloc[-1].to_dict()
     if not args.quiet:
+        parts = []
+        if "test_elbo" in last:
+            parts.append(f"test ELBO {last['test_elbo']:.3f}")
         if "accept_prob" in last:
-            summary = f"acceptance {last['accept_prob']:.3f}, step size {last['step_size']:.3g}"
-        else:
-            summary = f"test ELBO {last.get('test_elbo', float('nan')):.3f}"
+            parts.append(f"acceptance {last['accept_prob']:.3f}, step size {last['step_size']:.3g}")
+        summary = ", ".join(parts)
         print(f"wrote {out}: epoch {int(last['epoch'])}, {summary}")
     return last
 

@@ -4,7 +4,8 @@ This is the one place that turns a spec into a run; the command line (``aevb tra
 (``aevb compare``), the demo and scripts all call it, so they train alike::
 
     resolve(spec)          -> Resolved: data, model and guide, built from the registries
-    train(spec, out)       -> Run: SVI or Monte Carlo EM into the run directory ``out``
+    train(spec, out)       -> Run: SVI, Monte Carlo EM or MCMC-refined VI into the run
+                              directory ``out``
     evaluate(out, ev)      -> dict: one estimate (IS or AIS) of the test log-likelihood,
                               recorded in ``out/evaluation.json``
     run(spec, out)         -> dict: train (or resume) until done, then every estimate of
@@ -40,7 +41,10 @@ from aevb.inference.loop import Run
 from aevb.inference.objectives import OBJECTIVES
 from aevb.models import likelihoods
 from aevb.models.base import hooks
-from aevb.spec import EvaluationSpec, MCEMSpec, RunSpec, SVISpec
+from aevb.spec import EvaluationSpec, MCEMSpec, RunSpec, SVISpec, VIMCMCSpec
+
+#: transitions per minibatch of a vi-mcmc spec that names none (VIMCMCConfig's default)
+VIMCMC_DEFAULT_STEPS = inference.VIMCMCConfig.mcmc_steps
 
 
 @dataclass
@@ -93,7 +97,7 @@ def resolve(spec: RunSpec) -> Resolved:
     """Load the data and build the model and guide a spec names. The global seed is set to
     the spec's before the weights are drawn (training re-draws them from it again)."""
     cls = model_class(spec)
-    if isinstance(spec.inference, SVISpec):
+    if isinstance(spec.inference, SVISpec | VIMCMCSpec):
         objective_of(spec)  # an unknown objective fails before the data are read
     preset = _preset(spec)
     train, test = data.load(spec.data.source, _binarize(spec, preset))
@@ -106,11 +110,13 @@ def resolve(spec: RunSpec) -> Resolved:
 
 
 def objective_of(spec: RunSpec) -> tuple[str, int]:
-    """(objective, particles) an SVI spec trains with, defaults resolved."""
-    assert isinstance(spec.inference, SVISpec)
+    """(objective, particles) an SVI spec trains with (a vi-mcmc spec its encoder), defaults
+    resolved."""
+    assert isinstance(spec.inference, SVISpec | VIMCMCSpec)
     objective = spec.inference.objective
-    if objective is None:
-        objective = hooks(model_class(spec)).default_objective or "trace"
+    if objective is None and isinstance(spec.inference, SVISpec):
+        objective = hooks(model_class(spec)).default_objective
+    objective = objective or "trace"
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
     k = spec.inference.particles or OBJECTIVES[objective].default_particles
@@ -118,10 +124,15 @@ def objective_of(spec: RunSpec) -> tuple[str, int]:
 
 
 def default_out(spec: RunSpec) -> Path:
-    """``runs/MODEL-OBJECTIVEk-seedS`` (SVI) or ``runs/MODEL-mcem-SAMPLER-seedS``."""
+    """``runs/MODEL-OBJECTIVEk-seedS`` (SVI), ``runs/MODEL-mcem-SAMPLER-seedS`` or
+    ``runs/MODEL-vi-mcmcK-OBJECTIVEk-seedS``."""
     name, seed = spec.model.name, spec.schedule.seed
     if isinstance(spec.inference, MCEMSpec):
         return Path(f"runs/{name}-mcem-{spec.inference.sampler.name}-seed{seed}")
+    if isinstance(spec.inference, VIMCMCSpec):
+        objective, k = objective_of(spec)
+        steps = spec.inference.mcmc_steps or VIMCMC_DEFAULT_STEPS
+        return Path(f"runs/{name}-vi-mcmc{steps}-{objective}{k}-seed{seed}")
     objective, k = objective_of(spec)
     return Path(f"runs/{name}-{objective}{k}-seed{seed}")
 
@@ -132,7 +143,8 @@ def _given(obj) -> dict:
 
 
 def fit_settings(spec: RunSpec) -> dict:
-    """The keyword settings of :func:`aevb.inference.fit` / ``mcem_fit`` a spec gives (what
+    """The keyword settings of :func:`aevb.inference.fit` / ``mcem_fit`` / ``vimcmc_fit`` a
+    spec gives (what
     it leaves at None is left to the model's recipe and the library's defaults)."""
     settings = {**_given(spec.schedule), "device": spec.device}
     inf = spec.inference
@@ -141,6 +153,13 @@ def fit_settings(spec: RunSpec) -> dict:
         settings.update(num_particles=k, alpha=inf.alpha)
         if inf.lr_schedule is not None:
             settings["lr_schedule"] = inf.lr_schedule
+        return settings
+    if isinstance(inf, VIMCMCSpec):
+        objective, k = objective_of(spec)
+        own = {k: v for k, v in _given(inf).items() if k not in ("leapfrog_steps", "particles")}
+        settings.update(own, objective=objective, num_particles=k)
+        if inf.leapfrog_steps is not None:
+            settings["sampler_options"] = {"num_steps": inf.leapfrog_steps}
         return settings
     own = {k: v for k, v in _given(inf).items() if k != "sampler"}
     settings.update(own, sampler=inf.sampler.name)
@@ -189,16 +208,25 @@ def train(
         epoch_callback=epoch_callback,
         **fit_settings(spec),
     )
-    if isinstance(spec.inference, MCEMSpec):
-        run = inference.mcem_fit(r.model, r.train, guide=r.guide, **common)
-        label, curve = f"mcem-{spec.inference.sampler.name}", "log p(x, z) at draws"
-    else:
-        objective, _ = objective_of(spec)
-        run = inference.fit(r.model, r.guide, r.train, objective, **common)
-        label, curve = objective, "train bound"
+    run, label, curve = fit_resolved(spec, r, **common)
     if figures and out is not None:
         plots.run_figures(r.model, run.guide, r.test, run.history, out, label, curve)
     return run
+
+
+def fit_resolved(spec: RunSpec, r: Resolved, **common) -> tuple[Run, str, str]:
+    """Train the resolved spec by its method with the fit function's keyword settings
+    ``common``; returns (run, its label, what its training curve shows)."""
+    inf = spec.inference
+    if isinstance(inf, MCEMSpec):
+        run = inference.mcem_fit(r.model, r.train, guide=r.guide, **common)
+        return run, f"mcem-{inf.sampler.name}", "log p(x, z) at draws"
+    if isinstance(inf, VIMCMCSpec):
+        run = inference.vimcmc_fit(r.model, r.guide, r.train, **common)
+        return run, f"vi-mcmc{run.config['fit']['mcmc_steps']}", "encoder bound"
+    objective, _ = objective_of(spec)
+    run = inference.fit(r.model, r.guide, r.train, objective, **common)
+    return run, objective, "train bound"
 
 
 def evaluate(
@@ -248,6 +276,7 @@ __all__ = [
     "Resolved",
     "default_out",
     "evaluate",
+    "fit_resolved",
     "fit_settings",
     "model_class",
     "objective_of",

@@ -10,6 +10,7 @@ turns back, checking every key and value on the way::
       inference   SVISpec        objective, particles, alpha, lr schedule
                   | MCEMSpec     a SamplerSpec (name and the sampler's own options), MCEM's
                                  settings, the proposal fitted for evaluation
+                  | VIMCMCSpec   the encoder's objective, HMC transitions from its draws
       schedule    ScheduleSpec   epochs, batch size, learning rate, time budget, seed
       evaluation  (EvaluationSpec, ...)   estimators run once training is done
       device      "cpu", "cuda", "cuda:N" or "auto" (:mod:`aevb.devices`)
@@ -255,9 +256,7 @@ class SVISpec(_Spec):
 
     @staticmethod
     def unknown(key: str, path: str) -> ConfigError:
-        if key in {f.name for f in fields(MCEMSpec)}:
-            return ConfigError(f"{key} is a Monte Carlo EM setting; SVI (method 'svi') has none")
-        return unknown_key(key, {f.name for f in fields(SVISpec)}, path)
+        return _unknown_setting(key, path, "svi")
 
 
 @dataclass(frozen=True)
@@ -300,15 +299,54 @@ class MCEMSpec(_Spec):
 
     @staticmethod
     def unknown(key: str, path: str) -> ConfigError:
-        if key in {f.name for f in fields(SVISpec)}:
-            return ConfigError(f"{key} is an SVI setting; Monte Carlo EM (method 'mcem') has none")
-        return unknown_key(key, {f.name for f in fields(MCEMSpec)}, path)
+        return _unknown_setting(key, path, "mcem")
 
 
-INFERENCE_SPECS: dict[str, type] = {"svi": SVISpec, "mcem": MCEMSpec}
+@dataclass(frozen=True)
+class VIMCMCSpec(_Spec):
+    """MCMC-refined VI (:class:`aevb.inference.VIMCMCConfig` has what each setting means;
+    None = the model's recipe, else that default): the encoder's objective and particles,
+    ``mcmc_steps`` HMC transitions from its draws, ``leapfrog_steps`` per transition."""
+
+    method = "vi-mcmc"
+    objective: str | None = _setting(_text())
+    particles: int | None = _setting(_integer(1))
+    alpha: float | None = _setting(_number())
+    mcmc_steps: int | None = _setting(_integer(1))
+    leapfrog_steps: int | None = _setting(_integer(1))
+    init_step_size: float | None = _setting(_number(positive=True))
+
+    def __post_init__(self):
+        from aevb.inference.objectives import check_alpha
+
+        if self.objective is not None:
+            check_alpha(self.objective, self.alpha, "inference.alpha")
+
+    @staticmethod
+    def unknown(key: str, path: str) -> ConfigError:
+        return _unknown_setting(key, path, "vi-mcmc")
 
 
-def _inference(value, path) -> SVISpec | MCEMSpec:
+INFERENCE_SPECS: dict[str, type] = {"svi": SVISpec, "mcem": MCEMSpec, "vi-mcmc": VIMCMCSpec}
+
+
+#: each method's name in words, for errors
+METHOD_NAMES = {"svi": "SVI", "mcem": "Monte Carlo EM", "vi-mcmc": "MCMC-refined VI"}
+
+
+def _unknown_setting(key: str, path: str, method: str) -> ConfigError:
+    """The error for an inference setting ``key`` that ``method``'s spec does not have: the
+    methods that have it, if any, else the closest valid keys."""
+    owners = [m for m, cls in INFERENCE_SPECS.items() if key in {f.name for f in fields(cls)}]
+    if owners:
+        names = " and ".join(f"{METHOD_NAMES[m]} ({m!r})" for m in owners)
+        return ConfigError(
+            f"{key} is a setting of {names}; {METHOD_NAMES[method]} (method {method!r}) has none"
+        )
+    return unknown_key(key, {f.name for f in fields(INFERENCE_SPECS[method])}, path)
+
+
+def _inference(value, path) -> SVISpec | MCEMSpec | VIMCMCSpec:
     values = _table(value, path)
     method = _text(tuple(INFERENCE_SPECS))(values.pop("method", "svi"), f"{path}.method")
     return _build(INFERENCE_SPECS[method], values, path)
@@ -385,7 +423,9 @@ class RunSpec(_Spec):
 
     model: ModelSpec = field(default_factory=ModelSpec, metadata={"spec": _nested(ModelSpec)})
     data: DataSpec = field(default_factory=DataSpec, metadata={"spec": _nested(DataSpec)})
-    inference: SVISpec | MCEMSpec = field(default_factory=SVISpec, metadata={"spec": _inference})
+    inference: SVISpec | MCEMSpec | VIMCMCSpec = field(
+        default_factory=SVISpec, metadata={"spec": _inference}
+    )
     schedule: ScheduleSpec = field(
         default_factory=ScheduleSpec, metadata={"spec": _nested(ScheduleSpec)}
     )
@@ -440,6 +480,8 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("inference", "lr_schedule"),
     "sampler": ("inference", "sampler", "name"),
     "proposal_epochs": ("inference", "proposal_epochs"),
+    "mcmc_steps": ("inference", "mcmc_steps"),
+    "leapfrog_steps": ("inference", "leapfrog_steps"),
     "epochs": ("schedule", "epochs"),
     "batch_size": ("schedule", "batch_size"),
     "lr": ("schedule", "lr"),
@@ -513,6 +555,7 @@ __all__ = [
     "RunSpec",
     "SVISpec",
     "SamplerSpec",
+    "VIMCMCSpec",
     "ScheduleSpec",
     "close_keys",
     "hidden_sizes",

@@ -27,7 +27,7 @@ from aevb.spec import RunSpec, ScheduleSpec
 #: FA on its synthetic data: 96 points in batches of 32 = 3 steps an epoch
 FA = {"model": "fa", "data": "fa-synthetic", "subset": 96, "test_subset": 40}
 TIMING = ["epoch_seconds", "train_seconds", "samples_per_second", "eval_seconds"]
-TIMING += ["e_step_seconds", "m_step_seconds"]
+TIMING += ["e_step_seconds", "m_step_seconds", "mcmc_seconds"]
 
 
 def _params() -> dict:
@@ -60,15 +60,13 @@ def _fit(spec: RunSpec, out, **kw):
     r = runs.resolve(spec)
     settings = runs.fit_settings(spec)
     common = dict(test=r.test, out=out, progress=False, meta=runs._meta(spec, r.train))
-    if spec.inference.method == "mcem":
-        return inference.mcem_fit(r.model, r.train, guide=r.guide, **common, **settings, **kw)
-    objective, _ = runs.objective_of(spec)
-    return inference.fit(r.model, r.guide, r.train, objective, **common, **settings, **kw)
+    return runs.fit_resolved(spec, r, **common, **settings, **kw)[0]
 
 
 SPECS = {
     "svi": {**FA, "objective": "iwae", "particles": 3, "epochs": 3},
     "mcem": {**FA, "inference": "mcem", "proposal_epochs": 0, "epochs": 3},
+    "vi-mcmc": {**FA, "inference": "vi-mcmc", "mcmc_steps": 2, "leapfrog_steps": 3, "epochs": 3},
 }
 
 

@@ -14,6 +14,7 @@ from aevb.spec import (
     SamplerSpec,
     ScheduleSpec,
     SVISpec,
+    VIMCMCSpec,
     load_spec,
 )
 
@@ -68,9 +69,12 @@ def test_lists_become_tuples_so_equal_specs_compare_equal():
         ({"inference": {"objective": "iwae", "alpha": 0.5}}, "applies to the objectives renyi"),
         (
             {"inference": {"method": "mcem", "objective": "iwae"}},
-            "objective is an SVI setting",
+            "objective is a setting of SVI .'svi'. and MCMC-refined VI",
         ),
-        ({"inference": {"method": "svi", "sampler": "nuts"}}, "sampler is a Monte Carlo EM"),
+        ({"inference": {"method": "svi", "sampler": "nuts"}}, "sampler is a setting of Monte"),
+        ({"inference": {"method": "svi", "mcmc_steps": 5}}, "mcmc_steps is a setting of MCMC-"),
+        ({"inference": {"method": "vi-mcmc", "mcmc_steps": 0}}, "mcmc_steps: must be >= 1"),
+        ({"inference": {"method": "vi-mcmc", "sampler": "nuts"}}, "sampler is a setting of Mo"),
         (
             {
                 "inference": {
@@ -108,8 +112,11 @@ def test_the_flat_form_is_the_command_lines():
     assert spec.schedule.epochs == 2 and spec.model.name == "fa"
     with pytest.raises(ConfigError, match="unknown key 'partciles'; did you mean particles"):
         RunSpec.from_flat({"partciles": 5})
-    with pytest.raises(ConfigError, match="particles is an SVI setting"):
+    with pytest.raises(ConfigError, match="particles is a setting of SVI"):
         RunSpec.from_flat({"inference": "mcem", "particles": 5})
+    spec = RunSpec.from_flat({"model": "fa", "inference": "vi-mcmc", "mcmc_steps": 3})
+    assert spec.inference == VIMCMCSpec(mcmc_steps=3)
+    assert RunSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_evaluation_defaults_follow_the_estimator():

@@ -75,15 +75,17 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         "k": fit.get("num_particles"),
         "alpha": fit.get("alpha"),
         "sampler": fit.get("sampler"),
+        "mcmc_steps": fit.get("mcmc_steps"),
         "seed": seed,
         "epochs": int(last["epoch"]),
         "train_seconds": float(last["train_seconds"]),
+        "seconds_per_epoch": float(last["train_seconds"]) / int(last["epoch"]),
         "samples_per_second": float(history["samples_per_second"].mean()),
         "status": "ok",
         "error": "",
         "run_dir": str(out),
     }
-    for key in ("accept_prob", "step_size", "divergences"):
+    for key in ("accept_prob", "step_size", "divergences", "refine_gain"):
         if key in history:
             row[key] = float(history[key].mean())
     for key, (estimator, k) in wanted.items():

@@ -77,7 +77,16 @@ from aevb.experiments.tracking import (
 from aevb.inference import rundir
 from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
 
-_LABEL_KEYS = ("model", "inference", "objective", "particles", "alpha", "sampler", "preset")
+_LABEL_KEYS = (
+    "model",
+    "inference",
+    "mcmc_steps",
+    "objective",
+    "particles",
+    "alpha",
+    "sampler",
+    "preset",
+)
 
 
 def load_config(path: str | Path) -> dict:
@@ -186,7 +195,7 @@ def cell_label(cell: dict) -> str:
         value = cell.get(key)
         if value is None or (key == "inference" and value == "svi"):
             continue
-        prefix = {"particles": "k", "alpha": "a"}.get(key, "")
+        prefix = {"particles": "k", "alpha": "a", "mcmc_steps": "K"}.get(key, "")
         parts.append(f"{prefix}{value}")
     return "-".join(parts)
 

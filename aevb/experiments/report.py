@@ -25,8 +25,10 @@ METRICS = (
     "cluster_accuracy",
     "active_units",
     "train_seconds",
+    "seconds_per_epoch",
     "samples_per_second",
     "accept_prob",
+    "refine_gain",
 )
 
 

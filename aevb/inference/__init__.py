@@ -1,5 +1,6 @@
 """Inference: objectives (:mod:`.objectives`), the shared training loop (:mod:`.loop`) run by
-SVI (:mod:`.svi`) and Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`), and
+SVI (:mod:`.svi`), Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`) and
+MCMC-refined VI (:mod:`.vimcmc`), and
 estimators of log p(x) (:mod:`.evaluate`); the run directory's layout lives in
 :mod:`.rundir` alone."""
 
@@ -17,6 +18,8 @@ from aevb.inference.mcem import fit as mcem_fit
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.rundir import evaluate_run, load_run
 from aevb.inference.svi import FitConfig, Run, fit
+from aevb.inference.vimcmc import VIMCMCConfig
+from aevb.inference.vimcmc import fit as vimcmc_fit
 
 __all__ = [
     "OBJECTIVES",
@@ -24,6 +27,7 @@ __all__ = [
     "FitConfig",
     "MCEMConfig",
     "Run",
+    "VIMCMCConfig",
     "active_units",
     "bounds",
     "check_compatible",
@@ -36,4 +40,5 @@ __all__ = [
     "make_objective",
     "mcem_fit",
     "posterior_means",
+    "vimcmc_fit",
 ]
