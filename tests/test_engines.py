@@ -64,7 +64,7 @@ class CrashyFA(FactorAnalysis):
 """
 
 #: columns that differ between two runs of the same cell: time, place and thread count
-VARYING = ("train_seconds", "samples_per_second", "run_dir", "version_threads")
+VARYING = ("train_seconds", "seconds_per_epoch", "samples_per_second", "run_dir", "version_threads")
 
 
 @pytest.fixture(scope="module")
