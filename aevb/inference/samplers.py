@@ -342,6 +342,7 @@ class BatchedHMC:
         eps = step_size.detach().clone().expand(u.shape[0]).clone()
         target = potential(latents, args)
         U, grad = target(u)
+        start_potential = U
         samples, probs = [], []
         accepted = u.new_zeros(u.shape[0])
         # Stan's windows: step size only for the first 15%, then the mass from the chains'
@@ -372,7 +373,12 @@ class BatchedHMC:
             u,
             eps,
             torch.stack(probs).mean(0),
-            {"accept_rate": float(accepted.mean() / num_samples)},
+            # U [B] at the start and at the last state (vi-mcmc's refine_gain is their difference)
+            {
+                "accept_rate": float(accepted.mean() / num_samples),
+                "start_potential": start_potential,
+                "potential": U,
+            },
             inv_mass,
         )
 

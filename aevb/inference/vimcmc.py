@@ -150,8 +150,8 @@ class VIMCMCAlgorithm:
         state = self.sampler.sample(self.latents, args, u0, eps, self.cfg.mcmc_steps)
         self.step_size[index] = state.step_size.detach()
         self.visited[index] = True
-        with torch.no_grad():
-            gain = self.latents.log_joint(state.u, args) - self.latents.log_joint(u0, args)
+        # log p(x, z) + log|J| = -U: the sampler's potentials at the start and the end
+        gain = state.diagnostics["start_potential"] - state.diagnostics["potential"]
         self._gain.append(float(gain.mean()))
         self._acc.append(float(state.accept_prob.mean()))
         self._eps.append(float(state.step_size.mean()))
