@@ -120,3 +120,26 @@ def test_step_size_schedule_shape_is_checked():
     truth, x, _ = fa_batch(5)
     with pytest.raises(ConfigError, match="step_sizes"):
         ais(truth, (x,), AISConfig(num_temperatures=3), step_sizes=torch.ones(2, 5))
+
+
+def test_compiled_potential_first_traced_without_gradients_still_differentiates():
+    """AIS scores its chains under no_grad before the first HMC step: a potential compiled
+    there once recorded in-place ops that broke every later gradient (``aevb evaluate
+    --estimator ais`` failed on any VAE run). The compiled potential and its gradient equal
+    the uncompiled ones."""
+    from aevb import models
+    from aevb.inference.samplers import Latents, potential_and_grad
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    # MNIST's x_dim: the in-place op appeared at 784 inputs, not at 12
+    model = models.build("vae", x_dim=784, z_dim=3, hidden=(8,))
+    x = (torch.rand(6, 784) < 0.5).float()
+    compiled, plain = Latents(model, (x,), jit=True), Latents(model, (x,), jit=False)
+    u = torch.randn(6, 3)
+    with torch.no_grad():
+        compiled.log_parts(u, (x,))
+    U, grad = potential_and_grad(compiled, u, (x,), beta=0.5)
+    U0, grad0 = potential_and_grad(plain, u, (x,), beta=0.5)
+    torch.testing.assert_close(U, U0)
+    torch.testing.assert_close(grad, grad0)

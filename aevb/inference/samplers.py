@@ -171,7 +171,9 @@ class Latents:
         sites' terms and the observed sites' terms (AIS anneals the second)."""
         if not self.jit:
             return self._log_parts(u, *args)
-        key = signature((u, *args))
+        # a graph traced under no_grad records in-place ops that autograd cannot replay, so
+        # the grad mode is part of the key (AIS first scores its chains without gradients)
+        key = (torch.is_grad_enabled(), signature((u, *args)))
         if key not in self._compiled:
             with quiet_trace():
                 fn = pyro.ops.jit.trace(self._log_parts, ignore_warnings=True)
