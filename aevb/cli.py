@@ -46,6 +46,7 @@ def _add_track(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo."""
+    from aevb.guides import GUIDES
     from aevb.inference.objectives import OBJECTIVES
     from aevb.inference.samplers import SAMPLERS
 
@@ -126,7 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--z-dim", type=int, default=None)
     t.add_argument("--hidden", type=_hidden, default=None, help="e.g. 200,200")
     t.add_argument("--likelihood", default=None, help="bernoulli|continuous-bernoulli")
-    t.add_argument("--guide", default=None, help="gaussian|linear-gaussian (default: the model's)")
+    t.add_argument(
+        "--guide",
+        default=None,
+        help=f"the approximate posterior's family: {', '.join(sorted(GUIDES))} (default: the "
+        "model's)",
+    )
+    t.add_argument(
+        "--flow-steps",
+        type=int,
+        default=None,
+        help="iaf guide: inverse autoregressive steps after the Gaussian (default 2)",
+    )
     t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

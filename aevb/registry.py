@@ -33,14 +33,12 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _value_problem(kind, value, default) -> str | None:
+def _value_problem(kind, value, least: int) -> str | None:
     """What is wrong with ``value`` for a config field of type ``kind`` (None: nothing).
-    Sizes (int) are >= 1 (>= 0 for a size whose default is 0: an optional part), reals
-    (float) finite and >= 0, layer sizes ints >= 1."""
+    Sizes (int) are >= ``least``, reals (float) finite and >= 0, layer sizes ints >= 1."""
     if kind is int:
         if not _is_int(value):
             return "expected an integer"
-        least = 0 if default == 0 else 1
         return None if value >= least else f"must be >= {least}"
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -60,14 +58,16 @@ def _value_problem(kind, value, default) -> str | None:
 def check_config_values(config_class: Any, values: dict, what: str = "") -> None:
     """Raise :class:`ConfigError` for a value of the wrong type or range for its field of
     ``config_class`` (a dataclass): sizes must be integers >= 1 (>= 0 where the default is
-    0), reals finite and >= 0,
+    0 or the field's metadata says ``{"min": 0}``), reals finite and >= 0,
     layer sizes lists of integers >= 1. Fields of other types are the model's to check."""
     hints = typing.get_type_hints(config_class)
-    defaults = {f.name: f.default for f in fields(config_class)}
+    least = {
+        f.name: f.metadata.get("min", 0 if f.default == 0 else 1) for f in fields(config_class)
+    }
     for key, value in values.items():
         if key not in hints or value is None:
             continue
-        problem = _value_problem(hints[key], value, defaults.get(key))
+        problem = _value_problem(hints[key], value, least.get(key, 1))
         if problem is not None:
             where = f"{what}.{key}" if what else key
             raise ConfigError(f"{where}: {problem}, got {value!r}")

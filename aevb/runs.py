@@ -105,8 +105,12 @@ def resolve(spec: RunSpec) -> Resolved:
     pyro.set_rng_seed(spec.schedule.seed)
     config = {**spec.model.config, **cls.config_from_data(train)}
     model = models.build(spec.model.name, preset, **config)
-    guide = guides.build(spec.model.guide, model) if spec.model.guide else None
-    return Resolved(spec, train, test, model, guide or guides.default_for(model))
+    overrides = dict(spec.model.guide_config)
+    if spec.model.guide:
+        guide = guides.build(spec.model.guide, model, **overrides)
+    else:
+        guide = guides.default_for(model, **overrides)
+    return Resolved(spec, train, test, model, guide)
 
 
 def objective_of(spec: RunSpec) -> tuple[str, int]:

@@ -197,26 +197,54 @@ class _Spec:
 @dataclass(frozen=True)
 class ModelSpec(_Spec):
     """Which model: a registry name (:data:`aevb.models.MODELS`), a named preset, the guide
-    (a key of :data:`aevb.guides.GUIDES`; None = the model's default) and overrides of the
-    model's config fields (``{"z_dim": 50, "hidden": (200, 200)}``)."""
+    (a key of :data:`aevb.guides.GUIDES`; None = the model's default), overrides of the
+    model's config fields (``{"z_dim": 50, "hidden": (200, 200)}``) and of the guide's
+    (``{"flow_steps": 4}`` for the ``iaf`` guide)."""
 
     name: str = _setting(_text(), "vae")
     preset: str | None = _setting(_text())
     guide: str | None = _setting(_text())
     config: Mapping[str, Any] = _setting(_table, default=MISSING, default_factory=dict)
+    guide_config: Mapping[str, Any] = _setting(_table, default=MISSING, default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "config", _frozen(dict(self.config)))
-        from aevb import models
+        object.__setattr__(self, "guide_config", _frozen(dict(self.guide_config)))
+        from aevb import guides, models
 
         cls = models.MODELS.get(self.name)
-        config_class = getattr(cls, "config_class", None)
-        if config_class is not None:  # unregistered names fail where the spec is resolved
-            valid = {f.name for f in fields(config_class)}
-            for key in self.config:
+        _check_fields(
+            getattr(cls, "config_class", None), self.config, f"model.config ({self.name})"
+        )
+        guide = self.guide or getattr(cls, "default_guide", None)
+        guide_class = getattr(guides.GUIDES.get(guide or ""), "config_class", None)
+        if self.guide_config and guide_class is not None:
+            valid = {f.name for f in fields(guide_class)}
+            for key in self.guide_config:
                 if key not in valid:
-                    raise unknown_key(key, valid, f"model.config ({self.name})")
-            check_config_values(config_class, dict(self.config), "model.config")
+                    owners = sorted(
+                        n
+                        for n, g in guides.GUIDES.items()
+                        if key in g.config_class.__dataclass_fields__
+                    )
+                    hint = f"; {key} is a setting of the guide(s) {owners}" if owners else ""
+                    raise ConfigError(
+                        f"model.guide_config: the {guide!r} guide has no setting {key!r}{hint}"
+                        f" (its settings: {', '.join(sorted(valid))})"
+                    )
+            check_config_values(guide_class, dict(self.guide_config), "model.guide_config")
+
+
+def _check_fields(config_class, values: Mapping, path: str) -> None:
+    """Every key of ``values`` a field of ``config_class`` with a value of its type; an
+    unregistered class (None) passes: it fails where the spec is resolved."""
+    if config_class is None:
+        return
+    valid = {f.name for f in fields(config_class)}
+    for key in values:
+        if key not in valid:
+            raise unknown_key(key, valid, path)
+    check_config_values(config_class, dict(values), path.split(" ")[0])
 
 
 @dataclass(frozen=True)
@@ -466,6 +494,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("model", "name"),
     "preset": ("model", "preset"),
     "guide": ("model", "guide"),
+    "flow_steps": ("model", "guide_config", "flow_steps"),
     "z_dim": ("model", "config", "z_dim"),
     "hidden": ("model", "config", "hidden"),
     "likelihood": ("model", "config", "likelihood"),

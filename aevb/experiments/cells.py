@@ -76,6 +76,8 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         "alpha": fit.get("alpha"),
         "sampler": fit.get("sampler"),
         "mcmc_steps": fit.get("mcmc_steps"),
+        "guide": record.get("guide", {}).get("name"),
+        "flow_steps": record.get("guide", {}).get("config", {}).get("flow_steps"),
         "seed": seed,
         "epochs": int(last["epoch"]),
         "train_seconds": float(last["train_seconds"]),

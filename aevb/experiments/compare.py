@@ -79,6 +79,8 @@ from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
 
 _LABEL_KEYS = (
     "model",
+    "guide",
+    "flow_steps",
     "inference",
     "mcmc_steps",
     "objective",
@@ -195,7 +197,7 @@ def cell_label(cell: dict) -> str:
         value = cell.get(key)
         if value is None or (key == "inference" and value == "svi"):
             continue
-        prefix = {"particles": "k", "alpha": "a", "mcmc_steps": "K"}.get(key, "")
+        prefix = {"particles": "k", "alpha": "a", "mcmc_steps": "K", "flow_steps": "T"}.get(key, "")
         parts.append(f"{prefix}{value}")
     return "-".join(parts)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aevb.errors import ConfigError
 from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
+from aevb.guides.iaf import IAFEncoder, IAFEncoderConfig
 from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
 from aevb.guides.recurrent import RecurrentEncoder, RecurrentEncoderConfig
@@ -18,15 +19,21 @@ from aevb.registry import make_config
 
 GUIDES: dict[str, Any] = {
     "gaussian": GaussianEncoder,
+    "iaf": IAFEncoder,
     "linear-gaussian": LinearGaussian,
     "mixture": MixtureEncoder,
     "recurrent": RecurrentEncoder,
 }
 
 
-def build(name: str, model):
-    """The guide family ``name`` sized for ``model``."""
-    return _get(name).for_model(model)
+def build(name: str, model, **overrides):
+    """The guide family ``name`` sized for ``model``, with ``overrides`` of its config fields
+    (``build("iaf", model, flow_steps=4)``)."""
+    cls = _get(name)
+    guide = cls.for_model(model)
+    if overrides:
+        guide = cls(make_config(cls.config_class, guide.config, f"guide {name!r}", **overrides))
+    return guide
 
 
 def from_config(name: str, config: dict, model=None):
@@ -46,18 +53,21 @@ def _get(name: str):
     return GUIDES[name]
 
 
-def default_for(model):
-    """The guide a registered model is paired with by default (its ``default_guide``)."""
+def default_for(model, **overrides):
+    """The guide a registered model is paired with by default (its ``default_guide``),
+    with ``overrides`` of its config fields."""
     name = getattr(model, "default_guide", None)
     if name is None:
         raise ConfigError(f"{type(model).__name__} names no default_guide; pass a guide explicitly")
-    return build(name, model)
+    return build(name, model, **overrides)
 
 
 __all__ = [
     "GUIDES",
     "GaussianEncoder",
     "GaussianEncoderConfig",
+    "IAFEncoder",
+    "IAFEncoderConfig",
     "LinearGaussian",
     "LinearGaussianConfig",
     "MixtureEncoder",

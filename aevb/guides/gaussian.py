@@ -72,13 +72,19 @@ class GaussianEncoder(nn.Module):
             )
         )
 
-    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
-        """q(z | x) (or q(z | x, y)) with batch shape [B] and event shape [z_dim]."""
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output for x (and the one-hot label y where the encoder is
+        conditioned on one): location and unconstrained scale first, then any extra
+        outputs a subclass asks for (the IAF guide's context)."""
         if self.config.context_dim:
             if y is None:
                 raise ValueError("this encoder is conditioned on a label y: call guide(x, y)")
             x = cat_broadcast(x, one_hot(y, self.config.context_dim, x))
-        loc, raw = self.net(x).chunk(2, dim=-1)
+        return self.net(x)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """q(z | x) (or q(z | x, y)) with batch shape [B] and event shape [z_dim]."""
+        loc, raw = self.encode(x, y).chunk(2, dim=-1)
         return diagonal_gaussian(loc, raw, self.config.min_scale)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
