@@ -20,8 +20,9 @@ def test_gpu_check_runs_on_the_cpu():
     assert result["device"] == "cpu" and "tests" not in result
     assert set(result["epochs"]) == {"fa", "vae", "cvae", "gmvae", "vrnn"}
     for name, row in result["epochs"].items():
-        # on one device the two runs are the same run: equal ELBOs
-        assert row["device"]["test_elbo"] == row["cpu"]["test_elbo"], name
-        assert row["agree"], name
+        # with --device cpu the CPU run is not repeated (a seed's run is deterministic on
+        # one device, which the resume tests check bit for bit)
+        assert row["device"] == row["cpu"] and row["agree"], name
+        assert row["device"]["seconds"] > 0 and row["device"]["test_elbo"] < 0, name
     assert result["is5000"]["seconds"] > 0 and result["is5000"]["log_likelihood"] < 0
     assert result["bench"]["svi_ratio_trace"] > 0, result["bench"]

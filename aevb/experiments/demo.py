@@ -15,7 +15,7 @@ import pandas as pd
 from aevb import data, inference, plots, runs
 from aevb.spec import RunSpec
 
-#: (objective, particles): the three estimators the demo compares.
+#: The three estimators the demo compares, each an objective's name and its particle count.
 DEMO_OBJECTIVES = (("trace", 1), ("meanfield", 1), ("iwae", 5))
 
 

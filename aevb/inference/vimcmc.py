@@ -6,7 +6,7 @@ Fisher's identity gives the model's gradient as an expectation under the exact p
     grad_theta log p_theta(x) = E_{p_theta(z|x)}[grad_theta log p_theta(x, z)],
 
 so any draw from p_theta(z|x) gives an unbiased gradient of the evidence itself, not of a bound.
-Per minibatch x_1..x_B:
+Per minibatch x_1..x_B::
 
     encoder:  one Adam step on its own objective (``trace``: the ELBO; ``iwae``: the
               k-sample bound), gradients to the guide's parameters only;
