@@ -71,6 +71,19 @@ def test_the_flow_steps_alternate_their_variable_order():
     assert orders == [[0, 1, 2], [2, 1, 0], [0, 1, 2]]
 
 
+def test_the_steps_see_the_encoders_context():
+    """Moving only the context outputs of the encoder (not mu or sigma) changes the density
+    of a fixed z: every step is conditioned on h."""
+    guide = _flow(2)
+    x = torch.rand(3, 5, dtype=torch.float64)
+    z = torch.randn(3, 3, dtype=torch.float64)
+    before = guide.posterior(x).log_prob(z)
+    with torch.no_grad():
+        guide.net[-1].bias[2 * 3 :] += 1.0  # the outputs after loc and scale: h
+    after = guide.posterior(x).log_prob(z)
+    assert (before - after).abs().min() > 1e-4
+
+
 def test_detached_parameters_score_a_draw_as_the_cached_inverse_does():
     """stl, iwae-dreg and rws re-score the guide's draw with its parameters detached (a deep
     copy, without the cache): the inversion gives the same value, and its gradient reaches
