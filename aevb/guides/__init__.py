@@ -30,7 +30,16 @@ def build(name: str, model, **overrides):
     """The guide family ``name`` sized for ``model``, with ``overrides`` of its config fields
     (``build("iaf", model, flow_steps=4)``)."""
     cls = _get(name)
-    guide = cls.for_model(model)
+    families = getattr(model, "guide_families", None)
+    what = getattr(model, "name", type(model).__name__)
+    if families is not None and name not in families:
+        raise ConfigError(
+            f"the {what} model works with the guide(s) {list(families)}, not {name!r}"
+        )
+    try:
+        guide = cls.for_model(model)
+    except (AttributeError, TypeError) as exc:  # the family needs a part the model lacks
+        raise ConfigError(f"the {name!r} guide does not fit the {what} model ({exc})") from None
     if overrides:
         guide = cls(make_config(cls.config_class, guide.config, f"guide {name!r}", **overrides))
     return guide

@@ -50,6 +50,9 @@ class ModelHooks:
     default_objective: str | None = None
     #: the data transform used where a run names none (``threshold`` for the VRNN and GMVAE)
     default_binarize: str | None = None
+    #: the registered guide families the model works with (the GMVAE's cluster metrics need
+    #: ``mixture``'s q(y|x), the VRNN's model runs ``recurrent``'s recurrence); None: any
+    guide_families: tuple[str, ...] | None = None
 
 
 def recipe(model, settings: Mapping[str, Any], mcem: bool = False) -> dict:

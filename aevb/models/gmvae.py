@@ -86,6 +86,7 @@ class GMVAE(DecoderModel):
     name = "gmvae"
     config_class = GMVAEConfig
     default_guide = "mixture"
+    guide_families = ("mixture",)
     default_objective = "enum"
     uses_labels = False
     #: minibatches of 100 and Adam 1e-3, as in the aevb-tutorial's GMVAE

@@ -66,6 +66,7 @@ class VRNN(LatentVariableModel):
     name = "vrnn"
     config_class = VRNNConfig
     default_guide = "recurrent"
+    guide_families = ("recurrent",)
     fit_defaults = {"batch_size": 100, "lr": 1e-3}
     #: rows of x > 0.5, the aevb-tutorial's VRNN data
     default_binarize = "threshold"
