@@ -78,6 +78,14 @@ def signature(args: tuple) -> tuple:
     return tuple((tuple(a.shape), a.dtype, a.device) if torch.is_tensor(a) else a for a in args)
 
 
+#: run the compiled objectives with the profiling executor's optimisations. Off: on the VRNN's
+#: graph (28 unrolled rows) they cost about 10 s over a run's first steps (one epoch on 6000
+#: images: 15.0 s with them, 5.0 s without, the same ELBO) and gained nothing after; the
+#: VAE, CVAE and GMVAE ran at the same speed either way (``python scripts/jit_executor.py``
+#: measures both settings)
+OPTIMIZED_EXECUTION = False
+
+
 class PerSignature:
     """An ELBO-like object that keeps one compiled ELBO per argument signature.
 
@@ -104,8 +112,13 @@ class PerSignature:
         return self.compiled[key]
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """The compiled ``loss_and_grads`` for this signature (compiled on first sight)."""
-        return self._get(model, guide, args, kwargs).loss_and_grads(model, guide, *args, **kwargs)
+        """The compiled ``loss_and_grads`` for this signature (compiled on first sight).
+
+        The graphs run with the profiling executor's optimisations only where
+        :data:`OPTIMIZED_EXECUTION` says so (see there)."""
+        with torch.jit.optimized_execution(OPTIMIZED_EXECUTION):
+            elbo = self._get(model, guide, args, kwargs)
+            return elbo.loss_and_grads(model, guide, *args, **kwargs)
 
 
 def jit_trace(k: int, nesting: int, alpha: float | None = None) -> ELBO:
