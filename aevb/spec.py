@@ -213,38 +213,37 @@ class ModelSpec(_Spec):
         from aevb import guides, models
 
         cls = models.MODELS.get(self.name)
-        _check_fields(
-            getattr(cls, "config_class", None), self.config, f"model.config ({self.name})"
-        )
+        config_class = getattr(cls, "config_class", None)
+        if config_class is not None:  # unregistered names fail where the spec is resolved
+            valid = {f.name for f in fields(config_class)}
+            for key in self.config:
+                if key not in valid:
+                    raise unknown_key(key, valid, f"model.config ({self.name})")
+            check_config_values(config_class, dict(self.config), "model.config")
         guide = self.guide or getattr(cls, "default_guide", None)
         guide_class = getattr(guides.GUIDES.get(guide or ""), "config_class", None)
         if self.guide_config and guide_class is not None:
-            valid = {f.name for f in fields(guide_class)}
-            for key in self.guide_config:
-                if key not in valid:
-                    owners = sorted(
-                        n
-                        for n, g in guides.GUIDES.items()
-                        if key in g.config_class.__dataclass_fields__
-                    )
-                    hint = f"; {key} is a setting of the guide(s) {owners}" if owners else ""
-                    raise ConfigError(
-                        f"model.guide_config: the {guide!r} guide has no setting {key!r}{hint}"
-                        f" (its settings: {', '.join(sorted(valid))})"
-                    )
-            check_config_values(guide_class, dict(self.guide_config), "model.guide_config")
+            _check_guide_config(guide, guide_class, self.guide_config, guides.GUIDES)
 
 
-def _check_fields(config_class, values: Mapping, path: str) -> None:
-    """Every key of ``values`` a field of ``config_class`` with a value of its type; an
-    unregistered class (None) passes: it fails where the spec is resolved."""
-    if config_class is None:
-        return
+def _check_guide_config(name, config_class, values: Mapping, registry: Mapping) -> None:
+    """Every key of ``values`` a field of the guide ``name``'s config (else the error names
+    the guides that have it), with a value of its type and range."""
     valid = {f.name for f in fields(config_class)}
     for key in values:
-        if key not in valid:
-            raise unknown_key(key, valid, path)
-    check_config_values(config_class, dict(values), path.split(" ")[0])
+        if key in valid:
+            continue
+        owners = sorted(
+            other
+            for other, g in registry.items()
+            if key in getattr(getattr(g, "config_class", None), "__dataclass_fields__", {})
+        )
+        hint = f"; {key} is a setting of the guide(s) {owners}" if owners else ""
+        raise ConfigError(
+            f"model.guide_config: the {name!r} guide has no setting {key!r}{hint}"
+            f" (its settings: {', '.join(sorted(valid))})"
+        )
+    check_config_values(config_class, dict(values), "model.guide_config")
 
 
 @dataclass(frozen=True)
