@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--binarize", default=None, help="dynamic|threshold|continuous|none")
     t.add_argument("--subset", type=int, default=None, help="train on the first N datapoints")
     t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
+    t.add_argument(
+        "--labels",
+        type=int,
+        default=None,
+        help="keep N training labels, balanced over the classes and chosen by the seed; hide "
+        "the rest (semi-supervised models: m2)",
+    )
     t.add_argument("--epochs", type=int, default=None, help="default: the model's, else 10")
     t.add_argument(
         "--max-seconds", type=float, default=None, help="stop after this much training time"

@@ -73,14 +73,19 @@ def image_grid(
 def reconstruct(model, guide, args: tuple) -> torch.Tensor:
     """Means of p(x | z) at z ~ q(z | x) for a batch ``args`` = (x,) or (x, y): the guide's
     draws replayed through the model, so it works for any pair; the observed sites' means
-    are concatenated in trace order."""
+    are concatenated in trace order (leaving out deterministic sites and the observed half of
+    a partially observed one, such as M2's label: ``pyro.sample(..., obs_mask=...)``)."""
     guide_trace = poutine.trace(guide).get_trace(*args)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     batch = args[0].shape[0]
+    nodes = model_trace.nodes
     means = [  # one observed site ("x"), or one per step ("x_0", "x_1", ... for the VRNN)
         site["fn"].mean.reshape(batch, -1)
-        for site in model_trace.nodes.values()
-        if site["type"] == "sample" and site["is_observed"]
+        for name, site in nodes.items()
+        if site["type"] == "sample"
+        and site["is_observed"]
+        and not site["infer"].get("_deterministic")
+        and not (name.endswith("_observed") and name[: -len("observed")] + "unobserved" in nodes)
     ]
     return torch.cat(means, -1)
 
@@ -105,6 +110,17 @@ def class_samples(model, path: str | Path, n: int = 10) -> Path:
     """One row per class (CVAE label, GMVAE cluster): means of p(x | z), z ~ p(z | y)."""
     grid = model.generate_per_class(n)
     return image_grid(grid.reshape(-1, grid.shape[-1]), path, "one row per class y", ncol=n)
+
+
+@torch.no_grad()
+def analogies(model, guide, args: tuple, path: str | Path, n: int = 8) -> Path:
+    """One row per test image (x, y): the image, then the means of p(x | y', z) for its style
+    z = E_q[z | x, y] and every class y' (Kingma et al. 2014, Figure 1)."""
+    x, y = to_device(tuple(a[:n] for a in args[:2]), device_of(model, guide))
+    grid = model.analogies(guide.style(x, y))  # [n, C, D]
+    rows = torch.cat([x[:, None, :], grid], 1)
+    title = "analogies: test image, then its style z with every class"
+    return image_grid(rows.reshape(-1, rows.shape[-1]), path, title, ncol=rows.shape[1])
 
 
 @torch.no_grad()
@@ -167,6 +183,8 @@ def run_figures(
         made.append(prior_samples(model, out / "samples.png"))
     if hasattr(model, "generate_per_class"):
         made.append(class_samples(model, out / "class_samples.png"))
+    if labels and hasattr(model, "analogies") and hasattr(guide, "style"):
+        made.append(analogies(model, guide, args, out / "analogies.png"))
     if hasattr(guide, "cluster_probs"):
         made.append(cluster_embedding(guide, test, out / "cluster_embedding.png"))
     return made

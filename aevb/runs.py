@@ -102,6 +102,8 @@ def resolve(spec: RunSpec) -> Resolved:
     preset = _preset(spec)
     train, test = data.load(spec.data.source, _binarize(spec, preset))
     train, test = train.subset(spec.data.subset), test.subset(spec.data.test_subset)
+    if spec.data.labels is not None:
+        train = keep_labels(spec, train)
     pyro.set_rng_seed(spec.schedule.seed)
     config = {**spec.model.config, **cls.config_from_data(train)}
     model = models.build(spec.model.name, preset, **config)
@@ -111,6 +113,21 @@ def resolve(spec: RunSpec) -> Resolved:
     else:
         guide = guides.default_for(model, **overrides)
     return Resolved(spec, train, test, model, guide)
+
+
+def keep_labels(spec: RunSpec, train: Dataset) -> Dataset:
+    """The training set with ``spec.data.labels`` labels kept (balanced over the classes, by
+    the run's seed) and the others hidden; only a model that sums out missing labels
+    (``marginal_labels``: M2) takes it."""
+    if not hooks(model_class(spec)).marginal_labels:
+        takers = sorted(n for n, c in models.MODELS.items() if hooks(c).marginal_labels)
+        raise ConfigError(
+            f"data.labels keeps {spec.data.labels} training labels and hides the rest: only a "
+            f"model that sums out a missing label takes it ({', '.join(takers)}), not "
+            f"{spec.model.name!r}"
+        )
+    assert spec.data.labels is not None
+    return train.keep_labels(spec.data.labels, seed=spec.schedule.seed)
 
 
 def objective_of(spec: RunSpec) -> tuple[str, int]:
@@ -180,6 +197,7 @@ def _meta(spec: RunSpec, train: Dataset) -> dict:
         "binarize": train.binarize,
         "subset": spec.data.subset,
         "test_subset": spec.data.test_subset,
+        "labels": spec.data.labels,
     }
     return {"data_spec": data_spec, "spec": spec.to_dict()}
 

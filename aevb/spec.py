@@ -250,12 +250,15 @@ def _check_guide_config(name, config_class, values: Mapping, registry: Mapping) 
 class DataSpec(_Spec):
     """Which data: a registered name (``mnist``, ``fa-synthetic``) or a path (IDX folder,
     ``.npz``/``.npy``); the binarisation (None = the model's, else the dataset's default);
-    the first ``subset`` training and ``test_subset`` test datapoints (None = all)."""
+    the first ``subset`` training and ``test_subset`` test datapoints (None = all); ``labels``
+    training labels kept, balanced over the classes and chosen by the run's seed, the rest
+    hidden (None = all kept; semi-supervised models such as M2 only)."""
 
     source: str = _setting(_text(), "mnist")
     binarize: str | None = _setting(_text(tuple(sorted(BINARIZATIONS))))
     subset: int | None = _setting(_integer(1))
     test_subset: int | None = _setting(_integer(1))
+    labels: int | None = _setting(_integer(1))
 
 
 #: learning-rate schedules of SVI (:data:`aevb.inference.svi.LR_SCHEDULES`)
@@ -501,6 +504,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "binarize": ("data", "binarize"),
     "subset": ("data", "subset"),
     "test_subset": ("data", "test_subset"),
+    "labels": ("data", "labels"),
     "inference": ("inference", "method"),
     "objective": ("inference", "objective"),
     "particles": ("inference", "particles"),

@@ -9,10 +9,11 @@ the pages use:
   ``fa_exp1.png``, ``fa_exp2.png``;
 * ``scripts/gradient_variance.py`` (estimators A, B, score function, STL, IWAE, IWAE-DReG):
   ``gradient_variance.png``;
-* ``aevb train MODEL`` for ``vae`` (3 epochs), ``cvae`` (2), ``gmvae`` (2) and ``vrnn`` (1
-  epoch on 10,000 images): each run's ``learning_curve.png``, ``samples.png``,
-  ``reconstructions.png`` and, where the model has them, ``class_samples.png`` and
-  ``cluster_embedding.png``, as ``MODEL_<figure>.png``.
+* ``aevb train MODEL`` for ``vae`` (3 epochs), ``cvae`` (2), ``gmvae`` (2), ``vrnn`` (1
+  epoch on 10,000 images) and ``m2`` (2 epochs, 600 labels): each run's
+  ``learning_curve.png``, ``samples.png``, ``reconstructions.png`` and, where the model has
+  them, ``class_samples.png``, ``cluster_embedding.png`` and ``analogies.png``, as
+  ``MODEL_<figure>.png``.
 
 Figures that take longer than ten minutes to make (MCEM vs AEVB, the estimator grid) are
 committed under ``docs/figures/`` with the command that made them in their captions.
@@ -32,6 +33,7 @@ RUNS = {
     "cvae": ["--epochs", "2", "--batch-size", "100"],
     "gmvae": ["--epochs", "2"],
     "vrnn": ["--epochs", "1", "--subset", "10000", "--test-subset", "1000"],
+    "m2": ["--epochs", "2", "--labels", "600"],
 }
 
 

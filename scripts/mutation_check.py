@@ -48,6 +48,8 @@ EV = "aevb/inference/evaluate.py"
 OBJ = "aevb/inference/objectives.py"
 DS = "aevb/data/dataset.py"
 T_SAMPLERS = ("tests/test_samplers.py", "tests/test_mcem.py")
+SEMI = "aevb/inference/semisupervised.py"
+T_M2 = ("tests/test_m2.py",)
 
 MUTANTS = [
     Mutant(
@@ -513,6 +515,60 @@ MUTANTS = [
         "        key = (torch.is_grad_enabled(), signature((u, *args)))\n",
         "        key = signature((u, *args))\n",
         ("tests/test_ais.py",),
+    ),
+    Mutant(
+        "m2-classification-sign",
+        "objective",
+        "the classification term of Kingma et al.'s eq. 9 added with the wrong sign",
+        SEMI,
+        "        return loss - self.weight * term\n",
+        "        return loss + self.weight * term\n",
+        T_M2,
+    ),
+    Mutant(
+        "m2-weight-ignores-labelled-share",
+        "objective",
+        "the labelled point's weight is alpha / N, not alpha / N_labelled",
+        SEMI,
+        "self.alpha_fraction * len(ds) / labelled if labelled else 0.0",
+        "self.alpha_fraction if labelled else 0.0",
+        T_M2,
+    ),
+    Mutant(
+        "m2-term-unmasked",
+        "objective",
+        "the classification term also counts the unlabelled points' placeholder labels",
+        SEMI,
+        "        if mask is not None:\n",
+        "        if False:\n",
+        T_M2,
+    ),
+    Mutant(
+        "m2-guide-ignores-known-label",
+        "guide",
+        "q(z | x, y) reads the enumerated guess even where the label is known",
+        "aevb/guides/semisupervised.py",
+        "torch.where(labelled[:, None], known, guess)",
+        "guess",
+        T_M2,
+    ),
+    Mutant(
+        "m2-scored-with-labels",
+        "estimator",
+        "the test log-likelihood of M2 is log p(x, y): the labels are not hidden",
+        "aevb/models/base.py",
+        "    if hooks(model).marginal_labels and ds.y is not None:\n",
+        "    if False:\n",
+        T_M2,
+    ),
+    Mutant(
+        "m2-labels-unbalanced",
+        "data",
+        "keep_labels takes the first n labelled points instead of n / C per class",
+        DS,
+        "        chosen = torch.cat(kept)\n",
+        "        chosen = torch.arange(n)\n",
+        T_M2,
     ),
 ]
 

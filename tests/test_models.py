@@ -17,7 +17,11 @@ SMALL = {
     "gmvae": dict(x_dim=16, z_dim=2, hidden=(8,), num_clusters=3),
     "gmvae-gumbel": dict(x_dim=16, z_dim=2, hidden=(8,), num_clusters=3, relaxed=True),
     "fa": dict(x_dim=16, z_dim=2),
+    "m2": dict(x_dim=16, z_dim=2, hidden=(8,), num_classes=3),
 }
+
+#: the classification term needs a partially observed label (M2's)
+_NO_LABEL_SITE = "no partially observed site"
 
 #: (model, objective) pairs that must be refused, with a word the error must contain
 REFUSED = {
@@ -28,6 +32,11 @@ REFUSED = {
     ("gmvae-gumbel", "stl"): "depends on the latent",
     ("gmvae-gumbel", "iwae-dreg"): "depends on the latent",
     ("gmvae-gumbel", "renyi-dreg"): "depends on the latent",
+    ("m2", "iwae"): "zero gradient",
+    ("m2", "meanfield"): "reparameterised",
+    ("m2", "iwae-dreg"): "reparameterised",
+    ("m2", "renyi-dreg"): "reparameterised",
+    **{(name, "semisupervised"): _NO_LABEL_SITE for name in SMALL if name != "m2"},
 }
 
 
@@ -37,6 +46,8 @@ def _data(name, n=24):
     if name == "fa":
         x = torch.randn(n, 16, generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
+    if name == "m2":  # every third label hidden
+        y[::3] = -1
     return x, y
 
 

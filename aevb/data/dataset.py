@@ -93,6 +93,11 @@ def _labels(y, n: int, name: str) -> torch.Tensor:
     return torch.as_tensor(arr.astype(np.int64), device="cpu")
 
 
+#: the label of a datapoint whose label is hidden (semi-supervised data; see
+#: :meth:`Dataset.keep_labels`)
+UNLABELLED = -1
+
+
 def _is_int(t: torch.Tensor) -> bool:
     return t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -176,6 +181,54 @@ class Dataset:
             mask=None if self.mask is None else self.mask[:n],
             name=f"{self.name}[:{n}]",
         )
+
+    def keep_labels(self, n: int, seed: int = 0) -> Dataset:
+        """The same data with only ``n`` labels kept, balanced over the classes (n // C per
+        class, the remainder one each to the first classes), chosen at random by ``seed``;
+        every other label becomes :data:`UNLABELLED` (-1). The semi-supervised setting of
+        Kingma et al. (2014): ``keep_labels(100)`` keeps 10 labelled images per digit.
+
+        >>> import torch
+        >>> from aevb.data import Dataset
+        >>> ds = Dataset(torch.rand(8, 3), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+        >>> kept = ds.keep_labels(4, seed=0).y
+        >>> int((kept == 0).sum()), int((kept == 1).sum()), int((kept == -1).sum())
+        (2, 2, 4)
+        """
+        if self.y is None:
+            raise DataError(f"{self.name}: keeping {n} labels needs a labelled dataset")
+        known = self.y[self.y != UNLABELLED]
+        classes = torch.unique(known)
+        if n < 1:
+            raise DataError(f"{self.name}: the number of labels to keep must be >= 1, got {n}")
+        if len(classes) == 0:
+            raise DataError(f"{self.name}: the dataset holds no labels to keep")
+        g = torch.Generator().manual_seed(seed)
+        share = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
+        kept = []
+        for c, want in zip(classes.tolist(), share):
+            where = (self.y == c).nonzero().flatten()
+            if want > len(where):
+                raise DataError(
+                    f"{self.name}: {n} labels balanced over {len(classes)} classes need "
+                    f"{want} of class {c}, but it has {len(where)} datapoints"
+                )
+            kept.append(where[torch.randperm(len(where), generator=g)[:want]])
+        y = torch.full_like(self.y, UNLABELLED)
+        chosen = torch.cat(kept)
+        y[chosen] = self.y[chosen]
+        return replace(self, y=y, name=f"{self.name}[{n} labels]")
+
+    def without_labels(self) -> Dataset:
+        """The same data with every label hidden (:data:`UNLABELLED`), e.g. to score log p(x)
+        of a semi-supervised model with the label summed out."""
+        n = len(self)
+        return replace(self, y=torch.full((n,), UNLABELLED, dtype=torch.int64, device="cpu"))
+
+    @property
+    def num_labelled(self) -> int:
+        """Datapoints whose label is known (0 without labels)."""
+        return 0 if self.y is None else int((self.y != UNLABELLED).sum())
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply this dataset's binarisation to a batch ``x`` (draws from ``generator``)."""

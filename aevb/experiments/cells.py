@@ -90,6 +90,9 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
     for key in ("accept_prob", "step_size", "divergences", "refine_gain"):
         if key in history:
             row[key] = float(history[key].mean())
+    if "test_error" in history:  # M2's classification error, on the run's whole test set
+        row["test_error"] = float(last["test_error"])
+    row["labels"] = (record.get("data_spec") or {}).get("labels")
     for key, (estimator, k) in wanted.items():
         result = done[key]
         row["test_elbo"] = result["test_elbo"]

@@ -77,10 +77,20 @@ from aevb.experiments.tracking import (
 from aevb.inference import rundir
 from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
 
+#: the short prefix a cell label gives a setting's value (k5, a0.5, K5, T2, L100)
+_LABEL_PREFIX = {
+    "particles": "k",
+    "alpha": "a",
+    "mcmc_steps": "K",
+    "flow_steps": "T",
+    "labels": "L",
+}
+
 _LABEL_KEYS = (
     "model",
     "guide",
     "flow_steps",
+    "labels",
     "inference",
     "mcmc_steps",
     "objective",
@@ -197,7 +207,7 @@ def cell_label(cell: dict) -> str:
         value = cell.get(key)
         if value is None or (key == "inference" and value == "svi"):
             continue
-        prefix = {"particles": "k", "alpha": "a", "mcmc_steps": "K", "flow_steps": "T"}.get(key, "")
+        prefix = _LABEL_PREFIX.get(key, "")
         parts.append(f"{prefix}{value}")
     return "-".join(parts)
 

@@ -23,6 +23,7 @@ METRICS = (
     "test_ll_is_minus_exact",
     "test_ll_ais_minus_exact",
     "cluster_accuracy",
+    "test_error",
     "active_units",
     "train_seconds",
     "seconds_per_epoch",

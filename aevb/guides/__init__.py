@@ -15,6 +15,7 @@ from aevb.guides.iaf import IAFEncoder, IAFEncoderConfig
 from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
 from aevb.guides.recurrent import RecurrentEncoder, RecurrentEncoderConfig
+from aevb.guides.semisupervised import SemiSupervisedEncoder, SemiSupervisedEncoderConfig
 from aevb.registry import make_config
 
 GUIDES: dict[str, Any] = {
@@ -23,6 +24,7 @@ GUIDES: dict[str, Any] = {
     "linear-gaussian": LinearGaussian,
     "mixture": MixtureEncoder,
     "recurrent": RecurrentEncoder,
+    "semisupervised": SemiSupervisedEncoder,
 }
 
 
@@ -83,6 +85,8 @@ __all__ = [
     "MixtureEncoderConfig",
     "RecurrentEncoder",
     "RecurrentEncoderConfig",
+    "SemiSupervisedEncoder",
+    "SemiSupervisedEncoderConfig",
     "build",
     "default_for",
     "from_config",

@@ -39,7 +39,7 @@ import torch
 from aevb.devices import device_of, to_device
 from aevb.errors import ConfigError
 from aevb.inference.samplers import BatchedHMC, Latents, adapted, find_step_size, potential
-from aevb.models.base import hooks
+from aevb.models.base import hooks, scored_data
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def ais_dataset(model, data, config: AISConfig | None = None, batch_size: int = 
     model's device (results on the CPU)."""
     labels = hooks(model).uses_labels
     device = device_of(model)
-    batches = data.batches(batch_size, labels=labels)
+    batches = scored_data(model, data).batches(batch_size, labels=labels)
     parts = [ais(model, to_device(args, device), config) for args in batches]
     return AISResult(
         torch.cat([p.log_likelihood for p in parts]).cpu(),

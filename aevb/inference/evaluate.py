@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.devices import chunk_elements, device_of, fork_devices, to_device
 from aevb.errors import ObjectiveError
-from aevb.models.base import check_dataset, hooks
+from aevb.models.base import check_dataset, hooks, scored_data
 
 #: Upper bound on particles x datapoints x features in one vectorised evaluation on a CPU:
 #: 2^22 floats (16 MB per tensor of that size) keeps a chunk's elementwise work (likelihood,
@@ -122,7 +122,7 @@ def bounds(
         >>> b.elbo.shape, bool((b.elbo <= b.log_likelihood).all())
         (torch.Size([50]), True)
     """
-    ds = _fixed(as_dataset(data))
+    ds = scored_data(model, _fixed(as_dataset(data)))
     labels = hooks(model).uses_labels
     device = torch.device(device) if device is not None else device_of(model, guide)
     for obj in (model, guide):  # evaluation is of the model itself (e.g. a discrete y)

@@ -20,8 +20,11 @@ enum        ``TraceEnum_ELBO``                           the ELBO with the guide
 the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.pathwise`). ``iwae-dreg``
 and ``renyi-dreg`` are ``RenyiELBO`` with the doubly reparameterised encoder gradient (Tucker
 et al. 2018; :mod:`aevb.inference.dreg`): same value and decoder gradient, no score term.
-``rws`` is reweighted wake-sleep (:mod:`aevb.inference.rws`): the IWAE bound's value and
-decoder gradient, the guide trained on the inclusive KL(p||q); valid with discrete guide sites.
+``semisupervised`` is ``enum-meanfield`` plus Kingma et al.'s (2014) classification term
+0.1 N E_labelled[-log q(y|x)] for a model whose label is observed on some datapoints
+(:mod:`aevb.inference.semisupervised`). ``rws`` is reweighted wake-sleep
+(:mod:`aevb.inference.rws`): the IWAE bound's value and decoder gradient, the guide trained
+on the inclusive KL(p||q); valid with discrete guide sites.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
@@ -60,6 +63,7 @@ from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
 from aevb.inference.jit import PerSignature, jit_enum, jit_meanfield, jit_renyi, jit_trace
 from aevb.inference.pathwise import check_pathwise, jit_stl, make_stl
 from aevb.inference.rws import make_rws
+from aevb.inference.semisupervised import make_semisupervised, missing_label_site
 from aevb.models.base import hooks
 
 
@@ -87,6 +91,9 @@ class Objective:
     #: the gradient holds log q's parameters fixed (STL): exact only for guides whose sites
     #: do not depend on other latents (:func:`aevb.inference.pathwise.check_pathwise`)
     pathwise: bool = False
+    #: ``check(model_trace, guide_trace) -> why or None``: a requirement on the pair's
+    #: traces (semisupervised: a partially observed site), checked before training starts
+    check: Callable[[Any, Any], str | None] | None = None
 
 
 def _no_gradient_at_alpha_zero(alpha: float | None) -> str | None:
@@ -209,6 +216,13 @@ OBJECTIVES: dict[str, Objective] = {
         "enum, with analytic KL for reparameterised sites (estimator B)",
         lambda guide: config_enumerate(guide, "parallel", expand=True),
     ),
+    "semisupervised": Objective(
+        make_semisupervised,
+        False,
+        "enum-meanfield plus Kingma et al.'s classification term on labelled data (M2)",
+        lambda guide: config_enumerate(guide, "parallel", expand=True),
+        check=missing_label_site,
+    ),
 }
 
 
@@ -320,10 +334,16 @@ def check_compatible(name: str, model, guide, *args, alpha: float | None = None)
             )
     if objective.pathwise:
         check_pathwise(name, guide_trace)
+    if not objective.needs_shared_plate and objective.check is None:
+        return
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    if objective.check is not None:
+        problem = objective.check(model_trace, guide_trace)
+        if problem:
+            raise ObjectiveError(f"{name}: {problem}")
     if not objective.needs_shared_plate:
         return
     batch = args[0].shape[0]
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     common: set[str] | None = None
     for trace, who in ((model_trace, "model"), (guide_trace, "guide")):
         for site_name, site in prune_subsample_sites(trace).nodes.items():

@@ -101,8 +101,9 @@ class Latents:
             fn: Any = site["fn"]
             if fn.support.is_discrete:
                 raise ObjectiveError(
-                    f"MCEM samples latents with HMC, which needs gradients; site {name!r} is "
-                    "discrete. Marginalise it in the model or train with SVI instead."
+                    f"HMC (MCEM's E-step, AIS) moves latents along gradients; site {name!r} "
+                    "is discrete. Marginalise it in the model, or train with SVI and score "
+                    "with importance sampling (--estimator is) instead."
                 )
             frame = self._data_frame(name, site, batch)
             value: Any = site["value"]

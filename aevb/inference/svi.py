@@ -114,6 +114,9 @@ class SVIAlgorithm:
         form reproduces the eager loss and gradients on two batches."""
         cfg = self.cfg
         check_compatible(cfg.objective, self.model, self.guide, *first_batch, alpha=cfg.alpha)
+        bind = getattr(self.elbo, "bind_data", None)
+        if bind is not None:  # weights set by the training set (semisupervised)
+            bind(ds)
         if should_probe_jit(cfg.objective, self.model, self.guide, cfg.jit):
             self._probe_jit(ds, first_batch)
 

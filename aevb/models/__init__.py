@@ -14,6 +14,7 @@ from aevb.errors import ConfigError
 from aevb.models.cvae import CVAE, CVAE_PRESETS, CVAEConfig
 from aevb.models.fa import FAConfig, FactorAnalysis
 from aevb.models.gmvae import GMVAE, GMVAE_PRESETS, GMVAEConfig, cluster_accuracy
+from aevb.models.m2 import M2, M2Config
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
 from aevb.models.vrnn import VRNN, VRNN_PRESETS, VRNNConfig
@@ -25,6 +26,7 @@ MODELS: dict[str, Any] = {
     "cvae": CVAE,
     "gmvae": GMVAE,
     "vrnn": VRNN,
+    "m2": M2,
 }
 
 #: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
@@ -96,6 +98,8 @@ __all__ = [
     "CVAEConfig",
     "GMVAE",
     "GMVAEConfig",
+    "M2",
+    "M2Config",
     "MODELS",
     "cluster_accuracy",
     "PRESETS",

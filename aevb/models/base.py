@@ -53,6 +53,10 @@ class ModelHooks:
     #: the registered guide families the model works with (the GMVAE's cluster metrics need
     #: ``mixture``'s q(y|x), the VRNN's model runs ``recurrent``'s recurrence); None: any
     guide_families: tuple[str, ...] | None = None
+    #: the model sums out a missing label (label -1, ``Dataset.keep_labels``) and its
+    #: likelihood is log p(x): the estimators score the test set with its labels hidden, and
+    #: only ``evaluation_metrics`` sees them (M2's classification error)
+    marginal_labels: bool = False
 
 
 def recipe(model, settings: Mapping[str, Any], mcem: bool = False) -> dict:
@@ -74,16 +78,28 @@ def check_dataset(model, x: torch.Tensor, y: torch.Tensor | None = None) -> None
         h.check_labels(y)
 
 
-def check_class_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
+def scored_data(model, ds):
+    """The dataset the estimators of log p(x) see for ``model``: ``ds`` itself, or, for a
+    model that sums out missing labels (``marginal_labels``), ``ds`` with every label
+    hidden, so that they estimate log p(x) and not log p(x, y)."""
+    if hooks(model).marginal_labels and ds.y is not None:
+        return ds.without_labels()
+    return ds
+
+
+def check_class_labels(y: torch.Tensor, num_classes: int, what: str, missing: bool = False) -> None:
     """Raise a :class:`~aevb.errors.DataError` unless every label is an integer in
-    0..num_classes-1 (the message gives the first bad one and its position)."""
+    0..num_classes-1, or -1 (a hidden label) where ``missing`` (the message gives the first
+    bad one and its position)."""
     if y.is_floating_point() or y.dtype == torch.bool:
         raise DataError(f"{what} expects integer labels, got dtype {y.dtype}")
-    bad = (y < 0) | (y >= num_classes)
+    least = -1 if missing else 0
+    bad = (y < least) | (y >= num_classes)
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
+        allowed = f"0..{num_classes - 1}" + (" or -1 (unlabelled)" if missing else "")
         raise DataError(
-            f"{what} expects labels in 0..{num_classes - 1}, found {int(bad.sum())} outside "
+            f"{what} expects labels in {allowed}, found {int(bad.sum())} outside "
             f"(the first: {int(y[i])} at datapoint {i})"
         )
 
