@@ -80,19 +80,19 @@ class MixtureEncoder(nn.Module):
 
     @classmethod
     def for_model(cls, model) -> MixtureEncoder:
-        mc = model.config
-        return cls(
-            cls.config_class(
-                x_dim=mc.x_dim,
-                z_dim=mc.z_dim,
-                num_clusters=mc.num_clusters,
-                hidden=tuple(mc.hidden),
-                activation=mc.activation,
-                relaxed=mc.relaxed,
-                min_temperature=mc.min_temperature,
-                anneal_rate=mc.anneal_rate,
-            )
-        )
+        """The guide sized for ``model`` (:meth:`fields_from`)."""
+        return cls(cls.config_class(**cls.fields_from(model.config)))
+
+    @classmethod
+    def fields_from(cls, mc) -> dict:
+        """The config fields a GMVAE's config ``mc`` fixes: sizes, activation, relaxation."""
+        names = ("x_dim", "z_dim", "num_clusters", "activation", "relaxed")
+        return {
+            **{n: getattr(mc, n) for n in names},
+            "hidden": tuple(mc.hidden),
+            "min_temperature": mc.min_temperature,
+            "anneal_rate": mc.anneal_rate,
+        }
 
     def set_step(self, step: int) -> None:
         """Called by the training loop before each step (drives the relaxed temperature)."""

@@ -45,17 +45,14 @@ class SemiSupervisedEncoder(MixtureEncoder):
     jit_compatible = False  # type: ignore[assignment]
 
     @classmethod
-    def for_model(cls, model) -> SemiSupervisedEncoder:  # type: ignore[override]
-        mc = model.config
-        return cls(
-            cls.config_class(
-                x_dim=mc.x_dim,
-                z_dim=mc.z_dim,
-                num_clusters=mc.num_classes,
-                hidden=tuple(mc.hidden),
-                activation=mc.activation,
-            )
-        )
+    def fields_from(cls, mc) -> dict:
+        """The config fields an M2 config ``mc`` fixes (its classes as the clusters)."""
+        names = ("x_dim", "z_dim", "activation")
+        return {
+            **{n: getattr(mc, n) for n in names},
+            "num_clusters": mc.num_classes,
+            "hidden": tuple(mc.hidden),
+        }
 
     def class_probs(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x) as probabilities [B, C]: the classifier."""
