@@ -168,9 +168,10 @@ def test_on_a_correlated_fa_posterior_the_flow_beats_every_diagonal_gaussian():
     """A fixed FA model whose posterior has correlation -0.95: no diagonal Gaussian q can get
     closer to log p(x) than the mean-field KL, 0.5 (sum_i log Lambda_ii - log det Lambda) for
     the posterior precision Lambda (1.16 nats here); trained the same way (the model frozen),
-    the diagonal encoder stays above that bound and the IAF gets within a quarter of it
-    (``scripts/iaf_fa.py`` measured 1.256 and 0.102 nats; it also shows the linear guide,
-    which contains the posterior, ending closer at a larger learning rate)."""
+    the diagonal encoder stays above that bound, the IAF gets within a quarter of it, and
+    closer than the full-covariance linear guide trained alike (``scripts/iaf_fa.py``
+    measured 1.256, 0.102 and 1.590 nats; it also shows the linear guide, which contains the
+    posterior, ending closer at a larger learning rate and more epochs)."""
     torch.manual_seed(0)
     W, sigma = torch.tensor([[2.0, 1.5], [2.0, 1.8], [1.5, 2.0]]), torch.full((3,), 0.5)
     truth = models.build("fa").set_parameters(W, sigma)
@@ -179,7 +180,7 @@ def test_on_a_correlated_fa_posterior_the_flow_beats_every_diagonal_gaussian():
     assert bound > 1.0
     x, test = truth.generate(1000).detach(), truth.generate(500).detach()
     gaps = {}
-    for name in ("gaussian", "iaf"):
+    for name in ("gaussian", "iaf", "linear-gaussian"):
         pyro.clear_param_store()
         torch.manual_seed(0)
         model = models.build("fa").set_parameters(W, sigma)
@@ -202,3 +203,6 @@ def test_on_a_correlated_fa_posterior_the_flow_beats_every_diagonal_gaussian():
     # 500 points x 1000 draws: the ELBO estimates' standard error is below 0.01 nats
     assert gaps["gaussian"] >= bound - 0.03, (gaps, bound)
     assert 0 <= gaps["iaf"] <= bound / 4, (gaps, bound)
+    # at this equal budget the flow is at least as close as the full-covariance linear guide
+    # (at lr 3e-2 and 300 epochs the linear guide ends closer: scripts/iaf_fa.py)
+    assert gaps["iaf"] <= gaps["linear-gaussian"], gaps
