@@ -59,6 +59,7 @@ def main(argv=None) -> None:
     aevb = str(Path(sys.executable).with_name("aevb"))
     for model, flags in RUNS.items():
         run_dir = runs / model
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (make docs-figures)
         run([aevb, "train", model, *flags, "--seed", "0", "--quiet", "--out", str(run_dir)])
         for png in run_dir.glob("*.png"):
             shutil.copy(png, out / f"{model}_{png.name}")

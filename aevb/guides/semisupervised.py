@@ -44,6 +44,9 @@ class SemiSupervisedEncoder(MixtureEncoder):
     config_class = SemiSupervisedEncoderConfig  # type: ignore[assignment]
     jit_compatible = False  # type: ignore[assignment]
 
+    def __init__(self, config: SemiSupervisedEncoderConfig | None = None):
+        super().__init__(config or SemiSupervisedEncoderConfig())
+
     @classmethod
     def fields_from(cls, mc) -> dict:
         """The config fields an M2 config ``mc`` fixes (its classes as the clusters)."""

@@ -9,7 +9,7 @@ A datapoint's label is observed where it is known and a latent where it is not (
 obs_mask=labelled)``, which Pyro splits into a site ``y_observed`` (masked to the labelled
 points) and a latent site ``y_unobserved`` (masked to the others) that the guide
 (:class:`aevb.guides.SemiSupervisedEncoder`, q(y | x) q(z | x, y)) proposes. The per-datapoint
-bounds are Kingma et al.'s eqs. 6 and 7:
+bounds are Kingma et al.'s eqs. 6 and 7::
 
     labelled:    log p(x, y) >= E_{q(z|x,y)}[log p(x|y,z) + log p(y) + log p(z) - log q(z|x,y)]
                  = -L(x, y)
