@@ -23,7 +23,7 @@ import pyro.poutine as poutine
 import torch
 
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
-from aevb.models.nets import guide_module_name, one_hot, register
+from aevb.models.nets import guide_module_name, one_hot, partial_labels, register
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,7 @@ class SemiSupervisedEncoder(MixtureEncoder):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *args, **kwargs):
         register(guide_module_name(self.name), self)
         c: Any = self.config
-        if y is None:
-            y = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-        labelled = cast(torch.BoolTensor, y >= 0)
+        labelled, known = partial_labels(y, x.shape[0], c.num_clusters, x)
         logits = self.y_net(x)
         x_part = self.z_in_x(x)
         with pyro.plate("data", x.shape[0]):
@@ -80,6 +78,5 @@ class SemiSupervisedEncoder(MixtureEncoder):
                 guess = pyro.sample(
                     f"{c.label_site}_unobserved", dist.OneHotCategorical(logits=logits)
                 )
-            known = one_hot(y.clamp(min=0), c.num_clusters, x)
             y1h = torch.where(labelled[:, None], known, guess)
             return pyro.sample("z", self.z_posterior(x_part, y1h))

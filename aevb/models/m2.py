@@ -42,14 +42,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import pyro
 import pyro.distributions as dist
 import torch
 
 from aevb.models.base import check_class_labels
-from aevb.models.nets import cat_broadcast, one_hot, output_layer, register
+from aevb.models.nets import cat_broadcast, one_hot, output_layer, partial_labels, register
 from aevb.models.vae import VAE, VAEConfig
 
 
@@ -106,14 +105,11 @@ class M2(VAE):
         register(self.name, self)
         batch = self.batch_size(x, num_samples)
         anchor = output_layer(self.decoder).bias
-        if y is None:
-            y = torch.full((batch,), -1, dtype=torch.long, device=anchor.device)
-        labelled = cast(torch.BoolTensor, y >= 0)
+        labelled, known = partial_labels(y, batch, self.num_classes, anchor)
         uniform = anchor.new_full((self.num_classes,), 1 / self.num_classes)
         y_prior = dist.OneHotCategorical(probs=uniform)
         with pyro.plate("data", batch):
             z = pyro.sample("z", self.prior(torch.Size(), anchor))
-            known = one_hot(y.clamp(min=0), self.num_classes, anchor)
             y1h = pyro.sample("y", y_prior, obs=known, obs_mask=labelled)
             return pyro.sample("x", self.decode_given(z, y1h), obs=x)
 

@@ -7,6 +7,7 @@ from ``vectorize_particles=True``, datapoints, time steps).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import pyro
 import pyro.distributions as dist
@@ -105,6 +106,18 @@ def register(name: str, module: nn.Module) -> nn.Module:
 def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
     """Integer labels [B] -> float one-hot [B, num_classes] (dtype of ``like``)."""
     return torch.nn.functional.one_hot(y.long(), num_classes).to(like.dtype)
+
+
+def partial_labels(
+    y: torch.Tensor | None, batch: int, num_classes: int, like: torch.Tensor
+) -> tuple[torch.BoolTensor, torch.Tensor]:
+    """Labels that may be hidden (-1; ``y=None``: all hidden) -> (``labelled`` [B], the
+    one-hot known labels [B, C], a placeholder class 0 where hidden): the ``obs_mask`` and
+    ``obs`` of a partly observed label, shared by M2 and its guide."""
+    if y is None:
+        y = torch.full((batch,), -1, dtype=torch.long, device=like.device)
+    labelled = cast(torch.BoolTensor, y >= 0)
+    return labelled, one_hot(y.clamp(min=0), num_classes, like)
 
 
 def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
