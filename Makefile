@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all lint format bench mutants docs docs-figures doctest clean
+.PHONY: install demo test test-notebooks lint format bench mutants docs docs-figures docs-check doctest notebooks clean
 
 install: $(STAMP)
 
@@ -17,7 +17,16 @@ demo: install
 	$(BIN)/aevb demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not notebooks"
+
+# every teaching notebook run top to bottom with its exercise solutions (~3 min; .ci/run runs it)
+test-notebooks: install
+	$(BIN)/aevb data fetch mnist
+	$(BIN)/python -m pytest -q -m notebooks
+
+# the notebooks as .ipynb: notebooks/<name>.ipynb for students, notebooks/solutions/ for teachers
+notebooks: install
+	$(BIN)/python scripts/notebooks.py --out notebooks
 
 lint: install
 	$(BIN)/ruff check aevb tests scripts
@@ -33,10 +42,17 @@ bench: install
 mutants: install
 	$(BIN)/python scripts/mutation_check.py $(MUTANT_FLAGS)
 
-# the documentation site: figures from the repo's scripts first (~5 min, once), then Sphinx
-# with warnings as errors; open docs/_build/html/index.html
+# the documentation site: figures from the repo's scripts first (~3 min, once), then Sphinx
+# with warnings as errors, executing the notebooks (cached in docs/_build/.jupyter_cache);
+# MathJax is fetched once from the npm registry and served by the site (docs/_ext).
+# Open docs/_build/html/index.html
 docs: install docs/_generated/.stamp
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# the built site opened in headless Chromium with no outside host reachable: the math is
+# typeset by the site's own MathJax and nothing scrolls sideways (Debian: apt-get install chromium)
+docs-check: docs
+	$(BIN)/python scripts/check_offline_math.py docs/_build/html --screenshot-dir docs/_build/screenshots
 
 docs-figures: install
 	rm -f docs/_generated/.stamp
@@ -48,11 +64,11 @@ docs/_generated/.stamp:
 
 # every >>> example in the pages and in the docstrings they include
 doctest: install
-	$(BIN)/sphinx-build -W --keep-going -q -b doctest docs docs/_build/doctest
+	$(BIN)/sphinx-build -W --keep-going -q -b doctest -D nb_execution_mode=off docs docs/_build/doctest
 
 format: install
 	$(BIN)/ruff check --fix aevb tests scripts
 	$(BIN)/ruff format aevb tests scripts
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build notebooks

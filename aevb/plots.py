@@ -1,18 +1,22 @@
-"""Seaborn figures saved as PNG next to the numbers they show."""
+"""Seaborn figures saved as PNG next to the numbers they show, or (``path=None``) returned as
+a :class:`~matplotlib.figure.Figure`, which a notebook shows inline."""
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyro.poutine as poutine  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from aevb.devices import device_of, to_device  # noqa: E402
@@ -21,10 +25,10 @@ from aevb.models.base import hooks  # noqa: E402
 
 def learning_curves(
     histories: dict[str, pd.DataFrame],
-    path: str | Path,
+    path: str | Path | None = None,
     title: str = "",
     train_curve: str = "train bound",
-) -> Path:
+) -> Path | Figure:
     """Negated train loss (``train_curve`` names it: the bound for SVI, log p(x, z) at the
     E-step draws for MCEM) and test ELBO per epoch, one colour per labelled run."""
     frames = []
@@ -46,11 +50,11 @@ def learning_curves(
 
 def image_grid(
     images: torch.Tensor,
-    path: str | Path,
+    path: str | Path | None = None,
     title: str = "",
     ncol: int = 10,
     shape: tuple[int, int] = (28, 28),
-) -> Path:
+) -> Path | Figure:
     """A grid of images given as rows of pixel intensities in [0, 1]."""
     images = images.detach().reshape(-1, *shape).clamp(0, 1).cpu()
     n = images.shape[0]
@@ -90,7 +94,9 @@ def reconstruct(model, guide, args: tuple) -> torch.Tensor:
     return torch.cat(means, -1)
 
 
-def reconstructions(model, guide, args: tuple, path: str | Path, n: int = 10) -> Path:
+def reconstructions(
+    model, guide, args: tuple, path: str | Path | None = None, n: int = 10
+) -> Path | Figure:
     """Data (top row) and reconstructions (bottom row)."""
     args = to_device(tuple(a[:n] for a in args), device_of(model, guide))
     recon = reconstruct(model, guide, args).cpu()
@@ -100,20 +106,22 @@ def reconstructions(model, guide, args: tuple, path: str | Path, n: int = 10) ->
 
 
 @torch.no_grad()
-def prior_samples(model, path: str | Path, n: int = 50) -> Path:
+def prior_samples(model, path: str | Path | None = None, n: int = 50) -> Path | Figure:
     """Means of p(x | z) for z ~ p(z)."""
     return image_grid(model.generate(n), path, "samples: mean of p(x|z), z ~ p(z)")
 
 
 @torch.no_grad()
-def class_samples(model, path: str | Path, n: int = 10) -> Path:
+def class_samples(model, path: str | Path | None = None, n: int = 10) -> Path | Figure:
     """One row per class (CVAE label, GMVAE cluster): means of p(x | z), z ~ p(z | y)."""
     grid = model.generate_per_class(n)
     return image_grid(grid.reshape(-1, grid.shape[-1]), path, "one row per class y", ncol=n)
 
 
 @torch.no_grad()
-def analogies(model, guide, args: tuple, path: str | Path, n: int = 8) -> Path:
+def analogies(
+    model, guide, args: tuple, path: str | Path | None = None, n: int = 8
+) -> Path | Figure:
     """One row per test image (x, y): the image, then the means of p(x | y', z) for its style
     z = E_q[z | x, y] and every class y' (Kingma et al. 2014, Figure 1)."""
     x, y = to_device(tuple(a[:n] for a in args[:2]), device_of(model, guide))
@@ -124,7 +132,7 @@ def analogies(model, guide, args: tuple, path: str | Path, n: int = 8) -> Path:
 
 
 @torch.no_grad()
-def cluster_embedding(guide, test, path: str | Path, n: int = 3000) -> Path:
+def cluster_embedding(guide, test, path: str | Path | None = None, n: int = 3000) -> Path | Figure:
     """2-d PCA of E_q[z | x] coloured by true label and by the cluster argmax q(y | x)."""
     from aevb.inference.evaluate import posterior_means
 
@@ -190,10 +198,15 @@ def run_figures(
     return made
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path | None) -> Path | Figure:
+    """Write ``fig`` to ``path`` as PNG and close it; with no path, close it and return it (the
+    last expression of a notebook cell then shows it once)."""
+    fig.tight_layout()
+    if path is None:
+        plt.close(fig)
+        return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

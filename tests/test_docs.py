@@ -55,7 +55,8 @@ def test_every_doc_example_runs(tmp_path):
     makes them first and treats every warning as an error)."""
     sphinx = str(Path(sys.executable).parent / "sphinx-build")
     result = subprocess.run(
-        [sphinx, "-q", "-b", "doctest", str(ROOT / "docs"), str(tmp_path)],
+        [sphinx, "-q", "-b", "doctest", "-D", "nb_execution_mode=off", str(ROOT / "docs")]
+        + [str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import pandas as pd
 import tomllib
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywidgets)
 
 from aevb.errors import ConfigError
 from aevb.experiments.cells import cell_spec, results_row

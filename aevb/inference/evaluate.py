@@ -29,7 +29,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import prune_subsample_sites
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywidgets)
 
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.devices import chunk_elements, device_of, fork_devices, to_device

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import pandas as pd
 import pyro
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywidgets)
 
 from aevb.data.dataset import Dataset
 from aevb.devices import describe as describe_device

@@ -90,7 +90,11 @@ class CVAE(VAE):
         """p(x | z, y)."""
         return self.likelihood.pixels(self.decoder(cat_broadcast(z, y1h)))
 
-    def forward(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ):
         register(self.name, self)
         if y is None:
             raise ValueError("the CVAE is conditioned on labels: call model(x, y)")
