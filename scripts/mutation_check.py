@@ -50,6 +50,8 @@ DS = "aevb/data/dataset.py"
 T_SAMPLERS = ("tests/test_samplers.py", "tests/test_mcem.py")
 SEMI = "aevb/inference/semisupervised.py"
 T_M2 = ("tests/test_m2.py",)
+MJ = "docs/_ext/offline_mathjax.py"
+T_NB = "tests/test_notebooks.py::test_notebook_executes_with_its_solutions"
 
 MUTANTS = [
     Mutant(
@@ -569,6 +571,43 @@ MUTANTS = [
         "        chosen = torch.cat(kept)\n",
         "        chosen = torch.arange(n)\n",
         T_M2,
+    ),
+    # issue 23: the offline site and the notebooks' solutions
+    Mutant(
+        "docs-mathjax-from-cdn",
+        "docs",
+        "the site keeps Sphinx's CDN MathJax: offline, the pages show raw TeX",
+        MJ,
+        "    app.config.mathjax_path = ENTRY\n",
+        "",
+        ("tests/test_docs_offline.py",),
+    ),
+    Mutant(
+        "docs-checksum-ignored",
+        "docs",
+        "the MathJax tarball is used whatever its SHA-256",
+        MJ,
+        "    if got != SHA256:\n",
+        "    if False:\n",
+        ("tests/test_docs_offline.py",),
+    ),
+    Mutant(
+        "notebook-fa-kl-without-logdet",
+        "the referee",
+        "FA's closed-form ELBO drops log det S from its KL (the FA notebook's exercise 1)",
+        "aevb/models/fa.py",
+        "        kl = 0.5 * (trace + (loc**2).sum(-1) - self.z_dim - logdet)\n",
+        "        kl = 0.5 * (trace + (loc**2).sum(-1) - self.z_dim)\n",
+        (f"{T_NB}[fa]",),
+    ),
+    Mutant(
+        "notebook-vrnn-mask-ignored",
+        "model",
+        "the VRNN scores the padded steps of ragged sequences (the VRNN notebook's exercise 2)",
+        "aevb/models/vrnn.py",
+        "                m: Any = True if mask is None else mask[:, t].bool()\n",
+        "                m: Any = True\n",
+        (f"{T_NB}[vrnn]",),
     ),
 ]
 
