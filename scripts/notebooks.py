@@ -15,6 +15,8 @@ notebook followed by its solutions) for teachers.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,21 @@ def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def plain_links(nb: nbformat.NotebookNode, folder: Path) -> nbformat.NotebookNode:
+    """MyST's {doc}`page` roles, which plain Jupyter shows as raw text, as Markdown links into
+    the built site (``docs/_build/html``, made by ``make docs``) relative to ``folder``."""
+    site = Path(os.path.relpath(ROOT / "docs" / "_build" / "html", folder.resolve()))
+
+    def link(match: re.Match) -> str:
+        page = os.path.normpath(f"notebooks/{match.group(1)}")
+        return f"[{page}]({(site / page).as_posix()}.html)"
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = re.sub(r"\{doc\}`([^`<>]+)`", link, cell.source)
+    return nb
+
+
 def write(out: Path, run: bool = False) -> list[Path]:
     """Write ``out/<name>.ipynb`` and ``out/solutions/<name>.ipynb`` for every notebook."""
     written = []
@@ -67,6 +84,7 @@ def write(out: Path, run: bool = False) -> list[Path]:
             (with_solutions(name), out / "solutions" / f"{name}.ipynb"),
         ):
             path.parent.mkdir(parents=True, exist_ok=True)
+            nb = plain_links(nb, path.parent)
             if run:
                 execute(nb, path.parent)
             nbformat.write(nb, path)

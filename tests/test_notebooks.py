@@ -72,6 +72,15 @@ def test_make_notebooks_writes_valid_ipynb(tmp_path):
     teacher = nbformat.read(tmp_path / "solutions" / "vae.ipynb", as_version=4)
     assert not any("Solutions" in c.source for c in student.cells)
     assert any("Solutions" in c.source for c in teacher.cells)
+    # plain Jupyter shows MyST roles raw: the written notebooks link into the built site
+    text = "\n".join(c.source for c in student.cells + teacher.cells)
+    assert "{doc}" not in text
+    site = notebooks.ROOT / "docs" / "_build" / "html"
+    for folder, nb in ((tmp_path, student), (tmp_path / "solutions", teacher)):
+        links = re.findall(r"\]\(([^)]+\.html)\)", nb.cells[0].source)
+        assert links, nb.cells[0].source
+        for target in links:
+            assert (folder / target).resolve() == (site / "tutorials" / "vae.html").resolve()
 
 
 @pytest.mark.notebooks
