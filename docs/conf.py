@@ -1,7 +1,9 @@
 """Sphinx configuration: ``make docs`` (warnings are errors) and ``make doctest``."""
 
+import hashlib
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.abspath(".."))
 sys.path.insert(0, os.path.abspath("_ext"))
@@ -40,12 +42,22 @@ pygments_dark_style = "monokai"
 # MathJax 3 (the local copy offline_mathjax serves); myst-nb adds its class filter to this dict
 mathjax3_config = {"tex": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]]}}
 
+
+def _package_digest() -> str:
+    """SHA-256 (12 hex digits) of the package's source: the notebooks' outputs depend on it."""
+    digest, package = hashlib.sha256(), Path(os.path.abspath("../aevb"))
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 # notebooks (docs/notebooks/*.md, MyST markdown with a jupytext header): executed when the
-# page is read and cached by jupyter-cache, so a rebuild with no changed notebook executes
-# nothing; a cell that raises fails the build. `make doctest` and the doctest test pass
-# -D nb_execution_mode=off.
+# page is read and cached by jupyter-cache, keyed by the notebook's code cells, in a cache
+# folder named by the package's source digest; so a rebuild with nothing changed executes
+# nothing, and a change to aevb re-executes every notebook. A cell that raises fails the
+# build. `make doctest` and the doctest test pass -D nb_execution_mode=off.
 nb_execution_mode = "cache"
-nb_execution_cache_path = os.path.abspath("_build/.jupyter_cache")
+nb_execution_cache_path = os.path.abspath(f"_build/.jupyter_cache/{_package_digest()}")
 nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
