@@ -93,3 +93,20 @@ def test_notebook_executes_with_its_solutions(name, tmp_path):
     assert not errors
     images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
     assert images >= 1, "the notebook shows at least one figure inline"
+
+
+def test_a_figure_without_a_path_is_returned_for_the_notebook_to_show(tmp_path):
+    """``aevb.plots`` writes a PNG when given a path and returns the closed Figure without
+    one (a notebook cell's last expression then shows it once, as the notebooks use it)."""
+    import matplotlib.pyplot as plt
+    import torch
+    from matplotlib.figure import Figure
+
+    from aevb import plots
+
+    images = torch.rand(6, 784)
+    written = plots.image_grid(images, tmp_path / "grid.png", ncol=3)
+    assert written == tmp_path / "grid.png" and written.read_bytes()[:4] == b"\x89PNG"
+    fig = plots.image_grid(images, ncol=3)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    assert fig.number not in plt.get_fignums()  # closed: not shown a second time
