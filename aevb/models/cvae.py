@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from aevb.models.base import check_class_labels
-from aevb.models.nets import cat_broadcast, diagonal_gaussian, one_hot, register
+from aevb.models.nets import diagonal_gaussian, one_hot, register
 from aevb.models.vae import VAE, VAEConfig
 
 
@@ -85,10 +85,6 @@ class CVAE(VAE):
     def check_labels(self, y: torch.Tensor) -> None:
         """Labels must be integers in 0..num_classes-1 (a clear error, not an index error)."""
         check_class_labels(y, self.context_dim, type(self).__name__)
-
-    def decode_given(self, z: torch.Tensor, y1h: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | z, y)."""
-        return self.likelihood.pixels(self.decoder(cat_broadcast(z, y1h)))
 
     def forward(  # type: ignore[override]
         self,

@@ -48,7 +48,7 @@ import pyro.distributions as dist
 import torch
 
 from aevb.models.base import check_class_labels
-from aevb.models.nets import cat_broadcast, one_hot, output_layer, partial_labels, register
+from aevb.models.nets import one_hot, output_layer, partial_labels, register
 from aevb.models.vae import VAE, VAEConfig
 
 
@@ -91,10 +91,6 @@ class M2(VAE):
     def check_labels(self, y: torch.Tensor) -> None:
         """Labels must be integers in 0..C-1, or -1 where the label is unknown."""
         check_class_labels(y, self.num_classes, type(self).__name__, missing=True)
-
-    def decode_given(self, z: torch.Tensor, y1h: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | y, z) for one-hot y."""
-        return self.likelihood.pixels(self.decoder(cat_broadcast(z, y1h)))
 
     def forward(  # type: ignore[override]
         self,

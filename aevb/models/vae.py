@@ -31,7 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from aevb.models.base import DecoderModel
-from aevb.models.nets import output_layer, register
+from aevb.models.nets import cat_broadcast, output_layer, register
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,11 @@ class VAE(DecoderModel):
     @property
     def decoder_input_dim(self) -> int:
         return self.config.z_dim
+
+    def decode_given(self, z: torch.Tensor, y1h: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z, y): the decoder on [z, one-hot y], for the subclasses whose
+        ``decoder_input_dim`` adds the label (CVAE, M2)."""
+        return self.likelihood.pixels(self.decoder(cat_broadcast(z, y1h)))
 
     def prior(self, batch_shape: torch.Size, like: torch.Tensor) -> dist.TorchDistribution:
         """p(z) = N(0, I)."""
