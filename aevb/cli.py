@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from aevb.devices import check_device_name
-from aevb.errors import AevbError, ConfigError, RunInterrupted
+from aevb.errors import AevbError, ConfigError, RunInterrupted, RunsFailed
 from aevb.spec import FLAT_KEYS, INFERENCE_SPECS, EvaluationSpec, RunSpec, hidden_sizes
 
 
@@ -60,7 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model")
     # every option's destination is a key of the RunSpec's flat form (aevb.spec.FLAT_KEYS)
-    t.add_argument("model", help="registered model name (vae, fa)")
+    t.add_argument(
+        "model",
+        help="a registered model name (vae, fa, ...) or MODULE:NAME: a model class or a Pyro "
+        "function model(x) in your own module, imported from the current directory or "
+        "PYTHONPATH",
+    )
     t.add_argument(
         "--objective",
         default=None,
@@ -138,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--guide",
         default=None,
         help=f"the approximate posterior's family: {', '.join(sorted(GUIDES))} (default: the "
-        "model's)",
+        "model's), or MODULE:NAME: a guide class or a Pyro function guide(x) of your own "
+        "(needed for a plain model function)",
     )
     t.add_argument(
         "--flow-steps",
@@ -320,7 +326,8 @@ def cmd_evaluate(args) -> dict:
 
 
 def cmd_compare(args) -> None:
-    """``aevb compare CONFIG.toml``: a grid of runs into one table and report."""
+    """``aevb compare CONFIG.toml``: a grid of runs into one table and report; exits with
+    status 1 (after writing every result) when any run failed."""
     from aevb.experiments.compare import run_grid
 
     results = run_grid(
@@ -334,7 +341,8 @@ def cmd_compare(args) -> None:
     )
     failed = int((results["status"] != "ok").sum())
     if failed:
-        print(f"{failed} of {len(results)} runs failed; see results.csv", file=sys.stderr)
+        where = Path(results.attrs.get("out", ".")) / "results.csv"
+        raise RunsFailed(f"{failed} of {len(results)} runs failed; see {where}")
 
 
 def cmd_demo(args) -> None:

@@ -2,7 +2,8 @@
 
 One family per kind of mistake or fault; the ``aevb`` command prints the message (never a
 traceback) and exits with :attr:`AevbError.exit_code`: 2 for a user's mistake (the
-convention of ``argparse``), 128 + the signal's number for an interrupted run.
+convention of ``argparse``), 1 when runs of a grid failed, 128 + the signal's number for an
+interrupted run.
 """
 
 import signal
@@ -36,6 +37,13 @@ class RunDirError(AevbError, OSError):
 
 class RunLocked(RunDirError):
     """Another process (named by its pid and host) is training in the same run directory."""
+
+
+class RunsFailed(AevbError):
+    """Some runs of a grid failed: each is recorded with its error (``results.csv``, the
+    report), the others finished; the ``aevb`` command exits with status 1."""
+
+    exit_code = 1
 
 
 class TrainingDiverged(AevbError, RuntimeError):

@@ -1,11 +1,18 @@
-"""Helpers shared by the plain-dict registries (models, guides)."""
+"""Helpers shared by the plain-dict registries (models, guides): configs from overrides, and
+a user's own programs named ``MODULE:NAME`` instead of a registry key."""
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
+import inspect
 import math
+import sys
 import typing
 from dataclasses import fields
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeGuard
 
 from aevb.errors import ConfigError
 
@@ -71,3 +78,143 @@ def check_config_values(config_class: Any, values: dict, what: str = "") -> None
         if problem is not None:
             where = f"{what}.{key}" if what else key
             raise ConfigError(f"{where}: {problem}, got {value!r}")
+
+
+# ------------------------------------------------------------------ a user's own programs
+#
+# Besides a registry key, a model or guide may be named ``MODULE:NAME``: an attribute of a
+# module the user wrote (a class like the registered ones, or a plain Pyro function). A run
+# records where it came from (:func:`program_source`), and :func:`reimport` finds it again.
+
+
+def is_reference(name: object) -> TypeGuard[str]:
+    """Whether ``name`` is ``MODULE:NAME`` (a user's object) rather than a registry key."""
+    return isinstance(name, str) and ":" in name
+
+
+def split_reference(ref: str, role: str = "model") -> tuple[str, str]:
+    """``(module, attribute)`` of ``MODULE:NAME``; a clear error for anything else."""
+    module, _, attribute = ref.partition(":")
+    names = [*module.split("."), *attribute.split(".")]
+    if not all(part.isidentifier() for part in names):
+        raise ConfigError(
+            f"{role} {ref!r}: expected MODULE:NAME (e.g. my_models:GaussVAE, a dotted module "
+            "path and an attribute of it)"
+        )
+    return module, attribute
+
+
+def _import_module(name: str, ref: str, role: str, first: Path | None):
+    """The module ``name``, imported as ``python -m`` does (the current directory, then
+    ``PYTHONPATH``), after ``first`` if given (the folder a run recorded it in)."""
+    folders = [str(p) for p in (first, Path.cwd()) if p is not None]
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(f"{exc.name}.")):
+            raise ConfigError(
+                f"{role} {ref!r}: no module named {name!r} in {' or '.join(folders)} or on "
+                "PYTHONPATH; run aevb from the folder that holds it, or add that folder to "
+                "PYTHONPATH"
+            ) from None
+        raise ConfigError(f"{role} {ref!r}: importing {name} failed: {exc}") from exc
+    except (ImportError, SyntaxError) as exc:
+        raise ConfigError(f"{role} {ref!r}: importing {name} failed: {exc}") from exc
+
+
+def import_reference(ref: str, role: str = "model", first: Path | None = None) -> Any:
+    """The object ``MODULE:NAME`` names, its module imported from the current directory and
+    ``PYTHONPATH`` (like ``python -m``; ``first``: a folder searched before them). A missing
+    module or attribute is a :class:`~aevb.errors.ConfigError` naming what was searched."""
+    module_name, attribute = split_reference(ref, role)
+    module = _import_module(module_name, ref, role, first)
+    obj: Any = module
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            where = getattr(module, "__file__", None) or module_name
+            public = [n for n in vars(module) if not n.startswith("_")]
+            hint = difflib.get_close_matches(part, public, n=3, cutoff=0.5)
+            also = f"; did you mean {', '.join(hint)}?" if hint else ""
+            raise ConfigError(f"{role} {ref!r}: {where} has no attribute {attribute!r}{also}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _sha256(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def program_source(obj: Any, ref: str | None = None) -> dict | None:
+    """Where a user's model or guide comes from, as a run records it: ``ref``
+    (``MODULE:NAME``), ``kind`` (what ``ref`` names: ``class``, ``function`` or ``object``,
+    e.g. a module-level ``nn.Module``), the module's ``file`` and its ``sha256``. Without
+    ``ref``, ``obj`` is an instance of (or is) a registered class: its class's module is
+    recorded, unless it is the package's own (None)."""
+    if ref is None:
+        target = obj if inspect.isclass(obj) or inspect.isroutine(obj) else type(obj)
+        module = getattr(target, "__module__", None) or ""
+        if module == "aevb" or module.startswith("aevb."):
+            return None
+        ref = f"{module}:{getattr(target, '__qualname__', target.__name__)}"
+        obj = target
+    module = ref.partition(":")[0]
+    kind = "class" if inspect.isclass(obj) else "function" if inspect.isroutine(obj) else "object"
+    file = getattr(sys.modules.get(module), "__file__", None)
+    return {
+        "ref": ref,
+        "kind": kind,
+        "file": None if file is None else str(Path(file).resolve()),
+        "sha256": _sha256(file),
+    }
+
+
+def _recorded_root(entry: dict) -> Path | None:
+    """The folder to import a recorded module from (its file's folder, less the package
+    folders of a dotted module name), if the file is still there."""
+    file = entry.get("file")
+    if not file or not Path(file).is_file():
+        return None
+    depth = split_reference(entry["ref"])[0].count(".")
+    depth += Path(file).name == "__init__.py"
+    return Path(file).parents[depth]
+
+
+def reimport(entry: dict, role: str, run: str | Path) -> Any:
+    """The model or guide a run recorded (:func:`program_source`), imported again: from the
+    folder of the recorded file first, then as :func:`import_reference` does. An error if
+    it is gone or is no longer a ``kind`` (class / function); a line on stderr if its file
+    changed since (the run's parameters are then loaded into today's code)."""
+    ref = entry["ref"]
+    if ref.startswith("__main__:"):
+        raise ConfigError(
+            f"{run}: the run's {role} was defined in a script run as __main__ "
+            f"({entry.get('file')}), which cannot be imported again; move it into a module "
+            "and name it MODULE:NAME"
+        )
+    try:
+        obj = import_reference(ref, role, _recorded_root(entry))
+    except ConfigError as exc:
+        raise ConfigError(f"{run}: cannot find the run's {role} again: {exc}") from None
+    now = program_source(obj, ref) or {"kind": entry.get("kind"), "file": None}
+    if now["kind"] != entry.get("kind"):
+        raise ConfigError(
+            f"{run}: the run's {role} {ref!r} was a {entry.get('kind')} when it was trained; "
+            f"{now['file']} now makes it a {now['kind']}"
+        )
+    if entry.get("sha256") and now.get("sha256") != entry["sha256"]:
+        moved = "" if now["file"] == entry.get("file") else f" (now {now['file']})"
+        print(
+            f"aevb: warning: {entry.get('file')}{moved}, which defines the run's {role} "
+            f"{ref!r}, changed since the run was trained (sha256 {entry['sha256'][:12]} then, "
+            f"{str(now.get('sha256'))[:12]} now); its parameters are loaded into today's code",
+            file=sys.stderr,
+        )
+    return obj

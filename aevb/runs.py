@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,13 @@ import pyro
 
 from aevb import data, guides, inference, models, plots
 from aevb.data.dataset import Dataset
-from aevb.errors import ConfigError
+from aevb.errors import ConfigError, RunDirError
 from aevb.inference import rundir
 from aevb.inference.loop import Run
 from aevb.inference.objectives import OBJECTIVES
 from aevb.models import likelihoods
 from aevb.models.base import hooks
+from aevb.registry import import_reference, is_reference, program_source, reimport
 from aevb.spec import EvaluationSpec, MCEMSpec, RunSpec, SVISpec, VIMCMCSpec
 
 #: transitions per minibatch of a vi-mcmc spec that names none (VIMCMCConfig's default)
@@ -59,11 +61,9 @@ class Resolved:
 
 
 def model_class(spec: RunSpec):
-    """The registered model class the spec names (a clear error if there is none)."""
-    name = spec.model.name
-    if name not in models.MODELS:
-        raise ConfigError(f"unknown model {name!r}; expected one of {sorted(models.MODELS)}")
-    return models.MODELS[name]
+    """The model class the spec names (a clear error if there is none): a registered one,
+    or a user's ``MODULE:NAME`` class or plain function (:func:`aevb.models.get`)."""
+    return models.get(spec.model.name)
 
 
 def _preset(spec: RunSpec) -> str | None:
@@ -96,16 +96,26 @@ def _binarize(spec: RunSpec, preset: str | None) -> str | None:
 def resolve(spec: RunSpec) -> Resolved:
     """Load the data and build the model and guide a spec names. The global seed is set to
     the spec's before the weights are drawn (training re-draws them from it again)."""
-    cls = model_class(spec)
+    cls: Any = model_class(spec)
     if isinstance(spec.inference, SVISpec | VIMCMCSpec):
         objective_of(spec)  # an unknown objective fails before the data are read
+    if not inspect.isclass(cls) and not spec.model.guide:
+        raise ConfigError(
+            f"model {spec.model.name!r} is a plain function and names no guide: give one "
+            "(--guide MODULE:NAME, a guide(x) function or guide class; guide = ... in a grid "
+            "or RunSpec). aevb does not guess one: an autoguide would fit one q(z) per "
+            "minibatch position, not q(z | x) per datapoint"
+        )
     preset = _preset(spec)
     train, test = data.load(spec.data.source, _binarize(spec, preset))
     train, test = train.subset(spec.data.subset), test.subset(spec.data.test_subset)
     if spec.data.labels is not None:
         train = keep_labels(spec, train)
     pyro.set_rng_seed(spec.schedule.seed)
-    config = {**spec.model.config, **cls.config_from_data(train)}
+    config = dict(spec.model.config)
+    is_class = inspect.isclass(cls)
+    if is_class:
+        config.update(cls.config_from_data(train))
     model = models.build(spec.model.name, preset, **config)
     overrides = dict(spec.model.guide_config)
     if spec.model.guide:
@@ -146,8 +156,8 @@ def objective_of(spec: RunSpec) -> tuple[str, int]:
 
 def default_out(spec: RunSpec) -> Path:
     """``runs/MODEL-OBJECTIVEk-seedS`` (SVI), ``runs/MODEL-mcem-SAMPLER-seedS`` or
-    ``runs/MODEL-vi-mcmcK-OBJECTIVEk-seedS``."""
-    name, seed = spec.model.name, spec.schedule.seed
+    ``runs/MODEL-vi-mcmcK-OBJECTIVEk-seedS`` (a user's ``MODULE:NAME`` as ``MODULE.NAME``)."""
+    name, seed = spec.model.name.replace(":", "."), spec.schedule.seed  # MODULE:NAME
     if isinstance(spec.inference, MCEMSpec):
         return Path(f"runs/{name}-mcem-{spec.inference.sampler.name}-seed{seed}")
     if isinstance(spec.inference, VIMCMCSpec):
@@ -189,17 +199,53 @@ def fit_settings(spec: RunSpec) -> dict:
     return settings
 
 
-def _meta(spec: RunSpec, train: Dataset) -> dict:
-    """What the record keeps of the spec: the spec itself, and ``data_spec`` (the test set,
-    as :func:`aevb.inference.rundir.evaluate_run` reloads it)."""
+def _meta(r: Resolved, out: str | Path | None, resume: bool) -> dict:
+    """What the record keeps of the spec: the spec itself, ``data_spec`` (the test set, as
+    :func:`aevb.inference.rundir.evaluate_run` reloads it) and, for a user's model or guide,
+    ``imports`` (:func:`imports`)."""
+    spec = r.spec
     data_spec = {
         "source": spec.data.source,
-        "binarize": train.binarize,
+        "binarize": r.train.binarize,
         "subset": spec.data.subset,
         "test_subset": spec.data.test_subset,
         "labels": spec.data.labels,
     }
-    return {"data_spec": data_spec, "spec": spec.to_dict()}
+    meta = {"data_spec": data_spec, "spec": spec.to_dict()}
+    found = imports(r)
+    if resume and out is not None and rundir.has_checkpoint(out):
+        found = _imports_as_started(found, out)
+    if found:
+        meta["imports"] = found
+    return meta
+
+
+def imports(r: Resolved) -> dict:
+    """Where a user's model and guide come from (``{"model": {"ref", "kind", "file",
+    "sha256"}, ...}``, :func:`aevb.registry.program_source`): what ``aevb evaluate`` and
+    ``--resume`` import again. The package's own are left out."""
+    found = {}
+    named = (("model", r.model, r.spec.model.name), ("guide", r.guide, r.spec.model.guide))
+    for role, obj, name in named:
+        if is_reference(name):  # what the name gives (imported already), not what was built
+            source = program_source(import_reference(name, role), name)
+        else:
+            source = program_source(obj)
+        if source is not None:
+            found[role] = source
+    return found
+
+
+def _imports_as_started(found: dict, out: str | Path) -> dict:
+    """On resume, the imports as the run recorded them when it started (a changed file is
+    a warning, :func:`aevb.registry.reimport`, not a reason to refuse the resume)."""
+    try:
+        saved = rundir.read_config(out).get("imports") or {}
+    except RunDirError:  # the loop reports a damaged run directory
+        return found
+    for role, entry in saved.items():
+        reimport(entry, role, out)
+    return saved
 
 
 def train(
@@ -226,7 +272,7 @@ def train(
         resume=resume,
         progress=progress,
         verbose=verbose,
-        meta=_meta(spec, r.train),
+        meta=_meta(r, out, resume),
         epoch_callback=epoch_callback,
         **fit_settings(spec),
     )
@@ -300,6 +346,7 @@ __all__ = [
     "evaluate",
     "fit_resolved",
     "fit_settings",
+    "imports",
     "model_class",
     "objective_of",
     "resolve",

@@ -199,7 +199,11 @@ class ModelSpec(_Spec):
     """Which model: a registry name (:data:`aevb.models.MODELS`), a named preset, the guide
     (a key of :data:`aevb.guides.GUIDES`; None = the model's default), overrides of the
     model's config fields (``{"z_dim": 50, "hidden": (200, 200)}``) and of the guide's
-    (``{"flow_steps": 4}`` for the ``iaf`` guide)."""
+    (``{"flow_steps": 4}`` for the ``iaf`` guide).
+
+    ``name`` and ``guide`` may instead be ``MODULE:NAME``, a user's class or plain Pyro
+    function (``"my_models:GaussVAE"``, ``"my_models:guide"``), imported where the spec is
+    resolved (:func:`aevb.models.get`); a plain model function needs a guide."""
 
     name: str = _setting(_text(), "vae")
     preset: str | None = _setting(_text())
@@ -211,6 +215,11 @@ class ModelSpec(_Spec):
         object.__setattr__(self, "config", _frozen(dict(self.config)))
         object.__setattr__(self, "guide_config", _frozen(dict(self.guide_config)))
         from aevb import guides, models
+        from aevb.registry import is_reference, split_reference
+
+        for role, name in (("model.name", self.name), ("model.guide", self.guide)):
+            if is_reference(name):  # checked here; imported where the spec is resolved
+                split_reference(name, role)
 
         cls = models.MODELS.get(self.name)
         config_class = getattr(cls, "config_class", None)

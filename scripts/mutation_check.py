@@ -52,6 +52,7 @@ SEMI = "aevb/inference/semisupervised.py"
 T_M2 = ("tests/test_m2.py",)
 MJ = "docs/_ext/offline_mathjax.py"
 T_NB = "tests/test_notebooks.py::test_notebook_executes_with_its_solutions"
+T_USER = "tests/test_user_programs.py"
 
 MUTANTS = [
     Mutant(
@@ -608,6 +609,60 @@ MUTANTS = [
         "                m: Any = True if mask is None else mask[:, t].bool()\n",
         "                m: Any = True\n",
         (f"{T_NB}[vrnn]",),
+    ),
+    Mutant(
+        "user-prior-of-proposed-site-counted",
+        "estimator",
+        "a latent the guide forgets keeps its prior term in the IS weight",
+        EV,
+        "            continue  # drawn from its prior: p(u) / p(u) in the weight\n",
+        "            pass\n",
+        (T_USER,),
+    ),
+    Mutant(
+        "user-enumeration-not-summed",
+        "estimator",
+        "the model's own enumerated sites are sampled instead of summed out",
+        EV,
+        '        enumerate_model=True,\n        what="a batch",\n',
+        '        enumerate_model=False,\n        what="a batch",\n',
+        (T_USER,),
+    ),
+    Mutant(
+        "user-nan-passed-through",
+        "estimator",
+        "a NaN log-density passes into the estimate",
+        EV,
+        "    if bool(bad.any()):\n",
+        "    if False:\n",
+        (T_USER,),
+    ),
+    Mutant(
+        "user-seed-skips-closure-modules",
+        "training",
+        "a fresh fit leaves networks captured in closures as the last fit left them",
+        "aevb/inference/loop.py",
+        "        for module in others:",
+        "        for module in others[:0]:",
+        (T_USER,),
+    ),
+    Mutant(
+        "user-global-latent-unscaled",
+        "training",
+        "minibatches of a model with a global latent are not scaled by N / B",
+        "aevb/inference/programs.py",
+        '            msg["scale"] = msg["scale"] * (self.full / self.batch)\n',
+        "            pass\n",
+        (T_USER,),
+    ),
+    Mutant(
+        "user-resume-keeps-memory-weights",
+        "training",
+        "a resumed plain-function pair keeps its networks' in-memory weights",
+        "aevb/inference/loop.py",
+        "        _adopt_checkpoint(model, guide, ds, cfg, device)\n",
+        "        pass\n",
+        (T_USER,),
     ),
 ]
 

@@ -49,7 +49,9 @@ def test_grid_runs_records_a_failure_and_resumes(tmp_path, capsys):
     config = tmp_path / "tiny.toml"
     config.write_text(GRID)
     out = tmp_path / "grid"
-    assert main(["compare", str(config), "--out", str(out), "--quiet"]) == 0
+    # a failed cell: every result is written, then the exit status is 1
+    assert main(["compare", str(config), "--out", str(out), "--quiet"]) == 1
+    assert f"1 of 4 runs failed; see {out / 'results.csv'}" in capsys.readouterr().err
     results = pd.read_csv(out / "results.csv")
     assert list(results["cell"]) == [
         "fa-meanfield",
@@ -81,7 +83,7 @@ def test_grid_runs_records_a_failure_and_resumes(tmp_path, capsys):
 
     # finished cells are not trained again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
-    assert main(["compare", str(config), "--out", str(out), "--quiet"]) == 0
+    assert main(["compare", str(config), "--out", str(out), "--quiet"]) == 1
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == stamps
     again = pd.read_csv(out / "results.csv")
     pd.testing.assert_series_equal(again["test_ll_is"], results["test_ll_is"])

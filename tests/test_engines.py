@@ -107,7 +107,7 @@ def test_a_raising_cell_is_recorded_and_the_grid_goes_on(tmp_path, local_ray):
         GRID.format(extra='[engine]\nname = "ray"\nnum_cpus = 1\n')
         + '\n[[cells]]\nobjective = "no-such-objective"\n'
     )
-    assert main(["compare", str(config), "--out", str(tmp_path / "g"), "--quiet"]) == 0
+    assert main(["compare", str(config), "--out", str(tmp_path / "g"), "--quiet"]) == 1
     results = pd.read_csv(tmp_path / "g" / "results.csv")
     assert list(results["status"]) == ["ok"] * 4 + ["failed"] * 2
     assert results["error"].iloc[-1].startswith("ConfigError: unknown objective")

@@ -59,7 +59,7 @@ def _fit(spec: RunSpec, out, **kw):
     """``runs.train`` without figures, and with a step callback where given."""
     r = runs.resolve(spec)
     settings = runs.fit_settings(spec)
-    common = dict(test=r.test, out=out, progress=False, meta=runs._meta(spec, r.train))
+    common = dict(test=r.test, out=out, progress=False, meta=runs._meta(r, out, resume=False))
     return runs.fit_resolved(spec, r, **common, **settings, **kw)[0]
 
 

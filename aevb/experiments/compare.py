@@ -16,7 +16,7 @@ A config names cells (model, data, inference back-end and its settings) and seed
     ais = 16                    # AIS with C chains (optional)
     ais_temperatures = 200      # shared by both: ais_temperatures, subset, batch_size, seed
 
-    modules = ["my_models"]     # optional: your own models, imported first (beside this file)
+    modules = ["my_models"]     # optional: modules registering your own models, imported first
 
     [engine]                    # optional: where the runs execute (default: name = "local")
     name = "ray"                # one Ray task per (cell, seed); see aevb.experiments.engines
@@ -43,11 +43,21 @@ A config names cells (model, data, inference back-end and its settings) and seed
     inference = "mcem"
     sampler = "batched-hmc"
 
+A cell may name a user's own model and guide as ``MODULE:NAME`` instead of a registered
+name, as ``aevb train`` does (``model = "my_models:GaussVAE"``, ``guide =
+"my_models:my_guide"``: a class, or a plain Pyro function ``model(x)`` / ``guide(x)``).
+
+Every path in the config is relative to **the config file's folder**, not the current
+directory: ``data`` files and folders, the ``modules`` and the modules of ``MODULE:NAME``
+names (that folder is searched first, here and on Ray workers), and a ``[tracking]``
+``uri`` that is a folder. So a grid runs the same from anywhere.
+
 Each (cell, seed) becomes a :class:`~aevb.spec.RunSpec` (the cell's keys, the seed and the
 estimators), checked for every cell before any trains, and is run by :func:`aevb.runs.run`
 (the code ``aevb train`` and ``aevb evaluate`` run) in ``OUT/<cell label>-seed<S>``. Re-running the
 command skips cells already evaluated and resumes unfinished ones; a failing cell is recorded
-with its error and the grid goes on. ``results.csv`` holds one row per (cell, seed) — settings,
+with its error and the grid goes on (``aevb compare`` then exits with status 1, once
+everything is written). ``results.csv`` holds one row per (cell, seed) — settings,
 seconds, throughput, bounds, model metrics, sampler diagnostics, library versions — and
 ``report.md`` a summary (mean and standard deviation over seeds) with figures.
 """
@@ -64,6 +74,7 @@ import pandas as pd
 import tomllib
 from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywidgets)
 
+from aevb.data import DATASETS
 from aevb.errors import ConfigError
 from aevb.experiments.cells import cell_spec, results_row
 from aevb.experiments.engines import Task, make_engine
@@ -75,6 +86,7 @@ from aevb.experiments.tracking import (
     tracking_from_table,
 )
 from aevb.inference import rundir
+from aevb.registry import import_reference, is_reference, split_reference
 from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
 
 #: the short prefix a cell label gives a setting's value (k5, a0.5, K5, T2, L100)
@@ -108,24 +120,14 @@ def load_config(path: str | Path) -> dict:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the grid config: {exc}") from exc
-    _import_modules(raw.get("modules", []), path)
     cells = raw.get("cells")
     if not cells:
         raise ConfigError(f"{path}: no [[cells]] in the grid config")
-    defaults = raw.get("defaults", {})
+    expanded = _expand(cells, raw.get("defaults", {}), path)
+    modules = _import_modules(raw.get("modules", []), expanded, path)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{path}: seeds must be a list of integers, got {seeds!r}")
-    expanded = []
-    for i, cell in enumerate(cells):
-        full = {**defaults, **cell}
-        if "model" not in full:
-            raise ConfigError(f"{path}: cell {i + 1} names no model (set it in [defaults])")
-        full.setdefault("label", cell_label(full))
-        expanded.append(full)
-    labels = [c["label"] for c in expanded]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{path}: two cells share a label {labels}; give them label = ...")
     for cell in expanded:
         check_cell(cell, path)
     return {
@@ -136,9 +138,37 @@ def load_config(path: str | Path) -> dict:
         "reference": raw.get("reference", {}),
         "source": path.read_text(),
         "engine": _engine_table(raw.get("engine", {}), path),
-        "tracking": tracking_from_table(raw.get("tracking"), path),
-        "modules": (raw.get("modules", []), str(path.resolve().parent)),
+        "tracking": tracking_from_table(_tracking_table(raw.get("tracking"), path), path),
+        "modules": (modules, str(path.resolve().parent)),
     }
+
+
+def _expand(cells, defaults: dict, path: Path) -> list[dict]:
+    """The cells with the ``[defaults]``, their labels, and ``data`` paths relative to the
+    config's folder made absolute (registered dataset names are left as they are)."""
+    expanded = []
+    for i, cell in enumerate(cells):
+        full = {**defaults, **cell}
+        if "model" not in full:
+            raise ConfigError(f"{path}: cell {i + 1} names no model (set it in [defaults])")
+        full.setdefault("label", cell_label(full))
+        source = full.get("data")
+        if isinstance(source, str) and source not in DATASETS and not Path(source).is_absolute():
+            full["data"] = str(path.resolve().parent / source)
+        expanded.append(full)
+    labels = [c["label"] for c in expanded]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{path}: two cells share a label {labels}; give them label = ...")
+    return expanded
+
+
+def _tracking_table(table, path: Path):
+    """A ``[tracking]`` table whose ``uri`` is a relative folder, made relative to the
+    config's folder."""
+    uri = table.get("uri") if isinstance(table, dict) else None
+    if not isinstance(uri, str) or ":" in uri or Path(uri).is_absolute():
+        return table
+    return {**table, "uri": str(path.resolve().parent / uri)}
 
 
 def check_cell(cell: dict, path: Path) -> None:
@@ -185,19 +215,40 @@ def _engine_table(table, path: Path) -> dict:
     return table
 
 
-def _import_modules(modules, path: Path) -> None:
+def _import_modules(modules, cells: list[dict], path: Path) -> list[str]:
     """Import the config's ``modules`` (a user's models and guides registering themselves,
-    see :func:`aevb.models.register`), looked up beside the config file first."""
+    see :func:`aevb.models.register`) and those of the cells' ``MODULE:NAME`` models and
+    guides, looked up beside the config file first; return them all (what every worker
+    imports before it runs a cell)."""
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(f"{path}: modules must be a list of module names, got {modules!r}")
+    named = []
+    for cell in cells:
+        for key in ("model", "guide"):
+            if is_reference(cell.get(key)):
+                try:
+                    named.append(split_reference(cell[key], key)[0])
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: cell {cell['label']!r}: {exc}") from None
+    wanted = list(dict.fromkeys([*modules, *named]))
     folder = str(path.resolve().parent)
-    if modules and folder not in sys.path:
-        sys.path.insert(0, folder)
-    for name in modules:
+    if wanted:
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)  # the config's folder first, also before the cwd
+    for name in wanted:
         try:
             importlib.import_module(name)
-        except ImportError as exc:
+        except (ImportError, SyntaxError) as exc:
             raise ConfigError(f"{path}: cannot import module {name!r}: {exc}") from exc
+    for cell in cells:  # a name the module lacks is refused before any cell trains
+        for key in ("model", "guide"):
+            if is_reference(cell.get(key)):
+                try:
+                    import_reference(cell[key], key)
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: cell {cell['label']!r}: {exc}") from None
+    return wanted
 
 
 def cell_label(cell: dict) -> str:
@@ -208,7 +259,7 @@ def cell_label(cell: dict) -> str:
         if value is None or (key == "inference" and value == "svi"):
             continue
         prefix = _LABEL_PREFIX.get(key, "")
-        parts.append(f"{prefix}{value}")
+        parts.append(f"{prefix}{value}".replace(":", "."))  # MODULE:NAME -> MODULE.NAME
     return "-".join(parts)
 
 
@@ -287,6 +338,7 @@ def run_grid(
     from aevb.experiments.report import write_report
 
     write_report(config, results, out)
+    results.attrs["out"] = str(out)
     return results
 
 

@@ -10,8 +10,9 @@ The Ray engine submits each task with the resources of the ``[engine]`` table (`
 ``num_gpus``, fractions allowed) and retries a task whose worker died (``max_retries``); a
 retried task resumes from its run directory's last checkpoint, which is bit-identical to an
 uninterrupted run. Run directories must live on storage every worker sees (a shared path);
-user modules named in the grid's ``modules`` are imported on the workers from the config's
-folder (Ray's runtime environment puts it on ``PYTHONPATH``).
+user modules -- the grid's ``modules`` and those of its ``MODULE:NAME`` models and guides --
+are imported on the workers from the config's folder (Ray's runtime environment puts it on
+``PYTHONPATH``).
 
 References:
     P. Moritz et al. (2018), Ray: A Distributed Framework for Emerging AI Applications, OSDI.
@@ -41,7 +42,8 @@ class Task:
     out: str
     #: the grid's estimators, as :meth:`aevb.spec.EvaluationSpec.to_dict` dicts
     evaluate: list = field(default_factory=list)
-    #: user modules to import first (``modules = [...]``) and the folder they live in
+    #: user modules to import first (``modules = [...]`` and those of ``MODULE:NAME``
+    #: models and guides) and the folder they live in
     modules: list = field(default_factory=list)
     module_folder: str = ""
     #: where to log the run (:class:`aevb.experiments.tracking.Tracking` as a dict), if at all
@@ -67,7 +69,9 @@ def run_task(task: Task) -> dict:
     from aevb.spec import EvaluationSpec
 
     if task.modules:
-        if task.module_folder and task.module_folder not in sys.path:
+        if task.module_folder:  # first, before the worker's current directory
+            if task.module_folder in sys.path:
+                sys.path.remove(task.module_folder)
             sys.path.insert(0, task.module_folder)
         for name in task.modules:
             importlib.import_module(name)

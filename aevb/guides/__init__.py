@@ -2,11 +2,13 @@
 
 :data:`GUIDES` maps a name to a class with ``for_model(model)``; :func:`default_for` picks
 the model's ``default_guide``. Any Pyro callable ``guide(*batch)`` works with
-:func:`aevb.inference.fit` too.
+:func:`aevb.inference.fit` too, and :func:`build` takes a user's ``MODULE:NAME`` (a guide
+class with ``for_model``, or a plain function ``guide(x)``) wherever a family is named.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from aevb.errors import ConfigError
@@ -16,7 +18,7 @@ from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
 from aevb.guides.recurrent import RecurrentEncoder, RecurrentEncoderConfig
 from aevb.guides.semisupervised import SemiSupervisedEncoder, SemiSupervisedEncoderConfig
-from aevb.registry import make_config
+from aevb.registry import import_reference, is_reference, make_config
 
 GUIDES: dict[str, Any] = {
     "gaussian": GaussianEncoder,
@@ -30,9 +32,14 @@ GUIDES: dict[str, Any] = {
 
 def build(name: str, model, **overrides):
     """The guide family ``name`` sized for ``model``, with ``overrides`` of its config fields
-    (``build("iaf", model, flow_steps=4)``)."""
-    cls = _get(name)
-    families = getattr(model, "guide_families", None)
+    (``build("iaf", model, flow_steps=4)``); a user's ``MODULE:NAME`` function is returned
+    as it is (it takes no settings)."""
+    cls: Any = _get(name)
+    function = not inspect.isclass(cls)
+    if function:
+        _no_settings(name, overrides)
+        return cls
+    families = getattr(model, "guide_families", None) if not is_reference(name) else None
     what = getattr(model, "name", type(model).__name__)
     if families is not None and name not in families:
         raise ConfigError(
@@ -43,14 +50,25 @@ def build(name: str, model, **overrides):
     except (AttributeError, TypeError) as exc:  # the family needs a part the model lacks
         raise ConfigError(f"the {name!r} guide does not fit the {what} model ({exc})") from None
     if overrides:
+        if getattr(cls, "config_class", None) is None:
+            _no_settings(name, overrides)
         guide = cls(make_config(cls.config_class, guide.config, f"guide {name!r}", **overrides))
     return guide
+
+
+def _no_settings(name: str, overrides: dict) -> None:
+    given = sorted(k for k, v in overrides.items() if v is not None)
+    if given:
+        raise ConfigError(
+            f"guide {name!r} has no config_class: it takes no settings, got {given} (give "
+            "it a config_class to give it settings)"
+        )
 
 
 def from_config(name: str, config: dict, model=None):
     """Rebuild a guide from its registry name and config fields (as in ``config.json``);
     a guide that follows its model's computation (the VRNN's) is bound to ``model``."""
-    cls = _get(name)
+    cls: Any = _get(name)
     guide = cls(make_config(cls.config_class, None, name, **config))
     bind = getattr(guide, "bind", None)
     if bind is not None:
@@ -58,10 +76,32 @@ def from_config(name: str, config: dict, model=None):
     return guide
 
 
-def _get(name: str):
+def _get(name: str) -> Any:
+    if is_reference(name):
+        return _user_guide(name)
     if name not in GUIDES:
-        raise ConfigError(f"unknown guide {name!r}; expected one of {sorted(GUIDES)}")
+        raise ConfigError(
+            f"unknown guide {name!r}; expected one of {sorted(GUIDES)} or MODULE:NAME (a guide "
+            "class or a guide(x) function in your own module)"
+        )
     return GUIDES[name]
+
+
+def _user_guide(ref: str) -> Any:
+    """A user's guide ``MODULE:NAME``: a class with ``for_model(model)`` (like the
+    registered families) or a plain Pyro function ``guide(x)``."""
+    from aevb.models import check_program
+
+    obj = import_reference(ref, "guide")
+    if inspect.isclass(obj):
+        if not callable(getattr(obj, "for_model", None)):
+            raise ConfigError(
+                f"guide {ref!r}: the class has no for_model(model) classmethod (the guide sized "
+                "for the model); expected a guide class like aevb's or a function guide(x)"
+            )
+        return obj
+    check_program(obj, ref, "guide")
+    return obj
 
 
 def default_for(model, **overrides):

@@ -34,6 +34,7 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywid
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.devices import chunk_elements, device_of, fork_devices, to_device
 from aevb.errors import ObjectiveError
+from aevb.inference.programs import sample_sites, trace_pair
 from aevb.models.base import check_dataset, hooks, scored_data
 
 #: Upper bound on particles x datapoints x features in one vectorised evaluation on a CPU:
@@ -44,42 +45,70 @@ from aevb.models.base import check_dataset, hooks, scored_data
 MAX_ELEMENTS = 2**22
 
 
-def _with_particles(fn, k: int, nesting: int):
-    def wrapped(*args, **kwargs):
-        with pyro.plate("_eval_particles", k, dim=-nesting - 1):
-            return fn(*args, **kwargs)
-
-    return wrapped
+def _site_log_prob(name: str, site: dict, who: str, k: int, batch: int) -> torch.Tensor:
+    """A site's log-density, checked: finite, and resolved per datapoint (its last two dims
+    broadcast to [k, B]; enumerated sites add dims on the left)."""
+    lp = site["log_prob"]
+    if lp.dim() == 0 or (lp.dim() == 1 and batch == 1):
+        lp = lp.reshape(1, -1) if lp.dim() == 1 else lp.reshape(1, 1)
+    per_point = lp.dim() >= 2 and lp.shape[-1] in (batch, 1) and lp.shape[-2] in (k, 1)
+    if not per_point or (lp.shape[-1] == 1 and batch != 1):
+        raise ObjectiveError(
+            f"{who} site {name!r} has log-prob shape {tuple(lp.shape)}, not [{k}, {batch}]: "
+            "per-datapoint estimates need every sample site inside pyro.plate('data', B)"
+        )
+    bad = ~torch.isfinite(lp)
+    if bool(bad.any()):
+        first = bad.nonzero()[0].tolist()
+        raise ObjectiveError(
+            f"{who} site {name!r} has log-prob {lp[tuple(first)].item()} (first at datapoint "
+            f"{first[-1]}, particle {first[-2] if len(first) > 1 else 0}, of "
+            f"{int(bad.sum())} non-finite): the log weight is not a number there. Check the "
+            "site's parameters (a scale of 0, a NaN from the network) and that the guide "
+            "proposes values inside the model's support"
+        )
+    return lp
 
 
 @torch.no_grad()
 def log_weights(model, guide, args: tuple, num_samples: int, max_plate_nesting: int = 1):
     """Log importance weights log p(x, z) - log q(z | x), shape [num_samples, B].
 
-    Raises :class:`~aevb.errors.ObjectiveError` if a site's log-probability is not resolved
-    per datapoint (a latent outside the data plate has no per-datapoint weight).
+    Decided from the traces, so that a user's program is scored right or refused:
+
+    * a latent of the model that the guide does not propose is drawn from its prior inside
+      the model; its prior term then cancels against its proposal and is left out of the
+      weight (the weight is p(x, z, u) / (q(z | x) p(u)));
+    * a discrete site the model enumerates itself (``@config_enumerate`` on the model, an
+      empty guide for it) is summed out exactly: log p(x, z) = logsumexp over its values;
+    * a NaN or infinite log-density raises :class:`~aevb.errors.ObjectiveError` naming the
+      site where it first appears; so does a site's log-probability that is not resolved
+      per datapoint (a latent outside the data plate has no per-datapoint weight).
     """
     batch = args[0].shape[0]
-    guide_trace = poutine.trace(_with_particles(guide, num_samples, max_plate_nesting)).get_trace(
-        *args
+    guide_trace, model_trace = trace_pair(
+        model,
+        guide,
+        args,
+        particles=num_samples,
+        nesting=max_plate_nesting,
+        enumerate_model=True,
+        what="a batch",
     )
-    model_fn = poutine.replay(_with_particles(model, num_samples, max_plate_nesting), guide_trace)
-    model_trace = poutine.trace(model_fn).get_trace(*args)
-    total = args[0].new_zeros(num_samples, batch)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace = prune_subsample_sites(trace)
-        trace.compute_log_prob()
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            lp = site["log_prob"]
-            if lp.shape != (num_samples, batch) and not (batch == 1 and lp.numel() == num_samples):
-                raise ObjectiveError(
-                    f"site {name!r} has log-prob shape {tuple(lp.shape)}, not "
-                    f"[{num_samples}, {batch}]: per-datapoint estimates need every sample site "
-                    "inside pyro.plate('data', B)"
-                )
-            total = total + sign * lp.reshape(num_samples, batch)
+    proposed = {n for n, s in sample_sites(guide_trace) if not s["is_observed"]}
+    model_trace.compute_log_prob()
+    joint = args[0].new_zeros(num_samples, batch)
+    for name, site in sample_sites(model_trace):
+        from_prior = not site["is_observed"] and name not in proposed
+        if from_prior and "_enumerate_dim" not in site["infer"]:
+            continue  # drawn from its prior: p(u) / p(u) in the weight
+        joint = joint + _site_log_prob(name, site, "model", num_samples, batch)
+    if joint.dim() > 2:  # the model's enumerated sites, summed out
+        joint = torch.logsumexp(joint.reshape(-1, num_samples, batch), 0)
+    guide_trace.compute_log_prob()
+    total = joint.expand(num_samples, batch)
+    for name, site in sample_sites(guide_trace):
+        total = total - _site_log_prob(name, site, "guide", num_samples, batch)
     return total
 
 

@@ -31,11 +31,12 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywid
 from aevb.data.dataset import Dataset
 from aevb.devices import describe as describe_device
 from aevb.devices import fork_devices, move, resolve_device, to_cpu
-from aevb.errors import ConfigError, DataError, RunInterrupted, TrainingDiverged
+from aevb.errors import ConfigError, DataError, ObjectiveError, RunInterrupted, TrainingDiverged
 from aevb.inference import evaluate as ev
-from aevb.inference import rundir
+from aevb.inference import programs, rundir
 from aevb.inference.optim import Adam
 from aevb.models.base import check_dataset, hooks
+from aevb.models.nets import AdoptModules
 
 
 @dataclass(frozen=True)
@@ -330,10 +331,14 @@ def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, res
         check_resumable(resumed["config"], record)
         move(device, model, guide)
         rundir.load_params(model, guide, resumed, device)
+        _adopt_checkpoint(model, guide, ds, cfg, device)
         return resumed["history"], resumed
     if reset:  # a fresh start from the seed; reset=False keeps given parameters as they are
+        others = _program_modules(model, guide, ds, cfg)  # leaves the random state as it is
         reset_parameters(model)
         reset_parameters(guide)
+        for module in others:  # modules a plain-function pair registers with pyro.module
+            reset_parameters(module)
         init = hooks(model).init_from_data
         if init is not None:
             init(ds.transform(ds.x, torch.Generator().manual_seed(cfg.seed)).mean(0))
@@ -341,7 +346,79 @@ def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, res
     return [], None
 
 
-def _prepare(algorithm: Algorithm, model, guide, ds: Dataset, cfg: LoopConfig, resumed) -> None:
+def _program_modules(model, guide, ds: Dataset, cfg: LoopConfig) -> list[torch.nn.Module]:
+    """The ``nn.Module`` objects a pair that is not itself made of modules registers with
+    ``pyro.module`` (networks captured in closures or globals, as Pyro's examples write
+    them), found by running it once on a batch with the random state untouched; an AutoGuide
+    forgets its lazily built parameters. A parameter found in no module is named in a
+    warning: a second fit would continue from its trained value."""
+    if guide is not None and hasattr(guide, "prototype_trace"):  # Pyro's AutoGuides
+        _forget_autoguide(guide)
+    if all(isinstance(obj, torch.nn.Module) for obj in (model, guide) if obj is not None):
+        return []
+    with torch.random.fork_rng(), torch.no_grad():
+        g = torch.Generator().manual_seed(cfg.seed)
+        labels = hooks(model).uses_labels
+        args = next(ds.batches(min(cfg.batch_size, len(ds)), labels=labels, generator=g))
+        programs.trace_pair(model, guide, args, what="the first training batch")
+        found, stray = programs.registered_modules(model, guide)
+    pyro.clear_param_store()
+    if stray:
+        print(
+            f"aevb: cannot re-initialise {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}"
+            ": registered with pyro.module from a network aevb could not reach from the model "
+            "or guide (a closure variable or module global is reached); this fit continues "
+            "from their current values. Build the network inside the model or guide, or pass "
+            "an nn.Module",
+            file=sys.stderr,
+        )
+    return found
+
+
+def _adopt_checkpoint(model, guide, ds: Dataset, cfg: LoopConfig, device) -> None:
+    """After a checkpoint is loaded, networks a plain-function pair registers with
+    ``pyro.module`` (in closures or globals) take the checkpoint's values: the pair runs
+    once on a batch under :class:`~aevb.models.nets.AdoptModules`, with the random state
+    untouched, before any step (or compiled trace) sees them."""
+    if all(isinstance(obj, torch.nn.Module) for obj in (model, guide) if obj is not None):
+        return
+    with torch.random.fork_rng(devices=fork_devices(device)), torch.no_grad(), AdoptModules():
+        g = torch.Generator().manual_seed(cfg.seed)
+        labels = hooks(model).uses_labels
+        size = min(cfg.batch_size, len(ds))
+        args = next(ds.batches(size, labels=labels, generator=g, device=device))
+        programs.trace_pair(model, guide, args, what="the first training batch")
+
+
+def _forget_autoguide(guide) -> None:
+    """An AutoGuide builds its parameters on its first call (``_setup_prototype``);
+    forgetting its prototype makes the next call build them afresh from the seed."""
+    guide.prototype_trace = None
+
+
+def _probe(model, guide, first: tuple, test, cfg: LoopConfig, labels: bool, device) -> None:
+    """Run the pair once on the first training batch and on a test batch, so that a shape
+    mistake (data of the wrong width, say) is one message naming the site before anything
+    trains; with a test set, the per-epoch test ELBO's log weights are computed once on it
+    (a latent outside the data plate, or networks that cannot take a leading particle
+    dimension, are refused now rather than after the first epoch)."""
+    with torch.no_grad():
+        programs.trace_pair(model, guide, first, what="the first training batch")
+        if test is None:
+            return
+        size = min(cfg.batch_size, len(test))
+        batch = next(test.batches(size, labels=labels, device=device))
+        programs.trace_pair(model, guide, batch, what="the first test batch")
+    if guide is not None:  # what the test ELBO will need: two particles, say
+        try:
+            ev.log_weights(model, guide, batch, 2, cfg.max_plate_nesting)
+        except ObjectiveError as exc:
+            raise ObjectiveError(f"the test set's ELBO (after every epoch): {exc}") from None
+
+
+def _prepare(
+    algorithm: Algorithm, model, guide, ds: Dataset, test, cfg: LoopConfig, resumed
+) -> None:
     """Check the setup before anything is written, then restore the algorithm's state. The
     check must not touch the global random state, or a resumed run would draw differently."""
     set_mode(True, model, guide)
@@ -351,6 +428,7 @@ def _prepare(algorithm: Algorithm, model, guide, ds: Dataset, cfg: LoopConfig, r
         labels = hooks(model).uses_labels
         size = min(cfg.batch_size, len(ds))
         first = next(ds.batches(size, labels=labels, generator=g, device=device))
+        _probe(model, guide, first, test, cfg, labels, device)
         algorithm.prepare(ds, first)
     if resumed is not None:
         algorithm.load_state_dict(resumed["algorithm"])
@@ -577,7 +655,7 @@ def _train(
     device = resolve_device(cfg.device)
     record = {**record, "versions": versions(), "device": describe_device(device)}
     rows, resumed = _initialise(model, guide, ds, cfg, record, out_dir, resume, reset)
-    _prepare(algorithm, model, guide, ds, cfg, resumed)
+    _prepare(algorithm, model, guide, ds, test, cfg, resumed)
     if out_dir is not None:
         rundir.write_config(out_dir, record)
     done, counters = _resume_point(rows, resumed)

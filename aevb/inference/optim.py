@@ -71,7 +71,8 @@ class Adam:
         """One Adam step on ``named`` (gradients divided by ``scale``), then clear grads.
         Parameters without a gradient are left alone, as in ``torch.optim``."""
         self._add(named)
-        assert self.optim is not None
+        if self.optim is None:  # nothing to learn yet (a model and guide without parameters)
+            return
         if scale != 1.0:
             for _, p in named:
                 if p.grad is not None:

@@ -45,6 +45,8 @@ from aevb.devices import fork_devices, move, resolve_device
 from aevb.errors import ConfigError, RunDirError, RunLocked
 from aevb.inference import evaluate as ev
 from aevb.models.base import hooks
+from aevb.models.nets import AdoptModules
+from aevb.registry import reimport
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -338,7 +340,14 @@ def _renamed(name: str) -> str:
 def upgrade_names(state: dict) -> dict:
     """A checkpoint whose parameter names follow the older guide names, renamed: the param
     store's values and constraints and the optimiser's per-parameter state, so an old run
-    evaluates and resumes (bit for bit) as before."""
+    evaluates and resumes (bit for bit) as before. Only a run of the package's own guide is
+    renamed: a user's guide may well call its network ``encoder`` today."""
+    found = state.get("config")
+    record: dict = found if isinstance(found, dict) else {}
+    guide = (record.get("guide") or {}).get("name")
+    ours = {old.partition(".")[2] for old in OLD_MODULE_NAMES.values()}
+    if guide not in ours or "guide" in (record.get("imports") or {}):
+        return state
     params = state.get("params")
     if isinstance(params, dict):
         for key in ("params", "constraints"):
@@ -422,27 +431,53 @@ def load_params(model, guide, state: dict, device: torch.device | None = None) -
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a registered model and guide from ``run_dir`` with its last checkpoint, on
-    ``device`` (whatever device the run was trained on).
+    """Rebuild the model and guide of ``run_dir`` with its last checkpoint, on ``device``
+    (whatever device the run was trained on): registered ones from their names and
+    configs, a user's (a class or a plain function, recorded under ``"imports"``) by
+    importing its module again (:func:`aevb.registry.reimport`).
 
     Returns ``(model, guide, record, history)``.
     """
-    from aevb import guides, models
-
     state = read_checkpoint(run_dir)
     record = state["config"]
-    mspec, gspec = record["model"], record["guide"]
-    if "name" not in mspec or "name" not in gspec:
-        raise ConfigError(
-            f"{run_dir} was trained with user-defined callables ({mspec}); rebuild them in "
-            "Python and load the checkpoint's params there"
-        )
-    model = models.build(mspec["name"], **mspec["config"])
-    guide = guides.from_config(gspec["name"], gspec["config"], model)
+    model, guide = _rebuild(record, run_dir)
     where = resolve_device(device)
     move(where, model, guide)
     load_params(model, guide, state, where)
     return model, guide, record, pd.DataFrame(state["history"])
+
+
+def _rebuild(record: dict, run_dir) -> tuple[Any, Any]:
+    """The model and guide a run record describes: its ``imports`` (a user's module, found
+    again) or the registries' names and configs."""
+    from aevb import guides, models
+
+    mspec, gspec = record["model"], record["guide"]
+    found = {
+        role: (reimport(entry, role, run_dir), entry["ref"], entry.get("kind"))
+        for role, entry in (record.get("imports") or {}).items()
+    }
+    if "model" in found:  # a class from its recorded config; a function or object as it is
+        config = mspec.get("config", {}) if found["model"][2] == "class" else {}
+        model = models.build(found["model"][1], **config)
+    elif "name" in mspec:
+        model = models.build(mspec["name"], **mspec["config"])
+    else:
+        raise ConfigError(
+            f"{run_dir} was trained with user-defined callables ({mspec}) and records no "
+            "module to import them from; rebuild them in Python and load the checkpoint's "
+            "params there, or train them as MODULE:NAME (aevb train, aevb.runs.train)"
+        )
+    if "guide" in found and found["guide"][2] == "class" and "config" in gspec:
+        guide = guides.from_config(found["guide"][1], gspec["config"], model)
+    elif "guide" in found:  # a function, or a class that records no config: as trained
+        overrides = ((record.get("spec") or {}).get("model") or {}).get("guide_config") or {}
+        guide = guides.build(found["guide"][1], model, **overrides)
+    elif "name" in gspec:
+        guide = guides.from_config(gspec["name"], gspec["config"], model)
+    else:
+        raise ConfigError(f"{run_dir}: the guide ({gspec}) records no module to import it from")
+    return model, guide
 
 
 def evaluate_run(
@@ -480,8 +515,9 @@ def evaluate_run(
     test = as_dataset(test).subset(subset)
     start = time.perf_counter()
     k_is = num_samples if estimator == "is" else 1
-    b = ev.bounds(model, guide, test, k_is, batch_size=batch_size, seed=seed, progress=progress)
-    units = ev.active_units(guide, test, labels=hooks(model).uses_labels)
+    with AdoptModules():  # a user's pyro.module networks take the checkpoint's values
+        b = ev.bounds(model, guide, test, k_is, batch_size=batch_size, seed=seed, progress=progress)
+        units = ev.active_units(guide, test, labels=hooks(model).uses_labels)
     extra_keys: dict = {}
     if estimator == "ais":
         from aevb.inference.ais import AISConfig, ais_dataset

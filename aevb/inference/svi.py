@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from aevb.data.dataset import as_dataset
-from aevb.errors import ConfigError
+from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference import loop
 from aevb.inference.jit import compiled_matches_eager
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
@@ -42,6 +42,14 @@ from aevb.inference.objectives import (
     use_jit,
 )
 from aevb.inference.optim import Adam
+from aevb.inference.programs import (
+    DataScale,
+    global_latents,
+    particle_problem,
+    scaled_by,
+    scaled_sites,
+    trace_pair,
+)
 from aevb.models.base import hooks, recipe
 
 
@@ -102,11 +110,15 @@ class SVIAlgorithm:
         )
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
+        #: the model as trained (scaled by N / B where it has global latents)
+        self.train_model = model
         if cfg.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"unknown lr_schedule {cfg.lr_schedule!r}; expected one of {sorted(LR_SCHEDULES)}"
             )
         self.lr = cfg.lr
+        #: the N / B scaling of a model with global latents (:meth:`_scale_minibatches`)
+        self.data_scale: DataScale | None = None
 
     def prepare(self, ds, first_batch) -> None:
         """Refuse a (model, guide, objective) that would train silently wrong; for a pair
@@ -114,11 +126,51 @@ class SVIAlgorithm:
         form reproduces the eager loss and gradients on two batches."""
         cfg = self.cfg
         check_compatible(cfg.objective, self.model, self.guide, *first_batch, alpha=cfg.alpha)
+        self._check_particles(first_batch)
+        self._scale_minibatches(ds, first_batch)
         bind = getattr(self.elbo, "bind_data", None)
         if bind is not None:  # weights set by the training set (semisupervised)
             bind(ds)
         if should_probe_jit(cfg.objective, self.model, self.guide, cfg.jit):
             self._probe_jit(ds, first_batch)
+
+    def _check_particles(self, first_batch) -> None:
+        """Refuse a pair that cannot run under a leading particle dimension when the
+        objective vectorises particles (k > 1); with one particle, warn that the estimators
+        of log p(x) (which always vectorise) will refuse it."""
+        why = particle_problem(self.model, self.guide, first_batch, self.cfg.max_plate_nesting)
+        if why is None:
+            return
+        if self.k > 1:
+            raise ObjectiveError(f"{self.cfg.objective} with {self.k} particles: {why}")
+        print(
+            f"aevb: warning: this pair trains with one particle, but bounds, log_likelihood "
+            f"and the test ELBO will refuse it: {why}",
+            file=sys.stderr,
+        )
+
+    def _scale_minibatches(self, ds, first_batch) -> None:
+        """A model with a latent outside the data plate, trained on minibatches of B < N
+        datapoints, gets its data-plate terms scaled by N / B (as ``pyro.plate("data", N,
+        subsample_size=B)`` would), so each step estimates the full data set's ELBO and the
+        posterior over the global latent is that of N datapoints, not of B. A program that
+        scales its own sites is left as it is."""
+        batch, n = first_batch[0].shape[0], len(ds)
+        with torch.no_grad():
+            guide_trace, model_trace = trace_pair(self.model, self.guide, first_batch)
+        shared = global_latents(model_trace, batch)
+        if not shared or self.cfg.batch_size >= n or scaled_sites(guide_trace, model_trace):
+            return
+        self.data_scale = DataScale(n)
+        self.train_model = scaled_by(self.model, self.data_scale)
+        self.train_guide = scaled_by(self.train_guide, self.data_scale)
+        print(
+            f"aevb: the model's latent(s) {', '.join(map(repr, shared))} lie outside the data "
+            f"plate: each minibatch's data-plate terms are scaled by N/B = {n}/"
+            f"{self.cfg.batch_size}, so that the posterior is that of all {n} datapoints "
+            "(to scale them yourself, write pyro.plate('data', N, subsample=...))",
+            file=sys.stderr,
+        )
 
     def _probe_jit(self, ds, first_batch) -> None:
         cfg = self.cfg
@@ -130,7 +182,7 @@ class SVIAlgorithm:
         )
         compiled = make_jit_objective(cfg.objective, self.k, cfg.max_plate_nesting, cfg.alpha)
         why = compiled_matches_eager(
-            compiled, self.elbo, self.model, self.train_guide, [first_batch, second]
+            compiled, self.elbo, self.train_model, self.train_guide, [first_batch, second]
         )
         if why is None:
             self.eager, self.elbo, self.jit = self.elbo, compiled, True
@@ -151,9 +203,15 @@ class SVIAlgorithm:
 
     def step(self, args, index) -> float:
         """One objective evaluation and Adam step on the minibatch; returns the summed loss."""
-        loss = self.elbo.loss_and_grads(self.model, self.train_guide, *args)
-        apply_gradients(self.optim, len(index), self.cfg.freeze)
-        return float(loss)
+        loss = self.elbo.loss_and_grads(self.train_model, self.train_guide, *args)
+        if self.data_scale is None:
+            apply_gradients(self.optim, len(index), self.cfg.freeze)
+            return float(loss)
+        # a scaled step estimates the whole data set's loss: per datapoint is per N, and the
+        # loop's sum over the batch is that times B
+        n = self.data_scale.full
+        apply_gradients(self.optim, n, self.cfg.freeze)
+        return float(loss) * len(index) / n
 
     def begin_epoch(self, epoch: int) -> None:
         """Set the learning rate the schedule gives this (1-based) epoch; a probed compiled
@@ -163,7 +221,7 @@ class SVIAlgorithm:
         self.optim.set_lr(self.lr)
         if self.eager is not None and self.jit:
             why = compiled_matches_eager(
-                self.elbo, self.eager, self.model, self.train_guide, [self.probe_batch]
+                self.elbo, self.eager, self.train_model, self.train_guide, [self.probe_batch]
             )
             if why is not None:
                 self.elbo, self.jit = self.eager, False

@@ -3,11 +3,14 @@ Pyro model over a minibatch inside ``pyro.plate("data", B)``.
 
 Registry :data:`MODELS` maps a name to the class; each class carries ``config_class`` (a
 frozen dataclass), ``default_guide`` (a key of :data:`aevb.guides.GUIDES`) and
-``uses_labels``. Adding a model is one new file plus one entry here.
+``uses_labels``. Adding a model is one new file plus one entry here. A user's model needs
+neither: :func:`get` and :func:`build` also take ``MODULE:NAME``, a class like these or a
+plain Pyro function ``model(x)`` in the user's own module.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from aevb.errors import ConfigError
@@ -18,7 +21,7 @@ from aevb.models.m2 import M2, M2Config
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
 from aevb.models.vrnn import VRNN, VRNN_PRESETS, VRNNConfig
-from aevb.registry import make_config
+from aevb.registry import import_reference, is_reference, make_config
 
 MODELS: dict[str, Any] = {
     "vae": VAE,
@@ -38,9 +41,21 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+#: what a model class needs to be built by name (:func:`register`, :func:`build`)
+CLASS_ATTRIBUTES = ("name", "config_class", "default_guide", "config_from_data")
+
+
+def _missing_attributes(cls) -> list[str]:
+    return [a for a in CLASS_ATTRIBUTES if not hasattr(cls, a)]
+
+
 def register(cls):
     """Add a user's model class to :data:`MODELS` (usable as a class decorator), so that
-    ``aevb train``, ``aevb evaluate`` and ``aevb compare`` can name it.
+    its ``name`` can be used wherever a model is named: :func:`build`, a RunSpec, and, once
+    its module is imported (a grid's ``modules = [...]``), ``aevb compare`` cells. Its
+    runs record the module (file and SHA-256), so ``aevb evaluate RUN`` and ``aevb train
+    --resume`` import it again. On the command line, name it ``MODULE:CLASS``
+    (``aevb train my_models:WideVAE``): that imports the module, registered or not.
 
     The class needs what the registered models have: ``name``, a frozen-dataclass
     ``config_class`` whose instance is its only constructor argument, ``default_guide`` (a
@@ -56,11 +71,7 @@ def register(cls):
     (400,)
     >>> _ = MODELS.pop("wide-vae")
     """
-    missing = [
-        a
-        for a in ("name", "config_class", "default_guide", "config_from_data")
-        if not hasattr(cls, a)
-    ]
+    missing = _missing_attributes(cls)
     if missing:
         raise ConfigError(
             f"{cls.__name__} cannot be registered: it has no {missing} (subclass "
@@ -72,16 +83,71 @@ def register(cls):
     return cls
 
 
+def get(name: str) -> Any:
+    """The model ``name`` names: a registered class (a key of :data:`MODELS`), or a user's
+    ``MODULE:NAME`` -- a model class with what :func:`register` asks for (registered or
+    not), or a plain Pyro function ``model(x)`` -- imported from the current directory and
+    ``PYTHONPATH`` (:func:`aevb.registry.import_reference`)."""
+    if not is_reference(name):
+        if name not in MODELS:
+            raise ConfigError(
+                f"unknown model {name!r}; expected one of {sorted(MODELS)} or MODULE:NAME (a "
+                "model class or a model(x) function in your own module)"
+            )
+        return MODELS[name]
+    obj = import_reference(name, "model")
+    if inspect.isclass(obj):
+        missing = _missing_attributes(obj)
+        if missing:
+            raise ConfigError(
+                f"model {name!r}: the class has no {missing}; expected a subclass of "
+                "aevb.models.base.LatentVariableModel with name, config_class and "
+                "default_guide, or a plain Pyro function model(x)"
+            )
+        return obj
+    check_program(obj, name, "model")
+    return obj
+
+
+def check_program(fn, ref: str, role: str) -> None:
+    """Refuse a user's ``MODULE:NAME`` that is not a function taking a minibatch
+    (``fn(x)``, or ``fn(x, y)`` where it sets ``uses_labels``)."""
+    if not callable(fn):
+        raise ConfigError(
+            f"{role} {ref!r}: expected a class or a function {role}(x), found a {type(fn).__name__}"
+        )
+    args = (None, None) if getattr(fn, "uses_labels", False) else (None,)
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError as exc:
+        raise ConfigError(
+            f"{role} {ref!r}: expected a function {role}({', '.join('xy'[: len(args)])}) "
+            f"taking the minibatch, found {fn.__name__}{inspect.signature(fn)} ({exc})"
+        ) from None
+    except ValueError:  # a builtin without a signature: let Pyro try it
+        pass
+
+
 def build(name: str, preset: str | None = None, **overrides):
-    """Instantiate a registered model from a preset (or the defaults) with field overrides.
+    """Instantiate a registered model (or a user's ``MODULE:NAME`` class, :func:`get`)
+    from a preset (or the defaults) with field overrides; a user's plain function is
+    returned as it is (and takes no settings).
 
     >>> from aevb.models import build
     >>> build("vae", z_dim=2, hidden=(16,)).config.z_dim
     2
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    cls = MODELS[name]
+    cls: Any = get(name)
+    function = not inspect.isclass(cls)
+    if function:
+        given = sorted(k for k, v in overrides.items() if v is not None)
+        if given or preset is not None:
+            raise ConfigError(
+                f"model {name!r} is a plain function: it takes no settings, got "
+                f"{given or [f'preset {preset!r}']} (make it a class with a config_class "
+                "to give it settings)"
+            )
+        return cls
     base = None
     if preset is not None:
         presets = PRESETS.get(name, {})
@@ -110,6 +176,8 @@ __all__ = [
     "VRNN",
     "VRNNConfig",
     "build",
+    "check_program",
+    "get",
     "mlp",
     "register",
 ]

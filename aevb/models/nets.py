@@ -1,4 +1,5 @@
-"""The one multilayer-perceptron builder every model and guide uses.
+"""The one multilayer-perceptron builder every model and guide uses, and how modules meet
+Pyro's param store (:func:`register`, :class:`AdoptModules`).
 
 Networks act on the last dimension only, so they broadcast over any leading dims (particles
 from ``vectorize_particles=True``, datapoints, time steps).
@@ -14,6 +15,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.params import param_with_module_name
+from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from aevb.errors import ConfigError
@@ -101,6 +103,42 @@ def register(name: str, module: nn.Module) -> nn.Module:
         if full in store and store._params.get(full) is not p:  # noqa: SLF001
             store[full] = p  # unconstrained site: the store keeps this very tensor
     return pyro.module(name, module)
+
+
+class AdoptModules(Messenger):
+    """Within it, a ``pyro.module(name, net)`` call that finds the param store holding
+    another tensor under one of ``net``'s parameter names -- a value restored from a
+    checkpoint (``ParamStoreDict.set_state``) -- copies that value into ``net``'s own
+    parameter and puts the parameter itself back in the store.
+
+    Plain ``pyro.module`` leaves ``net`` as it is (Pyro asks for
+    ``update_module_params=True`` when loading): a user's ``model(x)`` whose networks live
+    in closures would then be scored with its initial weights and resumed with weights the
+    optimiser never sees. The package's own models restore through ``load_state_dict`` and
+    :func:`register` (the store already holds their parameters: nothing happens here).
+    """
+
+    def _pyro_post_param(self, msg) -> None:
+        args = msg["args"]
+        if len(args) < 2 or not isinstance(args[1], nn.Parameter) or msg["value"] is args[1]:
+            return
+        name, own = args[0], args[1]
+        store = pyro.get_param_store()
+        loaded = store._params.get(name)  # noqa: SLF001 (the unconstrained tensor)
+        if loaded is None:
+            return
+        if loaded.shape != own.shape:
+            raise ConfigError(
+                f"the checkpoint's parameter {name!r} has shape {list(loaded.shape)}, the "
+                f"network registered under that name now {list(own.shape)}: the program "
+                "changed since the run was trained"
+            )
+        with torch.no_grad():
+            own.copy_(loaded)
+        store._param_to_name.pop(loaded, None)  # noqa: SLF001
+        store._params[name] = own  # noqa: SLF001
+        store._param_to_name[own] = name  # noqa: SLF001
+        msg["value"] = own
 
 
 def one_hot(y: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
