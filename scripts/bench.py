@@ -4,7 +4,7 @@
 
 This machine is shared and noisy, so every figure that is compared is measured in the same
 run, after a warm-up, with the contenders interleaved (A B A B ...), and reported as the
-median (and min) over repetitions. Four parts:
+median (and min) over repetitions. The parts:
 
 1. **SVI throughput** (images/s) of the package's ``trace``, ``meanfield`` and ``iwae``
    (k = 5, 50) steps on the 784-200-200-50 VAE at batch 100 -- the real training loop
@@ -23,11 +23,14 @@ median (and min) over repetitions. Four parts:
    test images. All three adapt a diagonal mass matrix in their warm-up; the ratio against
    Pyro's HMC with the identity mass matrix (Kingma & Welling's setting, the package's
    default before the benchmark existed) is reported beside it.
+4. **AIS cost**: seconds per model evaluation of AIS over IS-500's on the same 100 points,
+   for a user's own Pyro model and the MNIST VAE (``scripts/ais_cost.py``, which says what it
+   counts as an evaluation), on the CPU.
 
 ``--json`` prints one object with ``svi_ratio_trace``, ``svi_ratio_meanfield``,
 ``svi_ratio_iwae5``, ``is5000_seconds``, ``is_gflops_fraction_of_peak``, ``is_peak_rss_mb``,
-``ess_per_s_batched_over_pyro_hmc`` and the raw figures behind them (docs/README.md,
-"make bench" describes every key).
+``ess_per_s_batched_over_pyro_hmc``, ``ais_cost_ratio_user``, ``ais_cost_ratio_mnist_vae``
+and the raw figures behind them (docs/README.md, "make bench" describes every key).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ais_cost import parser as ais_cost_parser  # noqa: E402
+from ais_cost import run as ais_cost_run  # noqa: E402
 from model_references import ReferenceGMVAE, ReferenceVRNN  # noqa: E402
 from model_references import seconds_per_step as model_seconds_per_step  # noqa: E402
 from torch_reference import ReferenceVAE, importance_sampled_ll, train_steps  # noqa: E402
@@ -506,6 +511,22 @@ def pyro_two_processes(model, x: torch.Tensor, warmup: int, draws: int) -> float
     return rate[2] / rate[1]
 
 
+# -------------------------------------------------------------------------------- AIS cost
+
+
+def bench_ais_cost(args) -> dict:
+    """AIS's seconds per model evaluation over IS-500's (``scripts/ais_cost.py``, on the CPU)."""
+    flags = ["--threads", str(args.threads), "--reps", "2" if args.quick else "3"]
+    if args.quick:  # the user model's 100 temperatures take ~1 s; fewer would mostly time
+        flags += ["--mnist-temperatures", "5"]  # AIS's fixed costs (tracing, the probe)
+    r = ais_cost_run(ais_cost_parser().parse_args(flags))
+    return {
+        "ais_cost_ratio_user": r["user"]["ratio"],
+        "ais_cost_ratio_mnist_vae": r["mnist_vae"]["ratio"],
+        "ais_cost": r,
+    }
+
+
 # ------------------------------------------------------------------------------------- main
 
 
@@ -518,7 +539,9 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (3; quick 2)")
     p.add_argument("--ess-batch", type=int, default=20, help="minibatch for the E-step")
     p.add_argument(
-        "--part", default="all", choices=["all", "svi", "models", "is", "ess", "is-child"]
+        "--part",
+        default="all",
+        choices=["all", "svi", "models", "is", "ess", "ais", "is-child"],
     )
     p.add_argument("--is-images", type=int, default=10_000, help=argparse.SUPPRESS)
     p.add_argument("--is-k", type=int, default=5000, help=argparse.SUPPRESS)
@@ -574,6 +597,8 @@ def main(argv=None) -> None:
         if args.part in ("all", "ess"):
             model.eval()
             result.update(bench_ess(model, args))
+    if args.part in ("all", "ais"):
+        result.update(bench_ais_cost(args))
     result["bench_seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=2, sort_keys=True)
     if args.out:
@@ -628,6 +653,12 @@ def summary(r: dict) -> str:
             f"{r['ess_per_s_batched_over_pyro_hmc']:.1f} (identity-mass Pyro hmc: "
             f"{r['ess_per_s_batched_over_pyro_hmc_identity_mass']:.1f}; batch 100: "
             f"{r['ess_per_s_batched_over_pyro_hmc_batch100']:.1f})"
+        )
+    if "ais_cost_ratio_user" in r:
+        lines.append(
+            f"  AIS / IS-500 seconds per model evaluation: user model "
+            f"{r['ais_cost_ratio_user']:.2f}, MNIST VAE {r['ais_cost_ratio_mnist_vae']:.2f} "
+            "(scripts/ais_cost.py)"
         )
     lines.append(f"  ({r['bench_seconds']:.0f} s)")
     return "\n".join(lines)

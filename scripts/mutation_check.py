@@ -162,8 +162,8 @@ MUTANTS = [
         "estimator",
         "AIS moves every chain with the beta = 1 kernel",
         AIS,
-        "target = potential(latents, args, float(betas[t]))",
-        "target = potential(latents, args, 1.0)",
+        "target = _Annealed(latents, rep, float(betas[t]))",
+        "target = _Annealed(latents, rep, 1.0)",
         ("tests/test_ais.py",),
     ),
     Mutant(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol
 
@@ -185,6 +186,22 @@ class Latents:
         # graphs (B=20: 0.46 vs 0.54 ms per potential and gradient; B=100: 1.01 vs 1.16)
         with torch.jit.optimized_execution(False):
             return self._compiled[key](u, *args)
+
+    def traces_cleanly(self, u: torch.Tensor, args: tuple) -> bool:
+        """Whether ``torch.jit.trace`` of the log-density at ``u`` takes no Python value
+        from a tensor (a branch on a latent's value would: the trace would freeze that
+        branch), i.e. raises no ``TracerWarning``. A float parameter of a distribution
+        (``Normal(loc, 0.5)``) is a true constant and passes."""
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.simplefilter("error", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated")
+            warnings.filterwarnings("ignore", "torch.tensor results are registered as constants")
+            try:
+                strict = pyro.ops.jit.trace(self._log_parts, ignore_warnings=False)
+                strict(u.detach().requires_grad_(True), *args)
+            except torch.jit.TracerWarning:
+                return False
+        return True
 
     def _log_parts(self, u: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
         values, prior = self.unflatten(u)
