@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from aevb.devices import check_device_name
 from aevb.errors import AevbError, ConfigError, RunInterrupted, RunsFailed
-from aevb.spec import FLAT_KEYS, INFERENCE_SPECS, EvaluationSpec, RunSpec, hidden_sizes
+from aevb.spec import (
+    ESTIMATOR_DEFAULTS,
+    FLAT_KEYS,
+    INFERENCE_SPECS,
+    DataSpec,
+    EvaluationSpec,
+    RunSpec,
+    ScheduleSpec,
+    SVISpec,
+    hidden_sizes,
+)
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -44,73 +55,53 @@ def _add_track(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo."""
-    from aevb.guides import GUIDES
-    from aevb.inference.objectives import OBJECTIVES
-    from aevb.inference.samplers import SAMPLERS
+def _summary(obj) -> str:
+    """A registry entry's own description for a help text: its docstring's first clause
+    (up to the first period, colon or parenthesis)."""
+    doc = " ".join((getattr(obj, "__doc__", None) or "").split())
+    return re.split(r"\. |\.$|: | \(", doc)[0]
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo; every
+    name and default an option offers comes from its registry or config class."""
     p = argparse.ArgumentParser(prog="aevb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    _data_parser(sub)
+    _train_parser(sub)
+    _run_parser(sub)
+    _evaluate_parser(sub)
+    _compare_parser(sub)
+    _demo_parser(sub)
+    return p
 
+
+def _data_parser(sub) -> None:
     d = sub.add_parser("data", help="fetch and verify datasets")
     d.add_argument("action", choices=["fetch"])
-    d.add_argument("name", nargs="?", default="mnist")
+    d.add_argument("name", nargs="?", default=DataSpec.source)
     d.set_defaults(func=cmd_data)
 
+
+def _train_parser(sub) -> None:
+    """``aevb train``: every option's destination is a key of the RunSpec's flat form
+    (:data:`aevb.spec.FLAT_KEYS`); the method's options in :func:`_method_options`."""
+    from aevb.data.dataset import BINARIZATIONS
+    from aevb.inference.loop import LoopConfig
+    from aevb.inference.svi import LR_SCHEDULES, FitConfig
+    from aevb.models import MODELS
+    from aevb.models.likelihoods import LIKELIHOODS
+
     t = sub.add_parser("train", help="train a model")
-    # every option's destination is a key of the RunSpec's flat form (aevb.spec.FLAT_KEYS)
     t.add_argument(
         "model",
-        help="a registered model name (vae, fa, ...) or MODULE:NAME: a model class or a Pyro "
-        "function model(x) in your own module, imported from the current directory or "
+        help=f"a registered model name ({', '.join(MODELS)}) or MODULE:NAME: a model class or "
+        "a Pyro function model(x) in your own module, imported from the current directory or "
         "PYTHONPATH",
     )
-    t.add_argument(
-        "--objective",
-        default=None,
-        help=", ".join(OBJECTIVES) + " (default: the model's)",
-    )
-    t.add_argument(
-        "--particles",
-        type=int,
-        default=None,
-        help="k particles (default: 5 for iwae, renyi; else 1)",
-    )
-    t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
-    t.add_argument(
-        "--inference",
-        default="svi",
-        choices=list(INFERENCE_SPECS),
-        help="svi (default), mcem (Monte Carlo EM) or vi-mcmc (the encoder's draws refined by "
-        "HMC for the decoder)",
-    )
-    t.add_argument(
-        "--mcmc-steps",
-        type=int,
-        default=None,
-        help="vi-mcmc: HMC transitions from each encoder draw (default 5)",
-    )
-    t.add_argument(
-        "--leapfrog-steps",
-        type=int,
-        default=None,
-        help="vi-mcmc: leapfrog steps per HMC transition (default 10)",
-    )
-    t.add_argument(
-        "--sampler",
-        default=None,
-        choices=sorted(SAMPLERS),
-        help="MCEM's E-step sampler (default batched-hmc)",
-    )
-    t.add_argument(
-        "--proposal-epochs",
-        type=int,
-        default=None,
-        help="MCEM: epochs fitting q(z|x) with the model frozen, for evaluation (default 10)",
-    )
-    t.add_argument("--data", default="mnist", help="dataset name, IDX folder or .npz/.npy")
-    t.add_argument("--binarize", default=None, help="dynamic|threshold|continuous|none")
+    _method_options(t)
+    t.add_argument("--data", default=DataSpec.source, help="dataset name, IDX folder or .npz/.npy")
+    t.add_argument("--binarize", default=None, help="|".join(BINARIZATIONS))
     t.add_argument("--subset", type=int, default=None, help="train on the first N datapoints")
     t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
     t.add_argument(
@@ -118,27 +109,95 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="keep N training labels, balanced over the classes and chosen by the seed; hide "
-        "the rest (semi-supervised models: m2)",
+        "the rest (semi-supervised models)",
     )
-    t.add_argument("--epochs", type=int, default=None, help="default: the model's, else 10")
+    recipe = "default: the model's, else"
+    t.add_argument("--epochs", type=int, default=None, help=f"{recipe} {LoopConfig.epochs}")
     t.add_argument(
         "--max-seconds", type=float, default=None, help="stop after this much training time"
     )
+    t.add_argument("--batch-size", type=int, default=None, help=f"{recipe} {LoopConfig.batch_size}")
     t.add_argument(
-        "--batch-size", type=int, default=None, help="default: the model's (VAE: 20, Burda et al.)"
+        "--lr", type=float, default=None, help=f"Adam learning rate ({recipe} {LoopConfig.lr:g})"
     )
-    t.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     t.add_argument(
         "--lr-schedule",
         default=None,
-        choices=["constant", "burda"],
-        help="SVI: burda = 3^i passes at lr * 10^(-i/7), i = 0..7 (Burda et al. 2015)",
+        choices=list(LR_SCHEDULES),
+        help=f"SVI's learning rate by epoch (default {FitConfig.lr_schedule}); Burda et al. "
+        "2015's: 3^i passes at lr * 10^(-i/7), i = 0..7",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=ScheduleSpec.seed)
     t.add_argument("--preset", default=None, help="named model configuration, e.g. tutorial-cb")
     t.add_argument("--z-dim", type=int, default=None)
     t.add_argument("--hidden", type=_hidden, default=None, help="e.g. 200,200")
-    t.add_argument("--likelihood", default=None, help="bernoulli|continuous-bernoulli")
+    t.add_argument("--likelihood", default=None, help="|".join(LIKELIHOODS))
+    _guide_options(t)
+    t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _add_track(t)
+    _add_device(t, None)
+    t.set_defaults(func=cmd_train)
+
+
+def _method_options(t: argparse.ArgumentParser) -> None:
+    """``aevb train``'s options of the inference methods (SVI, MCEM, vi-mcmc)."""
+    from aevb.inference.mcem import MCEMConfig
+    from aevb.inference.objectives import OBJECTIVES
+    from aevb.inference.samplers import SAMPLERS, BatchedHMC
+    from aevb.inference.vimcmc import VIMCMCConfig
+
+    t.add_argument(
+        "--objective", default=None, help=f"{', '.join(OBJECTIVES)} (default: the model's)"
+    )
+    by_k: dict[int, list[str]] = {}
+    for name, objective in OBJECTIVES.items():
+        by_k.setdefault(objective.default_particles, []).append(name)
+    usual = max(by_k, key=lambda k: len(by_k[k]))
+    others = "".join(f"{k} for {', '.join(ns)}; " for k, ns in by_k.items() if k != usual)
+    t.add_argument(
+        "--particles", type=int, default=None, help=f"k particles (default: {others}else {usual})"
+    )
+    t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
+    methods = ", ".join(f"{name} ({_summary(spec)})" for name, spec in INFERENCE_SPECS.items())
+    t.add_argument(
+        "--inference",
+        default=SVISpec.method,
+        choices=list(INFERENCE_SPECS),
+        help=f"{methods}; default {SVISpec.method}",
+    )
+    t.add_argument(
+        "--mcmc-steps",
+        type=int,
+        default=None,
+        help=f"vi-mcmc: HMC transitions from each encoder draw (default {VIMCMCConfig.mcmc_steps})",
+    )
+    t.add_argument(
+        "--leapfrog-steps",
+        type=int,
+        default=None,
+        help=f"vi-mcmc: leapfrog steps per HMC transition (default {BatchedHMC.num_steps})",
+    )
+    t.add_argument(
+        "--sampler",
+        default=None,
+        choices=list(SAMPLERS),
+        help=f"MCEM's E-step sampler (default {MCEMConfig.sampler})",
+    )
+    t.add_argument(
+        "--proposal-epochs",
+        type=int,
+        default=None,
+        help="MCEM: epochs fitting q(z|x) with the model frozen, for evaluation (default "
+        f"{MCEMConfig.proposal_epochs})",
+    )
+
+
+def _guide_options(t: argparse.ArgumentParser) -> None:
+    from aevb.guides import GUIDES
+    from aevb.guides.iaf import IAFEncoderConfig
+
     t.add_argument(
         "--guide",
         default=None,
@@ -150,15 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--flow-steps",
         type=int,
         default=None,
-        help="iaf guide: inverse autoregressive steps after the Gaussian (default 2)",
+        help="iaf guide: inverse autoregressive steps after the Gaussian (default "
+        f"{IAFEncoderConfig.flow_steps})",
     )
-    t.add_argument("--out", default=None, help="run directory (default runs/MODEL-OBJECTIVE-...)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    _add_track(t)
-    _add_device(t, None)
-    t.set_defaults(func=cmd_train)
 
+
+def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="train and evaluate the run a RunSpec file describes")
     r.add_argument("spec", help="a .toml or .json RunSpec (docs: Runs as values)")
     r.add_argument("--out", default=None, help="run directory (default runs/MODEL-...)")
@@ -166,23 +222,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(r, None)
     r.set_defaults(func=cmd_run)
 
+
+def _evaluate_parser(sub) -> None:
+    from aevb.inference.estimators import ESTIMATORS
+
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
     e.add_argument("run_dir")
     e.add_argument(
         "--num-samples",
         type=int,
         default=None,
-        help="IS: k proposals per datapoint (default 1000); AIS: chains per datapoint (16)",
+        help="; ".join(
+            f"{name}: {estimator.samples_help} (default {ESTIMATOR_DEFAULTS[name]})"
+            for name, estimator in ESTIMATORS.items()
+        ),
     )
-    e.add_argument("--estimator", default="is", choices=["is", "ais"])
-    e.add_argument("--ais-temperatures", type=int, default=500, help="AIS: annealing steps")
+    e.add_argument(
+        "--estimator",
+        default=EvaluationSpec.estimator,
+        choices=list(ESTIMATORS),
+        help=f"{', '.join(f'{name} ({_summary(est)})' for name, est in ESTIMATORS.items())}; "
+        f"default {EvaluationSpec.estimator}",
+    )
+    e.add_argument(
+        "--ais-temperatures",
+        type=int,
+        default=EvaluationSpec.ais_temperatures,
+        help="AIS: annealing steps",
+    )
     e.add_argument("--subset", type=int, default=None, help="first N test points only")
-    e.add_argument("--batch-size", type=int, default=100)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=EvaluationSpec.batch_size)
+    e.add_argument("--seed", type=int, default=EvaluationSpec.seed)
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true")
     _add_device(e)
     e.set_defaults(func=cmd_evaluate)
+
+
+def _compare_parser(sub) -> None:
+    from aevb.experiments.engines import ENGINES, LocalEngine
 
     c = sub.add_parser("compare", help="run a grid of experiments from a TOML config")
     c.add_argument("config", help="e.g. scripts/configs/estimators_fa.toml")
@@ -191,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--engine",
         default=None,
-        choices=["local", "ray"],
-        help="where the cells run: local (this process, the default) or ray (one Ray task "
-        "per cell and seed); overrides the config's [engine] name",
+        choices=list(ENGINES),
+        help="where the cells run: "
+        + "; ".join(f"{name}: {_summary(engine)}" for name, engine in ENGINES.items())
+        + f" (default {LocalEngine.name}); overrides the config's [engine] name",
     )
     c.add_argument(
         "--address",
@@ -204,13 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(c, None)
     c.set_defaults(func=cmd_compare)
 
+
+def _demo_parser(sub) -> None:
     m = sub.add_parser("demo", help="VAE on MNIST under trace, meanfield and iwae-5")
     m.add_argument("--epochs", type=int, default=None)
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--quiet", action="store_true")
     _add_device(m)
     m.set_defaults(func=cmd_demo)
-    return p
 
 
 def train_spec(args) -> RunSpec:

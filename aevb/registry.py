@@ -14,7 +14,40 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from aevb.errors import ConfigError
+from aevb.errors import AevbError, ConfigError
+
+
+def unknown_name(
+    name: object, known, what: str, also: str = "", error: type[AevbError] = ConfigError
+) -> AevbError:
+    """The one error for a name no registry holds: ``unknown WHAT 'x'; expected one of
+    [...]`` (``also``: other accepted forms, e.g. ``or MODULE:NAME``), with the closest
+    names where some are close; an ``error`` (the data layer raises a ``DataError``)."""
+    names = sorted(known)
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    extra = f" {also}" if also else ""
+    return error(f"unknown {what} {name!r}; expected one of {names}{extra}{hint}")
+
+
+def lookup(
+    registry: typing.Mapping[str, Any],
+    name: str,
+    what: str,
+    also: str = "",
+    error: type[AevbError] = ConfigError,
+) -> Any:
+    """``registry[name]``, or :func:`unknown_name`'s error.
+
+    >>> from aevb.registry import lookup, unknown_name
+    >>> lookup({"trace": 1, "iwae": 2}, "iwae", "objective")
+    2
+    >>> str(unknown_name("iwea", ["trace", "iwae"], "objective")).split("; ")[-1]
+    "did you mean 'iwae'?"
+    """
+    if name not in registry:
+        raise unknown_name(name, registry, what, also, error)
+    return registry[name]
 
 
 def make_config(config_class: Any, base: Any = None, what: str = "", **overrides):

@@ -143,14 +143,15 @@ def keep_labels(spec: RunSpec, train: Dataset) -> Dataset:
 def objective_of(spec: RunSpec) -> tuple[str, int]:
     """(objective, particles) an SVI spec trains with (a vi-mcmc spec its encoder), defaults
     resolved."""
+    from aevb.registry import lookup
+
     assert isinstance(spec.inference, SVISpec | VIMCMCSpec)
     objective = spec.inference.objective
     if objective is None and isinstance(spec.inference, SVISpec):
         objective = hooks(model_class(spec)).default_objective
     objective = objective or "trace"
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
-    k = spec.inference.particles or OBJECTIVES[objective].default_particles
+    default_particles = lookup(OBJECTIVES, objective, "objective").default_particles
+    k = spec.inference.particles or default_particles
     return objective, k
 
 
@@ -287,7 +288,7 @@ def fit_resolved(spec: RunSpec, r: Resolved, **common) -> tuple[Run, str, str]:
     ``common``; returns (run, its label, what its training curve shows)."""
     inf = spec.inference
     if isinstance(inf, MCEMSpec):
-        run = inference.mcem_fit(r.model, r.train, guide=r.guide, **common)
+        run = inference.mcem_fit(r.model, r.guide, r.train, **common)
         return run, f"mcem-{inf.sampler.name}", "log p(x, z) at draws"
     if isinstance(inf, VIMCMCSpec):
         run = inference.vimcmc_fit(r.model, r.guide, r.train, **common)

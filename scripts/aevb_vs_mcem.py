@@ -46,8 +46,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from aevb import data, guides, inference, models  # noqa: E402
+from aevb.inference.diagnostics import measure_ess  # noqa: E402
 from aevb.inference.mcem import model_param_names  # noqa: E402
-from aevb.inference.samplers import measure_ess  # noqa: E402
 
 #: method -> how it trains: SVI objective or MCEM sampler
 METHODS = {
@@ -80,7 +80,8 @@ def train_until(method: str, model, guide, train, out: Path, seconds: float, arg
     if "objective" in spec:
         run = inference.fit(model, guide, train, spec["objective"], **common)
     else:
-        run = inference.mcem_fit(model, train, sampler=spec["sampler"], proposal_epochs=0, **common)
+        sampler = spec["sampler"]
+        run = inference.mcem_fit(model, None, train, sampler=sampler, proposal_epochs=0, **common)
     return run.history
 
 

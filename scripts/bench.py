@@ -18,7 +18,7 @@ median (and min) over repetitions. The parts:
    memory is its own; the decoder's matmul GFLOP/s achieved against this machine's measured
    matmul GFLOP/s (a 2048 x 2048 ``torch.mm``).
 3. **MCEM E-step**: effective samples of z per second per datapoint
-   (:func:`aevb.inference.samplers.measure_ess`) for Pyro ``hmc``, Pyro ``nuts`` and
+   (:func:`aevb.inference.diagnostics.measure_ess`) for Pyro ``hmc``, Pyro ``nuts`` and
    ``batched-hmc`` on one decoder (the VAE after a short training) and one minibatch of
    test images. All three adapt a diagonal mass matrix in their warm-up; the ratio against
    Pyro's HMC with the identity mass matrix (Kingma & Welling's setting, the package's
@@ -60,7 +60,7 @@ from user_vae import UserVAE  # noqa: E402
 
 from aevb import data, devices, guides, inference, models, runs  # noqa: E402
 from aevb.inference import evaluate as ev  # noqa: E402
-from aevb.inference.samplers import measure_ess  # noqa: E402
+from aevb.inference.diagnostics import measure_ess  # noqa: E402
 from aevb.models.base import recipe  # noqa: E402
 from aevb.spec import RunSpec  # noqa: E402
 

@@ -226,7 +226,11 @@ API = [
     (lambda: _fit(X, epoch=3), ConfigError, "unknown fit setting(s) ['epoch']"),
     (lambda: _fit(X * 3, epochs=1), DataError, "the bernoulli likelihood needs data in {0, 1}"),
     (lambda: _fit(X[:, :4], epochs=1), DataError, "expects data of shape [N, 6]"),
-    (lambda: inference.mcem_fit(models.build("fa"), X[:, :3], m_steps=0), ConfigError, "m_steps"),
+    (
+        lambda: inference.mcem_fit(models.build("fa"), None, X[:, :3], m_steps=0),
+        ConfigError,
+        "m_steps",
+    ),
     (lambda: models.build("vae", z_dim=0), ConfigError, "vae.z_dim: must be >= 1"),
     (lambda: models.build("vae", hidden=(200, 0)), ConfigError, "every size must be >= 1"),
     (lambda: models.build("cvae", min_scale=-1.0), ConfigError, "min_scale: must be finite"),

@@ -136,6 +136,65 @@ def test_train_help_lists_every_registered_objective(capsys):
         assert name in shown, name
 
 
+def _registry_keys() -> dict[str, set[str]]:
+    from aevb.experiments.engines import ENGINES
+    from aevb.guides import GUIDES
+    from aevb.inference.estimators import ESTIMATORS
+    from aevb.inference.objectives import OBJECTIVES
+    from aevb.inference.samplers import SAMPLERS
+    from aevb.inference.svi import LR_SCHEDULES
+    from aevb.models import MODELS
+
+    registries = {
+        "OBJECTIVES": OBJECTIVES,
+        "SAMPLERS": SAMPLERS,
+        "LR_SCHEDULES": LR_SCHEDULES,
+        "ESTIMATORS": ESTIMATORS,
+        "ENGINES": ENGINES,
+        "MODELS": MODELS,
+        "GUIDES": GUIDES,
+    }
+    return {name: set(registry) for name, registry in registries.items()}
+
+
+def test_the_cli_names_no_registry_key_itself():
+    """Choices, help texts and defaults come from the registries: cli.py holds no key of
+    one as a string constant (a registered name in prose, e.g. "vi-mcmc: ...", is allowed)."""
+    import ast
+    import inspect
+
+    import aevb.cli
+
+    tree = ast.parse(inspect.getsource(aevb.cli))
+    constants = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    found = {name: sorted(keys & constants) for name, keys in _registry_keys().items()}
+    assert not any(found.values()), found
+
+
+def test_help_lists_every_objective_and_estimator(capsys):
+    from aevb.inference.estimators import ESTIMATORS
+    from aevb.inference.objectives import OBJECTIVES
+    from aevb.spec import ESTIMATOR_DEFAULTS
+
+    def shown(command: str) -> str:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    train = shown("train")
+    assert all(name in train for name in OBJECTIVES)
+    evaluate = shown("evaluate")
+    assert f"{{{','.join(ESTIMATORS)}}}" in evaluate  # the --estimator choices
+    for name in ESTIMATORS:  # and each one's default sample count
+        assert f"{name}: {ESTIMATORS[name].samples_help}" in evaluate
+        assert f"(default {ESTIMATOR_DEFAULTS[name]})" in evaluate
+    assert set(ESTIMATOR_DEFAULTS) == set(ESTIMATORS)  # the spec's defaults cover them all
+
+
 def test_resume_refuses_changed_settings_and_lists_them(tmp_path, capsys):
     """Only the run's length may change on --resume; anything else that would mix two runs
     (objective, inference, data, guide, model) is refused before a step is taken."""

@@ -98,7 +98,7 @@ def _main_paths(device: str, tmp_path: Path) -> None:
     ais_dataset(fa, test.subset(8), AISConfig(num_temperatures=5, num_chains=2))
     for sampler in ("batched-hmc", "hmc", "nuts"):
         opts = {"sampler": sampler, "proposal_epochs": 1, "epochs": 1, "device": device}
-        inference.mcem_fit(models.build("fa"), train.subset(32), test=test.subset(8), **opts)
+        inference.mcem_fit(models.build("fa"), None, train.subset(32), test=test.subset(8), **opts)
     spec = RunSpec.from_flat(
         {"model": "fa", "data": "fa-synthetic", "subset": 64, "test_subset": 16}
         | {"epochs": 1, "device": device}

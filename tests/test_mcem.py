@@ -161,17 +161,17 @@ def test_mcem_raises_the_exact_fa_evidence_and_resumes_exactly(tmp_path):
     fa = models.build("fa")
     inference.loop.reset_parameters(fa)
     start = evidence(fa)
-    run = inference.mcem_fit(fa, train, test=test, out=tmp_path / "a", **settings)
+    run = inference.mcem_fit(fa, None, train, test=test, out=tmp_path / "a", **settings)
     assert run.history["test_log_evidence_exact"].iloc[-1] > start + 0.5
     assert run.history["accept_prob"].between(0.6, 1.0).all()
 
     # 2 epochs, then resume to 3: the same parameters and chains as 3 in one go
     pyro.set_rng_seed(0)
     fa2 = models.build("fa")
-    inference.mcem_fit(fa2, train, out=tmp_path / "b", **{**settings, "epochs": 2})
+    inference.mcem_fit(fa2, None, train, out=tmp_path / "b", **{**settings, "epochs": 2})
     pyro.set_rng_seed(0)
     fa2 = models.build("fa")
-    inference.mcem_fit(fa2, train, out=tmp_path / "b", resume=True, **settings)
+    inference.mcem_fit(fa2, None, train, out=tmp_path / "b", resume=True, **settings)
     assert torch.equal(fa.W, fa2.W) and torch.equal(fa.rho, fa2.rho)
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["algorithm"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["algorithm"]
@@ -182,9 +182,9 @@ def test_mcem_refuses_discrete_latents():
     model = models.build("gmvae", x_dim=6, z_dim=2, hidden=(8,), num_clusters=3)
     x = torch.bernoulli(torch.full((16, 6), 0.4))
     with pytest.raises(ObjectiveError, match="discrete"):
-        inference.mcem_fit(model, x, epochs=1, batch_size=8, proposal_epochs=0)
+        inference.mcem_fit(model, None, x, epochs=1, batch_size=8, proposal_epochs=0)
     with pytest.raises(ConfigError, match="unknown sampler"):
-        inference.mcem_fit(model, x, sampler="gibbs")
+        inference.mcem_fit(model, None, x, sampler="gibbs")
 
 
 def test_cli_trains_a_vae_by_mcem_and_evaluates_it(tmp_path, capsys):
@@ -276,7 +276,7 @@ def test_extending_a_decaying_mcem_run_equals_the_uninterrupted_run(tmp_path):
     def run(out, epochs, resume=False):
         pyro.set_rng_seed(0)
         fa = models.build("fa")
-        inference.mcem_fit(fa, train, out=out, resume=resume, epochs=epochs, **settings)
+        inference.mcem_fit(fa, None, train, out=out, resume=resume, epochs=epochs, **settings)
         return fa
 
     straight = run(tmp_path / "a", 4)
@@ -299,10 +299,10 @@ def test_a_decay_needs_its_length():
     with pytest.raises(ConfigError, match="lr_decay_epochs"):
         # (left out, lr_decay_epochs would come from FA's recipe; None is "no length")
         inference.mcem_fit(
-            models.build("fa"), x, lr_decay=0.1, lr_decay_epochs=None, proposal_epochs=0
+            models.build("fa"), None, x, lr_decay=0.1, lr_decay_epochs=None, proposal_epochs=0
         )
     with pytest.raises(ConfigError, match="lr_decay: must be > 0"):
-        inference.mcem_fit(models.build("fa"), x, lr_decay=0.0, proposal_epochs=0)
+        inference.mcem_fit(models.build("fa"), None, x, lr_decay=0.0, proposal_epochs=0)
 
 
 def test_resuming_a_finished_mcem_run_restores_its_proposal(tmp_path):
@@ -318,7 +318,7 @@ def test_resuming_a_finished_mcem_run_restores_its_proposal(tmp_path):
         pyro.set_rng_seed(0)
         fa = models.build("fa")
         return inference.mcem_fit(
-            fa, train.subset(128), test=test.subset(50), out=out, resume=resume, **settings
+            fa, None, train.subset(128), test=test.subset(50), out=out, resume=resume, **settings
         )
 
     first = run()
@@ -332,3 +332,16 @@ def test_resuming_a_finished_mcem_run_restores_its_proposal(tmp_path):
     pd.testing.assert_frame_equal(again.extra["proposal_history"], first.extra["proposal_history"])
     rescored = evaluate_run(out, 50, test=test.subset(50))
     assert rescored["test_log_likelihood"] == scored["test_log_likelihood"]
+
+
+def test_the_old_argument_order_is_refused_with_the_new_one_named():
+    """Every method takes (model, guide, train): data passed where the guide belongs is an
+    error that says so, not a guide."""
+    x = torch.randn(40, 3)
+    with pytest.raises(ConfigError, match=r"\(model, guide, train\): pass train="):
+        inference.mcem_fit(models.build("fa"), x, epochs=1, proposal_epochs=0)
+    with pytest.raises(ConfigError, match="fit needs training data"):
+        inference.mcem_fit(models.build("fa"), epochs=1)
+    with pytest.raises(ConfigError, match=r"unknown MCEM setting\(s\) \['epoch'\]; MCEMConfig"):
+        inference.mcem_fit(models.build("fa"), None, x, epoch=1)
+    assert inference.SVIConfig is inference.FitConfig

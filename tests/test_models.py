@@ -204,3 +204,21 @@ def test_the_gmvae_is_compiled_under_enum_and_its_compiled_bound_is_the_eager_on
         batches,
     )
     assert why is None
+
+
+def test_presets_are_declared_by_each_model_class():
+    """``PRESETS`` reads every registered class's own ``presets`` (issue 34: it was a
+    hand-kept copy): M2 does not inherit the VAE's, and a registered class's appear."""
+    assert models.PRESETS["m2"] == {} and "tutorial-cb" in models.PRESETS["vae"]
+    assert set(models.PRESETS) == set(models.MODELS)
+
+    @models.register
+    class Tiny(models.VAE):
+        name = "tiny-vae-test"
+        presets = {"small": models.VAEConfig(z_dim=1, hidden=(3,))}
+
+    try:
+        assert models.build("tiny-vae-test", "small").config.hidden == (3,)
+        assert "small" in models.PRESETS["tiny-vae-test"]
+    finally:
+        models.MODELS.pop("tiny-vae-test")

@@ -44,7 +44,7 @@ def test_the_mcem_recipe_is_the_same_in_the_library_and_the_cli(tmp_path):
     assert main([*argv, "--out", str(tmp_path / "cli"), "--quiet"]) == 0
     train, _ = data.load("fa-synthetic")
     fa = models.build("fa")
-    run = inference.mcem_fit(fa, train.subset(64), epochs=1, proposal_epochs=0)
+    run = inference.mcem_fit(fa, None, train.subset(64), epochs=1, proposal_epochs=0)
     cli = _fit_record(tmp_path / "cli")
     assert json.loads(json.dumps(run.config["fit"])) == cli
     assert (cli["lr_decay"], cli["lr_decay_epochs"], cli["batch_size"]) == (0.1, 30, 32)

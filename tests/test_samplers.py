@@ -22,13 +22,13 @@ import torch
 
 from aevb import data
 from aevb.errors import ConfigError
+from aevb.inference.diagnostics import measure_ess
 from aevb.inference.samplers import (
     BatchedHMC,
     Latents,
     kinetic_energy,
     leapfrog,
     make_sampler,
-    measure_ess,
     metropolis,
 )
 

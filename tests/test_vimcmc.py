@@ -62,7 +62,7 @@ def test_refined_draws_have_the_exact_posterior_moments():
     u = alg.refine((x,), torch.arange(len(x)))
     assert _matches_posterior(truth, x, u)
     assert not _matches_posterior(truth, x, _q_draws(guide, x))
-    assert bool(alg.visited.all()) and 0.5 < alg.epoch_diagnostics()["accept_prob"] < 1
+    assert bool(alg.chains.visited.all()) and 0.5 < alg.epoch_diagnostics()["accept_prob"] < 1
 
 
 def _theta_grad(loss, truth):

@@ -20,6 +20,7 @@ from aevb.data.dataset import BINARIZATIONS, Dataset, as_dataset, validate_array
 from aevb.data.idx import read_idx, write_idx
 from aevb.data.synthetic import fa_synthetic, fa_truth
 from aevb.errors import DataError
+from aevb.registry import lookup, unknown_name
 
 #: Seed of the one-off binarisation of test sets (the same bits for every run).
 TEST_BINARIZATION_SEED = 0
@@ -208,10 +209,8 @@ def load(name: str, binarize: str | None = None, **kwargs) -> tuple[Dataset, Dat
         ``"continuous"`` ((x*255 + U)/256) or ``"none"``. Defaults: dynamic for MNIST and IDX
         folders, none for array files.
     """
-    if binarize is not None and binarize not in BINARIZATIONS:
-        raise DataError(
-            f"unknown binarisation {binarize!r}; expected one of {sorted(BINARIZATIONS)}"
-        )
+    if binarize is not None:
+        lookup(BINARIZATIONS, binarize, "binarisation", error=DataError)
     if name in DATASETS:
         return DATASETS[name](binarize=binarize or DEFAULT_BINARIZE.get(name, "none"), **kwargs)
     path = Path(name)
@@ -219,10 +218,8 @@ def load(name: str, binarize: str | None = None, **kwargs) -> tuple[Dataset, Dat
         return load_idx_folder(path, binarize or "dynamic")
     if path.suffix in (".npz", ".npy"):
         return load_array_file(path, binarize or "none", **kwargs)
-    raise DataError(
-        f"unknown dataset {name!r}: expected one of {sorted(DATASETS)}, a folder of IDX files "
-        "or a .npz/.npy file"
-    )
+    also = "or a path: a folder of IDX files or a .npz/.npy file"
+    raise unknown_name(name, DATASETS, "dataset", also, DataError)
 
 
 def fetch(name: str = "mnist", verbose: bool = True) -> Path:

@@ -15,6 +15,7 @@ import torch
 
 from aevb.devices import to_device
 from aevb.errors import DataError
+from aevb.registry import lookup
 
 
 def _dynamic(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
@@ -117,10 +118,7 @@ class Dataset:
     mask: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if self.binarize not in BINARIZATIONS:
-            raise DataError(
-                f"unknown binarisation {self.binarize!r}; expected one of {sorted(BINARIZATIONS)}"
-            )
+        lookup(BINARIZATIONS, self.binarize, "binarisation", error=DataError)
         if self.y is not None and len(self.y) != len(self.x):
             raise DataError(f"{self.name}: {len(self.x)} datapoints but {len(self.y)} labels")
         if self.mask is not None and tuple(self.mask.shape) != tuple(self.x.shape[:2]):
@@ -135,10 +133,7 @@ class Dataset:
     ) -> Dataset:
         """Validate user arrays (see :func:`validate_array`) and wrap them. ``mask`` [N, T]
         (bool or 0/1) marks the real steps of ragged sequences x [N, T, D]."""
-        if binarize not in BINARIZATIONS:
-            raise DataError(
-                f"unknown binarisation {binarize!r}; expected one of {sorted(BINARIZATIONS)}"
-            )
+        lookup(BINARIZATIONS, binarize, "binarisation", error=DataError)
         xt = validate_array(x, f"{name}: x", unit_interval=binarize != "none")
         yt = None
         if y is not None:

@@ -294,12 +294,7 @@ def run_grid(
     config = load_config(config_path)
     if device is not None:
         config["cells"] = [{**cell, "device": device} for cell in config["cells"]]
-    table = dict(config["engine"])
-    if engine is not None:
-        table["name"] = engine
-    if address is not None:
-        table["address"] = address
-    runner = make_engine(table)
+    runner = _engine(config, engine, address)
     out = Path(out or f"runs/compare-{config['name']}")
     out.mkdir(parents=True, exist_ok=True)
     wanted = {ev.key: (ev.estimator, ev.samples) for ev in config["evaluate"]}
@@ -307,14 +302,7 @@ def run_grid(
     if tracking is not None:
         tracking = start_grid_run(tracking, config["name"], config["source"])
     tasks = grid_tasks(config, out, tracking)
-    rows: dict[int, dict] = {}
-    todo = []
-    for task in tasks:  # a re-run submits nothing for the cells that are done
-        done = rundir.read_evaluations(task.out)
-        if wanted and all(key in done for key in wanted):
-            rows[task.index] = results_row(task.cell, task.seed, Path(task.out), done, wanted)
-        else:
-            todo.append(task)
+    rows, todo = _already_done(tasks, wanted)
     bar = tqdm(
         total=len(tasks),
         initial=len(rows),
@@ -340,6 +328,30 @@ def run_grid(
     write_report(config, results, out)
     results.attrs["out"] = str(out)
     return results
+
+
+def _engine(config: dict, engine: str | None, address: str | None):
+    """The config's ``[engine]``, with the command line's name and address over it."""
+    table = dict(config["engine"])
+    if engine is not None:
+        table["name"] = engine
+    if address is not None:
+        table["address"] = address
+    return make_engine(table)
+
+
+def _already_done(tasks: list, wanted: dict) -> tuple[dict[int, dict], list]:
+    """The rows of the cells already evaluated (read back from their run directories) and
+    the tasks still to run: a re-run submits nothing for the cells that are done."""
+    rows: dict[int, dict] = {}
+    todo = []
+    for task in tasks:
+        done = rundir.read_evaluations(task.out)
+        if wanted and all(key in done for key in wanted):
+            rows[task.index] = results_row(task.cell, task.seed, Path(task.out), done, wanted)
+        else:
+            todo.append(task)
+    return rows, todo
 
 
 def _write_results(rows: dict[int, dict], out: Path) -> pd.DataFrame:

@@ -19,6 +19,23 @@ from aevb.spec import RunSpec
 DEMO_OBJECTIVES = (("trace", 1), ("meanfield", 1), ("iwae", 5))
 
 
+def _summary(run, label: str, test, scored, is_samples: int, quiet: bool) -> dict:
+    """One row of the demo's table: the run's last epoch, its seconds per epoch, test ELBO,
+    IS-k log p(x) on ``scored`` and active units."""
+    b = inference.bounds(
+        run.model, run.guide, scored, is_samples, progress=not quiet and sys.stderr.isatty()
+    )
+    h = run.history
+    return {
+        "objective": label,
+        "epochs": int(h["epoch"].iloc[-1]),
+        "sec/epoch": float(h["epoch_seconds"].mean()),
+        "test ELBO": float(h["test_elbo"].iloc[-1]),
+        f"IS-{is_samples} log p(x)": float(b.log_likelihood.mean()),
+        "active units": inference.active_units(run.guide, test),
+    }
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     epochs: int | None = None,
@@ -49,24 +66,10 @@ def run_demo(
             verbose=not quiet,
             figures=False,
         )
-        model, guide = run.model, run.guide
-        b = inference.bounds(
-            model, guide, scored, is_samples, progress=not quiet and sys.stderr.isatty()
-        )
-        h = run.history
-        rows.append(
-            {
-                "objective": label,
-                "epochs": int(h["epoch"].iloc[-1]),
-                "sec/epoch": float(h["epoch_seconds"].mean()),
-                "test ELBO": float(h["test_elbo"].iloc[-1]),
-                f"IS-{is_samples} log p(x)": float(b.log_likelihood.mean()),
-                "active units": inference.active_units(guide, test),
-            }
-        )
-        histories[label] = h
-        plots.reconstructions(model, guide, (test.x,), out / label / "reconstructions.png")
-        plots.prior_samples(model, out / label / "samples.png")
+        rows.append(_summary(run, label, test, scored, is_samples, quiet))
+        histories[label] = run.history
+        plots.reconstructions(run.model, run.guide, (test.x,), out / label / "reconstructions.png")
+        plots.prior_samples(run.model, out / label / "samples.png")
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)

@@ -191,7 +191,7 @@ def make_engine(table: dict):
             )
     name = table.get("name", "local")
     if name not in ENGINES:
-        raise ConfigError(f"[engine]: invalid choice: {name!r} (choose from local, ray)")
+        raise ConfigError(f"[engine]: invalid choice: {name!r} (choose from {', '.join(ENGINES)})")
     if name == "local":
         extra = set(table) - {"name"}
         if extra:

@@ -14,20 +14,49 @@ from typing import Any
 from aevb.errors import ConfigError
 from aevb.guides.gaussian import GaussianEncoder, GaussianEncoderConfig
 from aevb.guides.iaf import IAFEncoder, IAFEncoderConfig
-from aevb.guides.linear import LinearGaussian, LinearGaussianConfig
+from aevb.guides.linear import LinearGaussian, LinearGaussianConfig, LinearGaussianEncoder
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
 from aevb.guides.recurrent import RecurrentEncoder, RecurrentEncoderConfig
 from aevb.guides.semisupervised import SemiSupervisedEncoder, SemiSupervisedEncoderConfig
-from aevb.registry import import_reference, is_reference, make_config
+from aevb.registry import import_reference, is_reference, lookup, make_config
 
 GUIDES: dict[str, Any] = {
     "gaussian": GaussianEncoder,
     "iaf": IAFEncoder,
-    "linear-gaussian": LinearGaussian,
+    "linear-gaussian": LinearGaussianEncoder,
     "mixture": MixtureEncoder,
     "recurrent": RecurrentEncoder,
     "semisupervised": SemiSupervisedEncoder,
 }
+
+
+def register(cls):
+    """Add a user's guide class to :data:`GUIDES` (usable as a class decorator), so that a
+    model's ``default_guide``, ``aevb train --guide NAME`` and grids can name it, as
+    :func:`aevb.models.register` does for models.
+
+    The class needs a ``name`` and ``for_model(model)`` (the guide sized for a model);
+    ``config_class`` (a frozen dataclass, its only constructor argument) gives it settings.
+
+    >>> from aevb.guides import GUIDES, GaussianEncoder, build, register
+    >>> @register
+    ... class WideEncoder(GaussianEncoder):
+    ...     name = "wide-gaussian"
+    >>> from aevb import models
+    >>> type(build("wide-gaussian", models.build("vae", x_dim=4, z_dim=2))).__name__
+    'WideEncoder'
+    >>> _ = GUIDES.pop("wide-gaussian")
+    """
+    missing = [a for a in ("name", "for_model") if not hasattr(cls, a)]
+    if missing:
+        raise ConfigError(
+            f"{cls.__name__} cannot be registered as a guide: it has no {missing} (set name "
+            "and a for_model(model) classmethod)"
+        )
+    if cls.name in GUIDES and GUIDES[cls.name] is not cls:
+        raise ConfigError(f"a guide named {cls.name!r} is already registered")
+    GUIDES[cls.name] = cls
+    return cls
 
 
 def build(name: str, model, **overrides):
@@ -79,12 +108,8 @@ def from_config(name: str, config: dict, model=None):
 def _get(name: str) -> Any:
     if is_reference(name):
         return _user_guide(name)
-    if name not in GUIDES:
-        raise ConfigError(
-            f"unknown guide {name!r}; expected one of {sorted(GUIDES)} or MODULE:NAME (a guide "
-            "class or a guide(x) function in your own module)"
-        )
-    return GUIDES[name]
+    also = "or MODULE:NAME (a guide class or a guide(x) function in your own module)"
+    return lookup(GUIDES, name, "guide", also)
 
 
 def _user_guide(ref: str) -> Any:
@@ -121,6 +146,7 @@ __all__ = [
     "IAFEncoderConfig",
     "LinearGaussian",
     "LinearGaussianConfig",
+    "LinearGaussianEncoder",
     "MixtureEncoder",
     "MixtureEncoderConfig",
     "RecurrentEncoder",
@@ -130,4 +156,5 @@ __all__ = [
     "build",
     "default_for",
     "from_config",
+    "register",
 ]

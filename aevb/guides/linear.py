@@ -31,7 +31,7 @@ class LinearGaussianConfig:
     site: str = "z"
 
 
-class LinearGaussian(nn.Module):
+class LinearGaussianEncoder(nn.Module):
     """q(z | x) = N(V x, L L^T), L lower-triangular."""
 
     name = "linear-gaussian"
@@ -54,14 +54,14 @@ class LinearGaussian(nn.Module):
             self.L_raw.diagonal().fill_(math.log(math.expm1(1.0)))
 
     @classmethod
-    def for_model(cls, model) -> LinearGaussian:
+    def for_model(cls, model) -> LinearGaussianEncoder:
         return cls(cls.config_class(x_dim=model.x_dim, z_dim=model.z_dim))
 
     @property
     def scale_tril(self) -> torch.Tensor:
         return torch.tril(self.L_raw, -1) + torch.diag(F.softplus(self.L_raw.diagonal()))
 
-    def set_parameters(self, V: torch.Tensor, scale_tril: torch.Tensor) -> LinearGaussian:
+    def set_parameters(self, V: torch.Tensor, scale_tril: torch.Tensor) -> LinearGaussianEncoder:
         """Set q(z|x) = N(V x, L L^T) (e.g. to FA's exact posterior); returns self."""
         with torch.no_grad():
             self.V.copy_(V)
@@ -78,3 +78,7 @@ class LinearGaussian(nn.Module):
         register(guide_module_name(self.name), self)
         with pyro.plate("data", x.shape[0]):
             return pyro.sample(self.config.site, self.posterior(x))
+
+
+#: the name before the encoders' naming was made uniform (``...Encoder``)
+LinearGaussian = LinearGaussianEncoder

@@ -1,6 +1,7 @@
 """Inference: objectives (:mod:`.objectives`), the shared training loop (:mod:`.loop`) run by
 SVI (:mod:`.svi`), Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`) and
-MCMC-refined VI (:mod:`.vimcmc`), and
+MCMC-refined VI (:mod:`.vimcmc`), each saying only what differs on the one path from a method
+to a run (:mod:`.method`; per-datapoint chains in :mod:`.chains`), and
 estimators of log p(x) (:mod:`.evaluate`); the run directory's layout lives in
 :mod:`.rundir` alone."""
 
@@ -17,7 +18,7 @@ from aevb.inference.mcem import MCEMConfig
 from aevb.inference.mcem import fit as mcem_fit
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.rundir import evaluate_run, load_run
-from aevb.inference.svi import FitConfig, Run, fit
+from aevb.inference.svi import FitConfig, Run, SVIConfig, fit
 from aevb.inference.vimcmc import VIMCMCConfig
 from aevb.inference.vimcmc import fit as vimcmc_fit
 
@@ -27,6 +28,7 @@ __all__ = [
     "FitConfig",
     "MCEMConfig",
     "Run",
+    "SVIConfig",
     "VIMCMCConfig",
     "active_units",
     "bounds",

@@ -203,13 +203,29 @@ def ais(
     if jit is None and use_compiled(model, rep, u):
         latents.jit = True
     evaluations = 0
-    if step_sizes is None:
-        eps = find_step_size(latents, args, u[:b], u.new_tensor(0.1))
+    if step_sizes is None:  # the pilot's starting step sizes [B]
+        schedule = find_step_size(latents, args, u[:b], u.new_tensor(0.1))
         evaluations += 9 * b  # its starting potential and 8 one-step trials
     else:
-        fixed = step_sizes.to(u).repeat(1, c)  # [T, C * B], chain-major like rep
+        schedule = step_sizes.to(u).repeat(1, c)  # [T, C * B], chain-major like rep
+    log_w, accept, moves = _anneal(latents, rep, betas, hmc, u, schedule, b)
+    log_w = log_w[p * b :].reshape(c, b)
+    est = torch.logsumexp(log_w, 0) - math.log(c)
+    if bool(log_w.isnan().any()) or not bool(torch.isfinite(est).all()):
+        raise _not_finite(model, args, est)
+    w = torch.exp(log_w - log_w.max(0).values)  # [C, B], stable
+    stderr = w.std(0) / (math.sqrt(c) * w.mean(0)) if c > 1 else w.new_full((b,), math.nan)
+    return AISResult(est.float(), stderr.float(), accept, evaluations + moves)
+
+
+def _anneal(latents, rep: tuple, betas, hmc: BatchedHMC, u, eps, b: int):
+    """The annealing from u [R, D] (rows chain-major) through ``betas``: log weights [R]
+    (float64), the chains' mean acceptance and the evaluations made. ``eps`` is the pilot's
+    starting step sizes [B] (the first B rows are the pilot: they adapt them on their own
+    acceptances, every row moves with them) or a fixed schedule [T, R]."""
+    pilot = eps.dim() == 1
     parts = _parts(latents, u, rep)
-    evaluations += len(u)
+    evaluations = len(u)
     log_w = u.new_zeros(u.shape[0], dtype=torch.float64)
     accept = u.new_zeros(())
     for t in range(1, len(betas)):
@@ -217,23 +233,17 @@ def ais(
         log_w += (betas[t] - betas[t - 1]).double() * log_lik.double()
         target = _Annealed(latents, rep, float(betas[t]))
         U, grad = target.at(parts)
-        step = eps.repeat(c + 1) if pilot else fixed[t - 1]
+        step = eps.repeat(len(u) // b) if pilot else eps[t - 1]
         u, _, _, a, moved = hmc.transition(target, u, U, grad, step)
-        evaluations += len(u) * cfg.num_steps
+        evaluations += len(u) * hmc.num_steps
         parts = tuple(
             torch.where(moved.reshape(-1, *([1] * (new.dim() - 1))), new, old)
             for new, old in zip(target.last, parts)
         )
         if pilot:  # the pilot adapts on its own acceptances only
             eps = adapted(eps, a[:b], hmc.target_accept_prob, hmc.adapt_gain)
-        accept = accept + a[p * b :].mean()
-    log_w = log_w[p * b :].reshape(c, b)
-    est = torch.logsumexp(log_w, 0) - math.log(c)
-    if bool(log_w.isnan().any()) or not bool(torch.isfinite(est).all()):
-        raise _not_finite(model, args, est)
-    w = torch.exp(log_w - log_w.max(0).values)  # [C, B], stable
-    stderr = w.std(0) / (math.sqrt(c) * w.mean(0)) if c > 1 else w.new_full((b,), math.nan)
-    return AISResult(est.float(), stderr.float(), float(accept) / (len(betas) - 1), evaluations)
+        accept = accept + a[b if pilot else 0 :].mean()
+    return log_w, float(accept) / (len(betas) - 1), evaluations
 
 
 def _not_finite(model, args: tuple, est: torch.Tensor) -> ObjectiveError:

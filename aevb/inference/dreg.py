@@ -47,6 +47,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 
 from aevb.inference.pathwise import reparameterised_latents, stick_the_landing_
+from aevb.pyro_compat import particle_traces
 
 
 def summed_log_prob(trace: Trace, sum_dims: set) -> torch.Tensor:
@@ -94,7 +95,7 @@ class RenyiDReG_ELBO(RenyiELBO):  # noqa: N801 (Pyro's naming)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         draws, particles = [], []
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in particle_traces(self, model, guide, args, kwargs):
             stick_the_landing_(guide_trace)
             particles.append(log_weights(model_trace, guide_trace))
             latents = reparameterised_latents(guide_trace)

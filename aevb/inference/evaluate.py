@@ -165,34 +165,34 @@ def bounds(
     chunk = max(1, min(num_samples, elements // (batch_size * x_size)))
     elbos, lls = [], []
     start = time.perf_counter()
-    bar = tqdm(
-        total=len(ds) * num_samples,
-        disable=not progress,
-        unit="sample",
-        unit_scale=True,
-        desc=f"IS-{num_samples}",
-        leave=False,
-    )
+    shown = dict(unit="sample", unit_scale=True, desc=f"IS-{num_samples}", leave=False)
+    bar = tqdm(total=len(ds) * num_samples, disable=not progress, **shown)
     with torch.random.fork_rng(devices=fork_devices(device)), pyro.validation_enabled(False):
         torch.manual_seed(seed)
         for args in ds.batches(batch_size, labels=labels):
             args = to_device(args, device)
-            b = args[0].shape[0]
-            lse_parts, w_sum = [], args[0].new_zeros(b)
-            done = 0
-            while done < num_samples:
-                k = min(chunk, num_samples - done)
-                w = log_weights(model, guide, args, k, max_plate_nesting)
-                lse_parts.append(torch.logsumexp(w, 0))
-                w_sum += w.sum(0)
-                done += k
-                bar.update(k * b)
-            lse = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_samples)
-            elbos.append(w_sum / num_samples)
-            lls.append(lse)
+            elbo, ll = _batch_bounds(model, guide, args, num_samples, chunk, max_plate_nesting)
+            bar.update(num_samples * args[0].shape[0])
+            elbos.append(elbo)
+            lls.append(ll)
     bar.close()
     elbo_all, ll_all = torch.cat(elbos).cpu(), torch.cat(lls).cpu()
     return Bounds(elbo_all, ll_all, num_samples, time.perf_counter() - start)
+
+
+def _batch_bounds(model, guide, args: tuple, num_samples: int, chunk: int, nesting: int):
+    """(ELBO, IS-k) of one batch [B] each, from ``num_samples`` draws taken ``chunk`` at a
+    time (the log-sum-exp of the chunks' log-sum-exps is the whole one's)."""
+    lse_parts, w_sum = [], args[0].new_zeros(args[0].shape[0])
+    done = 0
+    while done < num_samples:
+        k = min(chunk, num_samples - done)
+        w = log_weights(model, guide, args, k, nesting)
+        lse_parts.append(torch.logsumexp(w, 0))
+        w_sum += w.sum(0)
+        done += k
+    lse = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_samples)
+    return w_sum / num_samples, lse
 
 
 def log_likelihood(model, guide, data, num_samples: int = 5000, **kwargs) -> torch.Tensor:

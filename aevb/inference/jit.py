@@ -50,12 +50,14 @@ from pyro.infer import (
 )
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 
+from aevb.pyro_compat import compiled_loss, particle_traces
+
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):  # noqa: N801 (Pyro's naming)
     """``JitTraceMeanField_ELBO`` that compiles once instead of on every call."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        compiled = getattr(self, "_differentiable_loss", None)
+        compiled = compiled_loss(self)
         if compiled is None:
             return super().differentiable_loss(model, guide, *args, **kwargs)
         kwargs["_pyro_model_id"] = id(model)
@@ -211,7 +213,7 @@ class JitRenyiELBO(RenyiELBO):
                 kwargs.pop("_pyro_guide_id")
                 elbo = weakself()
                 assert elbo is not None
-                traces = elbo._get_traces(model, guide, args, kwargs)
+                traces = particle_traces(elbo, model, guide, args, kwargs)
                 vectorized = elbo.vectorize_particles and elbo.num_particles > 1
                 return renyi_losses(traces, elbo.alpha, elbo.num_particles, vectorized)
 

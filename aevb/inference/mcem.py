@@ -30,18 +30,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyro
 import pyro.poutine as poutine
 import torch
 
-from aevb.data.dataset import Dataset, as_dataset
+from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError
-from aevb.inference import loop, rundir
+from aevb.inference import rundir
+from aevb.inference.chains import ChainState
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
+from aevb.inference.method import Method, RunOptions, launch, prepare
 from aevb.inference.optim import Adam
 from aevb.inference.samplers import Latents, log_step_change, sampler_from_options
-from aevb.models.base import recipe
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,8 @@ class MCEMAlgorithm:
         self.latents: Latents | None = None
         # allocated by prepare(), on the device of the data
         self.u = torch.empty(0, device="cpu")
-        self.step_size = torch.empty(0, device="cpu")
-        self.visited = torch.empty(0, dtype=torch.bool, device="cpu")
+        #: per-datapoint (batched-hmc) or shared step sizes, visit marks, running means
+        self.chains = ChainState()
         #: batched-hmc: a shared log-scale on every chain's step size, moved after each
         #: E-step by the batch's mean acceptance. theta changes between two visits of a
         #: datapoint (one epoch apart); the shared scale follows it every step, the
@@ -114,8 +116,7 @@ class MCEMAlgorithm:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
-        self._acc: list[float] = []
-        self._eps: list[float] = []
+        self.chains.reset_counters()
         self._e_seconds = 0.0
         self._m_seconds = 0.0
         self._divergences = 0
@@ -126,9 +127,7 @@ class MCEMAlgorithm:
         n, d = len(ds), self.latents.dim
         x = first_batch[0]
         self.u = x.new_zeros(n, d)
-        self.visited = torch.zeros(n, dtype=torch.bool, device=x.device)
-        size = n if self.per_datapoint else 1
-        self.step_size = x.new_full((size,), self.cfg.init_step_size)
+        self.chains.allocate(n, n if self.per_datapoint else 1, x, self.cfg.init_step_size)
         if self.cfg.lr_decay_epochs is not None:
             self.decay_steps = self.cfg.lr_decay_epochs * ds.num_batches(self.cfg.batch_size)
 
@@ -142,39 +141,38 @@ class MCEMAlgorithm:
         assert self.latents is not None
         cfg = self.cfg
         t0 = time.perf_counter()
+        chains = self.chains
         index = index.to(self.u.device)
-        new = ~self.visited[index]
+        new = chains.new(index)
         warmup = 0
         if bool(new.any()):  # start fresh chains from z ~ p(z)
             self.u[index[new]] = self.latents.prior_draw(args)[new]
         u0 = self.u[index]
         adapt = True
-        if self.per_datapoint:
-            eps = self.step_size[index] * math.exp(self.log_scale)
-            if bool(new.any()):  # a starting step size per new chain, then adapting warm-up
-                start = self.sampler.initial_step_size(self.latents, args, u0, eps)
-                eps = torch.where(new, start, eps)
+        if self.per_datapoint:  # a starting step size per new chain, then adapting warm-up
+            scale = math.exp(self.log_scale)
+            eps = chains.start_step_sizes(self.sampler, self.latents, args, u0, index, new, scale)
+            if bool(new.any()):
                 warmup = cfg.first_visit_warmup
         else:
-            eps = self.step_size
+            eps = chains.step_size
             if bool(new.any()):  # burn the new chains in; Pyro's dual averaging only once
                 warmup = cfg.first_visit_warmup
-                adapt = not bool(self.visited.any())
+                adapt = not bool(chains.visited.any())
         state = self.sampler.sample(
             self.latents, args, u0, eps, cfg.num_samples, warmup, adapt=adapt
         )
         self.u[index] = state.u.detach()
-        self.visited[index] = True
+        chains.visited[index] = True
         if self.per_datapoint:
-            self.step_size[index] = state.step_size / math.exp(self.log_scale)
+            chains.step_size[index] = state.step_size / math.exp(self.log_scale)
             accept = float(state.accept_prob.mean())
             gain = self.sampler.adapt_gain
             target = self.sampler.target_accept_prob
             self.log_scale += log_step_change(accept, target, gain)
         else:
-            self.step_size = state.step_size.reshape(1)
-        self._acc.append(float(state.accept_prob.mean()))
-        self._eps.append(float(state.step_size.mean()))
+            chains.step_size = state.step_size.reshape(1)
+        chains.record(state)
         self._divergences += int(state.diagnostics.get("divergences", 0))
         t1 = time.perf_counter()
         self._e_seconds += t1 - t0
@@ -201,8 +199,7 @@ class MCEMAlgorithm:
     def epoch_diagnostics(self) -> dict:
         """Mean acceptance, step size and E/M-step seconds of the epoch (then reset)."""
         row = {
-            "accept_prob": sum(self._acc) / max(len(self._acc), 1),
-            "step_size": sum(self._eps) / max(len(self._eps), 1),
+            **self.chains.means(),
             "e_step_seconds": self._e_seconds,
             "m_step_seconds": self._m_seconds,
         }
@@ -216,14 +213,13 @@ class MCEMAlgorithm:
         return {
             "optim": self.optim.state_dict(),
             "u": self.u.clone(),
-            "step_size": self.step_size.clone(),
-            "visited": self.visited.clone(),
+            **self.chains.state_dict(),  # step_size, visited
             "t": self.t,
             "log_scale": self.log_scale,
             # the epoch's diagnostics so far (a checkpoint written mid-epoch continues them)
             "epoch_diagnostics": {
-                "acc": list(self._acc),
-                "eps": list(self._eps),
+                "acc": list(self.chains.acc),
+                "eps": list(self.chains.eps),
                 "divergences": self._divergences,
                 "seconds": (self._e_seconds, self._m_seconds),
             },
@@ -234,21 +230,60 @@ class MCEMAlgorithm:
         self.optim.load_state_dict(state["optim"])
         device = self.u.device  # prepare() has allocated the chains on the data's device
         self.u = state["u"].to(device)
-        self.step_size = state["step_size"].to(device)
-        self.visited = state["visited"].to(device)
+        self.chains.load_state_dict(state)
         self.t, self.log_scale = state["t"], state["log_scale"]
         running = state.get("epoch_diagnostics")
         if running is not None:
-            self._acc, self._eps = list(running["acc"]), list(running["eps"])
+            self.chains.acc, self.chains.eps = list(running["acc"]), list(running["eps"])
             self._divergences = running["divergences"]
             self._e_seconds, self._m_seconds = running["seconds"]
 
 
+class MCEM(Method):
+    """What MCEM adds to the shared path (:mod:`aevb.inference.method`): its recipe, its
+    checks, a guide only as the evaluation proposal (the loop trains the model alone)."""
+
+    name, config, settings_name = "mcem", MCEMConfig, "MCEM"
+    mcem_recipe, trains_guide = True, False
+
+    def configure(self, model, settings: dict) -> MCEMConfig:
+        cfg = MCEMConfig(**settings)
+        sampler_from_options(cfg.sampler, cfg.sampler_options)  # bad names fail before any run
+        if cfg.lr_decay != 1.0 and cfg.lr_decay_epochs is None:  # ranges: MCEMConfig.RANGES
+            raise ConfigError(
+                f"lr_decay={cfg.lr_decay} needs lr_decay_epochs >= 1 (the epochs over which "
+                f"the learning rate falls to lr * lr_decay), got {cfg.lr_decay_epochs}"
+            )
+        return cfg
+
+    def wants_guide(self, cfg: MCEMConfig) -> bool:
+        return cfg.proposal_epochs > 0
+
+    def algorithm(self, model, guide, cfg: MCEMConfig) -> MCEMAlgorithm:
+        return MCEMAlgorithm(model, cfg)
+
+    def record_extras(self, cfg: MCEMConfig, guide) -> dict:
+        if guide is None or cfg.proposal_epochs == 0:
+            return {"proposal": None}
+        note = "q(z|x) fitted after MCEM with the model's parameters frozen"
+        return {
+            "proposal": {
+                "guide": describe(guide),
+                "objective": cfg.proposal_objective,
+                "epochs": cfg.proposal_epochs,
+                "note": note,
+            }
+        }
+
+    def label(self, cfg: MCEMConfig) -> str:
+        return f"mcem-{cfg.sampler}"
+
+
 def fit(
     model,
-    train,
-    *,
     guide=None,
+    train=None,
+    *,
     test=None,
     out: str | Path | None = None,
     resume: bool = False,
@@ -266,76 +301,45 @@ def fit(
         data plate); its default guide (or ``guide``) becomes the evaluation proposal.
     :param settings: fields of :class:`MCEMConfig` (``sampler``, ``epochs``, ``m_steps``, ...);
         those left out take the model's MCEM recipe (``mcem_defaults``, else
-        ``fit_defaults``), then :class:`MCEMConfig`'s defaults, as on the command line.
+        ``fit_defaults``), then :class:`MCEMConfig`'s defaults, as on the command line. The
+        other arguments are :func:`aevb.inference.fit`'s.
 
     The history's ``train_loss`` is -log p_theta(x, z) per datapoint at the E-step's draws
     (before the M-step); it also records the mean acceptance probability, step size and the
     seconds spent in E- and M-steps per epoch.
 
     Example:
-        >>> import torch
-        >>> from aevb import data, inference
-        >>> truth = data.fa_truth()
-        >>> x = truth.generate(64)
-        >>> from aevb import models
+        >>> from aevb import data, inference, models
+        >>> x = data.fa_truth().generate(64)
         >>> fa = models.build("fa")
-        >>> run = inference.mcem_fit(fa, x, epochs=2, batch_size=32, proposal_epochs=0)
+        >>> run = inference.mcem_fit(fa, None, x, epochs=2, batch_size=32, proposal_epochs=0)
         >>> list(run.history["epoch"])
         [1, 2]
     """
-    unknown = set(settings) - set(MCEMConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown MCEM setting(s) {sorted(unknown)}")
-    cfg = MCEMConfig(**recipe(model, settings, mcem=True))
-    sampler_from_options(cfg.sampler, cfg.sampler_options)  # bad names fail before any run
-    if cfg.lr_decay != 1.0 and cfg.lr_decay_epochs is None:  # ranges: MCEMConfig.RANGES
-        raise ConfigError(
-            f"lr_decay={cfg.lr_decay} needs lr_decay_epochs >= 1 (the epochs over which the "
-            f"learning rate falls to lr * lr_decay), got {cfg.lr_decay_epochs}"
-        )
-    if guide is None and cfg.proposal_epochs > 0:
-        from aevb import guides as _guides
-
-        guide = _guides.default_for(model)
-    ds = as_dataset(train)
-    test_ds = None if test is None else as_dataset(test).fixed(0)
-    proposal = None
-    if guide is not None and cfg.proposal_epochs > 0:
-        proposal = {
-            "guide": describe(guide),
-            "objective": cfg.proposal_objective,
-            "epochs": cfg.proposal_epochs,
-            "note": "q(z|x) fitted after MCEM with the model's parameters frozen",
-        }
-    record = loop.make_record("mcem", cfg, model, guide, ds, test_ds, meta, proposal=proposal)
+    _check_order(guide, train)
+    method = MCEM()
+    setup = prepare(method, model, guide, train, settings, test)
     before = _saved_proposal(out) if resume else None
-    run = loop.train(
-        MCEMAlgorithm(model, cfg),
-        model,
-        None,
-        ds,
-        cfg,
-        record,
-        test=test_ds,
-        out=out,
-        resume=resume,
-        reset=reset,
-        progress=progress,
-        verbose=verbose,
-        callback=callback,
-        epoch_callback=epoch_callback,
-        desc=f"{describe(model).get('name', 'model')}/mcem-{cfg.sampler}",
+    options = RunOptions(
+        test, out, resume, progress, verbose, reset, meta, callback, epoch_callback
     )
-    if proposal is None:
+    run = launch(method, model, setup, options)
+    if setup.guide is None or setup.cfg.proposal_epochs == 0:
         return run
     if before is not None and len(run.history) == before[0]:
         # nothing was trained since the proposal was fitted: restore it, do not refit it
-        rundir.load_params(model, guide, before[1])
-        run.guide = guide
+        rundir.load_params(model, setup.guide, before[1])
+        run.guide = setup.guide
         run.extra["proposal_history"] = pd.DataFrame(before[1]["proposal_history"])
         return run
-    fit_proposal(run, guide, ds, cfg, test=test_ds, progress=progress)
+    fit_proposal(run, setup.guide, setup.ds, setup.cfg, test=setup.test, progress=progress)
     return run
+
+
+def _check_order(guide, train) -> None:
+    """Refuse the old ``mcem_fit(model, train)`` order: data where the guide belongs."""
+    if train is None and isinstance(guide, torch.Tensor | np.ndarray | Dataset | tuple):
+        raise ConfigError("mcem_fit's arguments are (model, guide, train): pass train=...")
 
 
 def _saved_proposal(out) -> tuple[int, dict] | None:

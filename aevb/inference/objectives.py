@@ -65,6 +65,7 @@ from aevb.inference.pathwise import check_pathwise, jit_stl, make_stl
 from aevb.inference.rws import make_rws
 from aevb.inference.semisupervised import make_semisupervised, missing_label_site
 from aevb.models.base import hooks
+from aevb.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,10 @@ def make_objective(
     name: str, num_particles: int = 1, alpha: float | None = None, max_plate_nesting: int = 1
 ) -> ELBO:
     """The Pyro ELBO instance for a registered objective name."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}")
+    objective = lookup(OBJECTIVES, name, "objective")
     if num_particles < 1:
         raise ConfigError(f"num_particles must be >= 1, got {num_particles}")
-    return OBJECTIVES[name].make(num_particles, alpha, max_plate_nesting)
+    return objective.make(num_particles, alpha, max_plate_nesting)
 
 
 def use_jit(name: str, model, guide, jit: bool | None) -> bool:
@@ -343,7 +343,12 @@ def check_compatible(name: str, model, guide, *args, alpha: float | None = None)
             raise ObjectiveError(f"{name}: {problem}")
     if not objective.needs_shared_plate:
         return
-    batch = args[0].shape[0]
+    _check_shared_plate(name, args[0].shape[0], model_trace, guide_trace)
+
+
+def _check_shared_plate(name: str, batch: int, model_trace, guide_trace) -> None:
+    """The RenyiELBO family's requirement: every sample site unscaled and inside one data
+    plate over the batch's ``batch`` datapoints, shared by all sites."""
     common: set[str] | None = None
     for trace, who in ((model_trace, "model"), (guide_trace, "guide")):
         for site_name, site in prune_subsample_sites(trace).nodes.items():

@@ -41,12 +41,14 @@ import pyro
 import torch
 
 from aevb.data.dataset import as_dataset
-from aevb.devices import fork_devices, move, resolve_device
+from aevb.devices import move, resolve_device
 from aevb.errors import ConfigError, RunDirError, RunLocked
 from aevb.inference import evaluate as ev
+from aevb.inference.estimators import ESTIMATORS, EstimateTask
 from aevb.models.base import hooks
 from aevb.models.nets import AdoptModules
-from aevb.registry import reimport
+from aevb.pyro_compat import replace_unconstrained, unconstrained_params
+from aevb.registry import lookup, reimport
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -423,11 +425,10 @@ def load_params(model, guide, state: dict, device: torch.device | None = None) -
     store = pyro.get_param_store()
     store.set_state(state["params"])
     if device is not None and device.type != "cpu":  # a user's pyro.param sites
-        for name, p in list(store._params.items()):  # noqa: SLF001
+        for name, p in unconstrained_params():
             if p.device != device:
                 moved = torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-                store._params[name] = moved  # noqa: SLF001
-                store._param_to_name[moved] = name  # noqa: SLF001
+                replace_unconstrained(name, moved)
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
@@ -495,45 +496,25 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a run directory on its test set; return the DESIGN.md keys (nats/datapoint).
 
-    ``estimator``: ``is`` (importance sampling with the run's guide, ``num_samples`` draws per
-    datapoint) or ``ais`` (annealed importance sampling from the prior with ``num_samples``
-    chains and ``ais_temperatures`` temperatures, :mod:`aevb.inference.ais`; needs no guide).
+    ``estimator``: a key of :data:`aevb.inference.estimators.ESTIMATORS` -- ``is``
+    (importance sampling with the run's guide, ``num_samples`` draws per datapoint) or
+    ``ais`` (annealed importance sampling from the prior with ``num_samples`` chains and
+    ``ais_temperatures`` temperatures, :mod:`aevb.inference.ais`; needs no guide).
     ``test`` overrides the test set recorded in the run's ``config.json`` (``data_spec``).
     ``device`` is where the estimators run, whichever device trained the run.
     """
-    from aevb import data as _data
-
-    if estimator not in ("is", "ais"):
-        raise ConfigError(f"unknown estimator {estimator!r}; available: ['ais', 'is']")
+    chosen = lookup(ESTIMATORS, estimator, "estimator")
     model, guide, record, _ = load_run(run_dir, device)
-    if test is None:
-        spec = record.get("data_spec")
-        if spec is None:
-            raise ConfigError(f"{run_dir}: config.json records no data_spec; pass test=...")
-        _, test = _data.load(spec["source"], spec["binarize"])
-        test = test.subset(spec.get("test_subset"))
-    test = as_dataset(test).subset(subset)
+    test = as_dataset(_recorded_test(record, run_dir) if test is None else test).subset(subset)
     start = time.perf_counter()
-    k_is = num_samples if estimator == "is" else 1
+    k = chosen.elbo_samples(num_samples)
     with AdoptModules():  # a user's pyro.module networks take the checkpoint's values
-        b = ev.bounds(model, guide, test, k_is, batch_size=batch_size, seed=seed, progress=progress)
+        b = ev.bounds(model, guide, test, k, batch_size=batch_size, seed=seed, progress=progress)
         units = ev.active_units(guide, test, labels=hooks(model).uses_labels)
-    extra_keys: dict = {}
-    if estimator == "ais":
-        from aevb.inference.ais import AISConfig, ais_dataset
-
-        with torch.random.fork_rng(devices=fork_devices(resolve_device(device))):
-            torch.manual_seed(seed)
-            config = AISConfig(num_temperatures=ais_temperatures, num_chains=num_samples)
-            a = ais_dataset(model, test, config, batch_size=batch_size)
-        ll = float(a.log_likelihood.mean())
-        extra_keys = {
-            "test_log_likelihood_stderr": float(a.stderr.pow(2).sum().sqrt() / len(test)),
-            "ais_temperatures": ais_temperatures,
-            "ais_accept_prob": a.accept_prob,
-        }
-    else:
-        ll = float(b.log_likelihood.mean())
+    task = EstimateTask(
+        model, guide, test, num_samples, seed, batch_size, ais_temperatures, device, progress
+    )
+    ll, extra_keys = chosen.estimate(task, b)
     result = {
         "test_elbo": float(b.elbo.mean()),
         "test_log_likelihood": ll,
@@ -542,15 +523,35 @@ def evaluate_run(
         "num_test": len(test),
         "active_units": units,
         **extra_keys,
+        **_known_metrics(model, guide, test, record),
     }
-    # model-specific metrics (FA: exact evidence) and the generating model's, where known
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def _recorded_test(record: dict, run_dir):
+    """The test set a run's ``config.json`` records (``data_spec``), loaded again."""
+    from aevb import data
+
+    spec = record.get("data_spec")
+    if spec is None:
+        raise ConfigError(f"{run_dir}: config.json records no data_spec; pass test=...")
+    _, test = data.load(spec["source"], spec["binarize"])
+    return test.subset(spec.get("test_subset"))
+
+
+def _known_metrics(model, guide, test, record: dict) -> dict:
+    """The model's own metrics (FA: exact evidence, GMVAE: cluster accuracy) and the
+    generating model's evidence where the run's data has one (fa-synthetic)."""
+    from aevb import data
+
+    result: dict = {}
     extra = hooks(model).evaluation_metrics
     if extra is not None:
         result.update(extra(guide, test))
     source = (record.get("data_spec") or {}).get("source")
-    if source in _data.TRUE_MODELS:
-        truth = _data.TRUE_MODELS[source]()
+    if source in data.TRUE_MODELS:
+        truth = data.TRUE_MODELS[source]()
         with torch.no_grad():
             result["true_model_log_evidence"] = float(truth.log_evidence(test.x).mean())
-    result["seconds"] = time.perf_counter() - start
     return result

@@ -44,6 +44,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.util import warn_if_nan
 
 from aevb.inference.dreg import summed_log_prob
+from aevb.pyro_compat import particle_traces
 
 
 class DetachedDraws(Messenger):
@@ -77,7 +78,7 @@ class ReweightedWakeSleep_ELBO(RenyiELBO):  # noqa: N801 (Pyro's naming)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         log_p, log_q = [], []
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in particle_traces(self, model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
             log_p.append(summed_log_prob(model_trace, sum_dims))
             log_q.append(summed_log_prob(guide_trace, sum_dims))

@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol
@@ -39,13 +38,14 @@ import pyro.ops.jit
 import pyro.poutine as poutine
 import torch
 from pyro.infer.mcmc import HMC, MCMC, NUTS
-from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to
 
 from aevb.errors import ConfigError, ObjectiveError
 from aevb.inference.jit import quiet_trace, signature
 from aevb.models.base import hooks
+from aevb.pyro_compat import mcmc_diagnostics
+from aevb.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,8 @@ class ChainState:
 
 
 class Sampler(Protocol):
-    """What MCEM, AIS and :func:`measure_ess` need of a sampler (see :data:`SAMPLERS`)."""
+    """What MCEM, AIS and :func:`aevb.inference.diagnostics.measure_ess` need of a sampler
+    (see :data:`SAMPLERS`)."""
 
     @property
     def name(self) -> str:
@@ -587,7 +588,7 @@ class PyroKernelSampler:
         samples = mcmc.get_samples()["u"]  # [S, B, D]
         # the kernel's own diagnostics (MCMC.diagnostics() also computes R-hat and ESS,
         # which need >= 4 draws; an MCEM E-step may take one)
-        diag = mcmc._diagnostics[0]
+        diag = mcmc_diagnostics(mcmc)
         accept = kernel.last_mean_accept_prob  # mean Metropolis probability of the run
         eps_new = float(kernel.step_size)
         if self.adapt_online and not adapt:
@@ -671,74 +672,6 @@ def find_step_size(
     return eps
 
 
-def measure_ess(
-    model,
-    x: torch.Tensor,
-    sampler: str,
-    warmup: int = 100,
-    draws: int = 300,
-    seed: int = 0,
-    options: dict | None = None,
-    chains: int = 1,
-) -> dict:
-    """Effective samples per second of z | x for one sampler on the minibatch ``x``.
-
-    Each datapoint gets ``chains`` independent chains, started from separate prior draws
-    (dispersed relative to the posterior, as split-R-hat needs). For ``batched-hmc`` they are
-    rows of one vectorised state [chains x B, D], each with its own step size and mass
-    matrix; Pyro's kernels see the replicated minibatch as one joint chain. Chains run
-    ``warmup`` adapting transitions (untimed), then ``draws`` timed ones at the adapted step
-    size. The figure of merit is the median over datapoints of the worst latent dimension's
-    ESS, pooled over the datapoint's chains (``pyro.ops.stats.effective_sample_size``, the
-    multi-chain estimate of Gelman et al. 2013, sec. 11.5), divided by the timed seconds: per
-    datapoint, because an E-step needs every datapoint's chain to move. ``options`` go to the
-    sampler's constructor (e.g. ``{"adapt_mass": False}``).
-
-    The result also carries split-R-hat (``pyro.ops.stats.split_gelman_rubin``) over the
-    chains of each datapoint and latent dimension: its median, its maximum and the fraction
-    below 1.01 (Vehtari et al. 2021's threshold).
-
-    References:
-        Gelman, Carlin, Stern, Dunson, Vehtari & Rubin (2013), Bayesian Data Analysis, 3rd ed.
-        Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), Rank-normalization, folding,
-        and localization: an improved R-hat for assessing convergence of MCMC.
-    """
-    if chains < 1:
-        raise ConfigError(f"chains: must be >= 1, got {chains}")
-    pyro.set_rng_seed(seed)
-    batch = x.shape[0]
-    xs = x.repeat(chains, *([1] * (x.dim() - 1)))  # chain-major rows: c * B + i
-    latents = Latents(model, (xs,))
-    u = latents.prior_draw((xs,))
-    kernel = make_sampler(sampler, **(options or {}))
-    eps = kernel.initial_step_size(latents, (xs,), u, u.new_tensor(0.1))
-    warm = kernel.sample(latents, (xs,), u, eps, 1, warmup_steps=warmup)
-    t0 = time.perf_counter()
-    state = kernel.sample(
-        latents, (xs,), warm.u, warm.step_size, draws, adapt=False, inv_mass=warm.inv_mass
-    )
-    seconds = time.perf_counter() - t0
-    # [S, C * B, D] -> [C, S, B, D]: chains of one datapoint side by side
-    per_chain = state.samples.reshape(draws, chains, batch, -1).transpose(0, 1)
-    ess = effective_sample_size(per_chain, chain_dim=0, sample_dim=1)  # [B, D], pooled
-    per_point = ess.min(-1).values  # [B]: the slowest-mixing latent dimension
-    rhat = split_gelman_rubin(per_chain, chain_dim=0, sample_dim=1)
-    return {
-        "sampler": sampler,
-        "draws": draws,
-        "batch": batch,
-        "chains": chains,
-        "seconds": seconds,
-        "ess_per_datapoint_median": float(per_point.median()),
-        "ess_per_second_per_datapoint": float(per_point.median()) / seconds,
-        "accept_prob": float(state.accept_prob.mean()),
-        "step_size": float(state.step_size.mean()),
-        "rhat_median": float(rhat.median()),
-        "rhat_max": float(rhat.max()),
-        "rhat_fraction_below_1_01": float((rhat < 1.01).double().mean()),
-    }
-
-
 #: ``--sampler`` names: the E-step samplers of Monte Carlo EM (each a dataclass of its own
 #: settings)
 SAMPLERS: dict[str, type] = {
@@ -750,9 +683,7 @@ SAMPLERS: dict[str, type] = {
 
 def make_sampler(name: str, **kwargs) -> Sampler:
     """The sampler registered as ``name`` (a key of :data:`SAMPLERS`) with its settings."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](**kwargs)
+    return lookup(SAMPLERS, name, "sampler")(**kwargs)
 
 
 #: sampler fields a run's caller sets itself (MCEM adapts online), not a user's option
@@ -785,10 +716,9 @@ def check_sampler_options(name: str, options, where: str = "sampler options") ->
 def sampler_from_options(name: str, options, **overrides) -> Sampler:
     """The sampler ``name`` with the user's ``options`` (checked) and the caller's
     ``overrides`` (e.g. ``adapt_online=True``)."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    sampler = lookup(SAMPLERS, name, "sampler")
     check_sampler_options(name, options)
-    return SAMPLERS[name](**dict(options), **overrides)
+    return sampler(**dict(options), **overrides)
 
 
 __all__ = [
@@ -811,7 +741,6 @@ __all__ = [
     "sampler_from_options",
     "sampler_options",
     "metropolis",
-    "measure_ess",
     "potential",
     "potential_and_grad",
 ]

@@ -27,14 +27,12 @@ from typing import Any
 
 import torch
 
-from aevb.data.dataset import as_dataset
 from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference import loop
 from aevb.inference.jit import compiled_matches_eager
-from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
+from aevb.inference.loop import LoopConfig, Run, apply_gradients
+from aevb.inference.method import Method, RunOptions, objective_settings, run_method
 from aevb.inference.objectives import (
     OBJECTIVES,
-    check_alpha,
     check_compatible,
     make_jit_objective,
     make_objective,
@@ -50,7 +48,7 @@ from aevb.inference.programs import (
     scaled_sites,
     trace_pair,
 )
-from aevb.models.base import hooks, recipe
+from aevb.models.base import hooks
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,10 @@ class FitConfig(LoopConfig):
     jit: bool | None = None
 
     RANGES = {**LoopConfig.RANGES, "num_particles": (1, True)}
+
+
+#: the name that matches the other methods' (``MCEMConfig``, ``VIMCMCConfig``)
+SVIConfig = FitConfig
 
 
 def burda_lr(lr: float, epoch: int) -> float:
@@ -244,6 +246,23 @@ class SVIAlgorithm:
         self.optim.load_state_dict(state["optim"])
 
 
+class SVI(Method):
+    """What SVI adds to the shared path (:mod:`aevb.inference.method`): the objective (the
+    model's ``default_objective`` where none is given) and :class:`SVIAlgorithm`."""
+
+    name, config = "svi", FitConfig
+
+    def configure(self, model, settings: dict) -> FitConfig:
+        default = hooks(model).default_objective or "trace"
+        return FitConfig(**objective_settings(settings, default))
+
+    def algorithm(self, model, guide, cfg: FitConfig) -> SVIAlgorithm:
+        return SVIAlgorithm(model, guide, cfg)
+
+    def label(self, cfg: FitConfig) -> str:
+        return cfg.objective
+
+
 def fit(
     model,
     guide=None,
@@ -290,41 +309,7 @@ def fit(
         >>> list(run.history["epoch"])
         [1, 2]
     """
-    unknown = set(settings) - {f for f in FitConfig.__dataclass_fields__}
-    if unknown:
-        raise ConfigError(f"unknown fit setting(s) {sorted(unknown)}")
-    if train is None:
-        raise ConfigError("fit needs training data")
-    if objective is None:
-        objective = hooks(model).default_objective or "trace"
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
-    settings = recipe(model, settings)
-    if settings.get("num_particles") is None:
-        settings["num_particles"] = OBJECTIVES[objective].default_particles
-    check_alpha(objective, settings.get("alpha"))
-    cfg = FitConfig(objective=objective, **settings)
-    if guide is None:
-        from aevb import guides as _guides
-
-        guide = _guides.default_for(model)
-    ds = as_dataset(train)
-    test_ds = None if test is None else as_dataset(test).fixed(0)
-    record = loop.make_record("svi", cfg, model, guide, ds, test_ds, meta)
-    return loop.train(
-        SVIAlgorithm(model, guide, cfg),
-        model,
-        guide,
-        ds,
-        cfg,
-        record,
-        test=test_ds,
-        out=out,
-        resume=resume,
-        reset=reset,
-        progress=progress,
-        verbose=verbose,
-        callback=callback,
-        epoch_callback=epoch_callback,
-        desc=f"{describe(model).get('name', 'model')}/{cfg.objective}",
+    options = RunOptions(
+        test, out, resume, progress, verbose, reset, meta, callback, epoch_callback
     )
+    return run_method(SVI(), model, guide, train, {"objective": objective, **settings}, options)

@@ -49,20 +49,13 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from aevb.data.dataset import as_dataset
-from aevb.errors import ConfigError
-from aevb.inference import loop
-from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
+from aevb.inference.chains import ChainState
+from aevb.inference.loop import LoopConfig, Run, apply_gradients
 from aevb.inference.mcem import model_param_names
-from aevb.inference.objectives import (
-    OBJECTIVES,
-    check_alpha,
-    check_compatible,
-    make_objective,
-)
+from aevb.inference.method import Method, RunOptions, objective_settings, run_method
+from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.optim import Adam
 from aevb.inference.samplers import Latents, sampler_from_options
-from aevb.models.base import recipe
 
 
 @dataclass(frozen=True)
@@ -101,13 +94,12 @@ class VIMCMCAlgorithm:
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None
         self.model_params: set[str] = set()
-        self.step_size = torch.empty(0)
-        self.visited = torch.empty(0, dtype=torch.bool)
+        #: one step size per datapoint, visit marks, running means
+        self.chains = ChainState()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
-        self._acc: list[float] = []
-        self._eps: list[float] = []
+        self.chains.reset_counters()
         self._gain: list[float] = []
         self._mcmc_seconds = 0.0
 
@@ -118,9 +110,7 @@ class VIMCMCAlgorithm:
         check_compatible(cfg.objective, self.model, self.guide, *first_batch, alpha=cfg.alpha)
         self.latents = Latents(self.model, first_batch)
         self.model_params = set(model_param_names(self.model, ds))
-        x = first_batch[0]
-        self.step_size = x.new_full((len(ds),), cfg.init_step_size)
-        self.visited = torch.zeros(len(ds), dtype=torch.bool, device=x.device)
+        self.chains.allocate(len(ds), len(ds), first_batch[0], cfg.init_step_size)
 
     def begin_epoch(self, epoch: int) -> None:
         """Nothing per epoch."""
@@ -142,19 +132,16 @@ class VIMCMCAlgorithm:
         u0 = self.latents.flatten(
             {s.name: trace.nodes[s.name]["value"] for s in self.latents.sites}
         )
-        eps = self.step_size[index]
-        new = ~self.visited[index]
-        if bool(new.any()):
-            start = self.sampler.initial_step_size(self.latents, args, u0, eps)
-            eps = torch.where(new, start, eps)
+        chains = self.chains
+        new = chains.new(index)
+        eps = chains.start_step_sizes(self.sampler, self.latents, args, u0, index, new)
         state = self.sampler.sample(self.latents, args, u0, eps, self.cfg.mcmc_steps)
-        self.step_size[index] = state.step_size.detach()
-        self.visited[index] = True
+        chains.step_size[index] = state.step_size.detach()
+        chains.visited[index] = True
         # log p(x, z) + log|J| = -U: the sampler's potentials at the start and the end
         gain = state.diagnostics["start_potential"] - state.diagnostics["potential"]
         self._gain.append(float(gain.mean()))
-        self._acc.append(float(state.accept_prob.mean()))
-        self._eps.append(float(state.step_size.mean()))
+        chains.record(state)
         self._mcmc_seconds += time.perf_counter() - t0
         return state.u.detach()
 
@@ -166,7 +153,7 @@ class VIMCMCAlgorithm:
 
     def step(self, args: tuple, index: torch.Tensor) -> float:
         """Encoder step, refinement, decoder step; returns the encoder's loss (summed)."""
-        index = index.to(self.step_size.device)
+        index = index.to(self.chains.step_size.device)
         loss = self.encoder_step(args)
         self.decoder_loss(self.refine(args, index), args).backward()
         apply_gradients(self.optim, len(index), self.cfg.freeze)
@@ -174,11 +161,9 @@ class VIMCMCAlgorithm:
 
     def epoch_diagnostics(self) -> dict:
         """Mean acceptance, step size, log-joint gain and seconds spent in HMC (then reset)."""
-        n = max(len(self._acc), 1)
         row = {
-            "accept_prob": sum(self._acc) / n,
-            "step_size": sum(self._eps) / n,
-            "refine_gain": sum(self._gain) / n,
+            **self.chains.means(),
+            "refine_gain": sum(self._gain) / max(len(self._gain), 1),
             "mcmc_seconds": self._mcmc_seconds,
         }
         self._reset_counters()
@@ -188,21 +173,36 @@ class VIMCMCAlgorithm:
         """Optimiser, step sizes and visit marks for the checkpoint."""
         return {
             "optim": self.optim.state_dict(),
-            "step_size": self.step_size.clone(),
-            "visited": self.visited.clone(),
-            "epoch_diagnostics": (list(self._acc), list(self._eps), list(self._gain)),
+            **self.chains.state_dict(),  # step_size, visited
+            "epoch_diagnostics": (list(self.chains.acc), list(self.chains.eps), list(self._gain)),
             "mcmc_seconds": self._mcmc_seconds,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output."""
         self.optim.load_state_dict(state["optim"])
-        device = self.step_size.device
-        self.step_size = state["step_size"].to(device)
-        self.visited = state["visited"].to(device)
+        self.chains.load_state_dict(state)
         acc, eps, gain = state["epoch_diagnostics"]
-        self._acc, self._eps, self._gain = list(acc), list(eps), list(gain)
+        self.chains.acc, self.chains.eps, self._gain = list(acc), list(eps), list(gain)
         self._mcmc_seconds = state["mcmc_seconds"]
+
+
+class VIMCMC(Method):
+    """What MCMC-refined VI adds to the shared path (:mod:`aevb.inference.method`): the
+    encoder's objective (``trace`` where none is given), the sampler's options checked."""
+
+    name, config, settings_name = "vi-mcmc", VIMCMCConfig, "vi-mcmc"
+
+    def configure(self, model, settings: dict) -> VIMCMCConfig:
+        cfg = VIMCMCConfig(**objective_settings(settings, "trace"))
+        sampler_from_options("batched-hmc", cfg.sampler_options)  # bad options fail first
+        return cfg
+
+    def algorithm(self, model, guide, cfg: VIMCMCConfig) -> VIMCMCAlgorithm:
+        return VIMCMCAlgorithm(model, guide, cfg)
+
+    def label(self, cfg: VIMCMCConfig) -> str:
+        return f"vi-mcmc{cfg.mcmc_steps}"
 
 
 def fit(
@@ -235,45 +235,10 @@ def fit(
         >>> list(run.history["epoch"]), "refine_gain" in run.history
         ([1, 2], True)
     """
-    unknown = set(settings) - set(VIMCMCConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown vi-mcmc setting(s) {sorted(unknown)}")
-    if train is None:
-        raise ConfigError("fit needs training data")
-    settings = recipe(model, settings)
-    objective = settings.get("objective") or "trace"
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
-    check_alpha(objective, settings.get("alpha"))
-    settings["objective"] = objective
-    if settings.get("num_particles") is None:
-        settings["num_particles"] = OBJECTIVES[objective].default_particles
-    cfg = VIMCMCConfig(**settings)
-    sampler_from_options("batched-hmc", cfg.sampler_options)  # bad options fail first
-    if guide is None:
-        from aevb import guides as _guides
-
-        guide = _guides.default_for(model)
-    ds = as_dataset(train)
-    test_ds = None if test is None else as_dataset(test).fixed(0)
-    record = loop.make_record("vi-mcmc", cfg, model, guide, ds, test_ds, meta)
-    return loop.train(
-        VIMCMCAlgorithm(model, guide, cfg),
-        model,
-        guide,
-        ds,
-        cfg,
-        record,
-        test=test_ds,
-        out=out,
-        resume=resume,
-        reset=reset,
-        progress=progress,
-        verbose=verbose,
-        callback=callback,
-        epoch_callback=epoch_callback,
-        desc=f"{describe(model).get('name', 'model')}/vi-mcmc{cfg.mcmc_steps}",
+    options = RunOptions(
+        test, out, resume, progress, verbose, reset, meta, callback, epoch_callback
     )
+    return run_method(VIMCMC(), model, guide, train, settings, options)
 
 
-__all__ = ["VIMCMCAlgorithm", "VIMCMCConfig", "fit"]
+__all__ = ["VIMCMC", "VIMCMCAlgorithm", "VIMCMCConfig", "fit"]

@@ -11,17 +11,18 @@ plain Pyro function ``model(x)`` in the user's own module.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from aevb.errors import ConfigError
-from aevb.models.cvae import CVAE, CVAE_PRESETS, CVAEConfig
+from aevb.models.cvae import CVAE, CVAEConfig
 from aevb.models.fa import FAConfig, FactorAnalysis
-from aevb.models.gmvae import GMVAE, GMVAE_PRESETS, GMVAEConfig, cluster_accuracy
+from aevb.models.gmvae import GMVAE, GMVAEConfig, cluster_accuracy
 from aevb.models.m2 import M2, M2Config
 from aevb.models.nets import mlp
-from aevb.models.vae import VAE, VAE_PRESETS, VAEConfig
-from aevb.models.vrnn import VRNN, VRNN_PRESETS, VRNNConfig
-from aevb.registry import import_reference, is_reference, make_config
+from aevb.models.vae import VAE, VAEConfig
+from aevb.models.vrnn import VRNN, VRNNConfig
+from aevb.registry import import_reference, is_reference, lookup, make_config
 
 MODELS: dict[str, Any] = {
     "vae": VAE,
@@ -32,13 +33,30 @@ MODELS: dict[str, Any] = {
     "m2": M2,
 }
 
-#: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``.
-PRESETS: dict[str, dict[str, object]] = {
-    "vae": dict(VAE_PRESETS),
-    "cvae": dict(CVAE_PRESETS),
-    "gmvae": dict(GMVAE_PRESETS),
-    "vrnn": dict(VRNN_PRESETS),
-}
+
+def presets_of(cls) -> dict[str, Any]:
+    """The named configurations a model class declares itself (its own ``presets``; a
+    subclass such as M2 does not inherit the VAE's, whose configs are of another class)."""
+    return dict(vars(cls).get("presets", {}))
+
+
+class _Presets(Mapping[str, dict]):
+    """``PRESETS[name]``: the presets of the model registered as ``name``, read from its
+    class every time (so a registered user model's appear too)."""
+
+    def __getitem__(self, name: str) -> dict:
+        return presets_of(MODELS[name])
+
+    def __iter__(self):
+        return iter(MODELS)
+
+    def __len__(self) -> int:
+        return len(MODELS)
+
+
+#: Named configurations per model, e.g. ``PRESETS["vae"]["tutorial-cb"]``, declared by each
+#: model class (``presets``)
+PRESETS: Mapping[str, dict] = _Presets()
 
 
 #: what a model class needs to be built by name (:func:`register`, :func:`build`)
@@ -89,12 +107,8 @@ def get(name: str) -> Any:
     not), or a plain Pyro function ``model(x)`` -- imported from the current directory and
     ``PYTHONPATH`` (:func:`aevb.registry.import_reference`)."""
     if not is_reference(name):
-        if name not in MODELS:
-            raise ConfigError(
-                f"unknown model {name!r}; expected one of {sorted(MODELS)} or MODULE:NAME (a "
-                "model class or a model(x) function in your own module)"
-            )
-        return MODELS[name]
+        also = "or MODULE:NAME (a model class or a model(x) function in your own module)"
+        return lookup(MODELS, name, "model", also)
     obj = import_reference(name, "model")
     if inspect.isclass(obj):
         missing = _missing_attributes(obj)
@@ -150,12 +164,7 @@ def build(name: str, preset: str | None = None, **overrides):
         return cls
     base = None
     if preset is not None:
-        presets = PRESETS.get(name, {})
-        if preset not in presets:
-            raise ConfigError(
-                f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}"
-            )
-        base = presets[preset]
+        base = lookup(PRESETS.get(name, {}), preset, "preset", f"(the {name} model's presets)")
     return cls(make_config(cls.config_class, base, name, **overrides))
 
 
@@ -169,6 +178,7 @@ __all__ = [
     "MODELS",
     "cluster_accuracy",
     "PRESETS",
+    "presets_of",
     "VAE",
     "FAConfig",
     "FactorAnalysis",

@@ -114,6 +114,9 @@ class LatentVariableModel(nn.Module):
     """A model p(x, z) over flat datapoints x in R^{x_dim} with latents z in R^{z_dim}."""
 
     config: Any
+    #: named configurations of this class's ``config_class`` (``aevb train vae --preset
+    #: tutorial-cb``); not inherited: :func:`aevb.models.presets_of` reads the class's own
+    presets: Mapping[str, Any] = {}
     default_guide = "gaussian"
     uses_labels = False
     #: the package's models declare whether a trace of them is valid (the VAE and CVAE: yes);

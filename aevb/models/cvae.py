@@ -58,6 +58,7 @@ class CVAE(VAE):
 
     name = "cvae"
     config_class = CVAEConfig
+    presets = CVAE_PRESETS
     uses_labels = True
 
     def __init__(self, config: CVAEConfig | None = None):

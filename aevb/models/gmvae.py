@@ -85,6 +85,7 @@ class GMVAE(DecoderModel):
 
     name = "gmvae"
     config_class = GMVAEConfig
+    presets = GMVAE_PRESETS
     default_guide = "mixture"
     guide_families = ("mixture",)
     default_objective = "enum"

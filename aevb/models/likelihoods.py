@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import pyro.distributions as dist
 import torch
 
-from aevb.errors import ConfigError, DataError
+from aevb.errors import DataError
+from aevb.registry import lookup
 
 
 def _binary(x: torch.Tensor) -> bool:
@@ -120,6 +121,4 @@ LIKELIHOODS: dict[str, Likelihood] = {
 
 def get(name: str) -> Likelihood:
     """The likelihood registered as ``name`` (a key of :data:`LIKELIHOODS`)."""
-    if name not in LIKELIHOODS:
-        raise ConfigError(f"unknown likelihood {name!r}; expected one of {sorted(LIKELIHOODS)}")
-    return LIKELIHOODS[name]
+    return lookup(LIKELIHOODS, name, "likelihood")

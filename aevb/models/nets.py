@@ -19,6 +19,8 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from aevb.errors import ConfigError
+from aevb.pyro_compat import replace_unconstrained, unconstrained_param
+from aevb.registry import lookup
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -33,16 +35,13 @@ def mlp(
 ) -> nn.Sequential:
     """``in_dim -> hidden[0] -> ... -> hidden[-1] -> out_dim``, ``activation`` between layers,
     none after the last (it returns logits, locations or unconstrained scales)."""
-    if activation not in ACTIVATIONS:
-        raise ConfigError(
-            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
-        )
+    act = lookup(ACTIVATIONS, activation, "activation")
     dims = [in_dim, *hidden, out_dim]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
-            layers.append(ACTIVATIONS[activation]())
+            layers.append(act())
     return nn.Sequential(*layers)
 
 
@@ -100,7 +99,7 @@ def register(name: str, module: nn.Module) -> nn.Module:
     store = pyro.get_param_store()
     for pname, p in module.named_parameters():
         full = param_with_module_name(name, pname)
-        if full in store and store._params.get(full) is not p:  # noqa: SLF001
+        if full in store and unconstrained_param(full) is not p:
             store[full] = p  # unconstrained site: the store keeps this very tensor
     return pyro.module(name, module)
 
@@ -123,8 +122,7 @@ class AdoptModules(Messenger):
         if len(args) < 2 or not isinstance(args[1], nn.Parameter) or msg["value"] is args[1]:
             return
         name, own = args[0], args[1]
-        store = pyro.get_param_store()
-        loaded = store._params.get(name)  # noqa: SLF001 (the unconstrained tensor)
+        loaded = unconstrained_param(name)
         if loaded is None:
             return
         if loaded.shape != own.shape:
@@ -135,9 +133,7 @@ class AdoptModules(Messenger):
             )
         with torch.no_grad():
             own.copy_(loaded)
-        store._param_to_name.pop(loaded, None)  # noqa: SLF001
-        store._params[name] = own  # noqa: SLF001
-        store._param_to_name[own] = name  # noqa: SLF001
+        replace_unconstrained(name, own)
         msg["value"] = own
 
 

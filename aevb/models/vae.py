@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyro
@@ -50,7 +51,7 @@ class VAEConfig:
 
 #: Named configurations. "tutorial-cb" is the aevb-tutorial's 784-500-500-20 ReLU VAE with a
 #: continuous Bernoulli likelihood on (x*255 + U)/256 data (Yang 2022, 02_vae).
-VAE_PRESETS: dict[str, VAEConfig] = {
+VAE_PRESETS: Mapping[str, VAEConfig] = {
     "burda": VAEConfig(),
     "tutorial-cb": VAEConfig(
         z_dim=20, hidden=(500, 500), activation="relu", likelihood="continuous-bernoulli"
@@ -63,6 +64,7 @@ class VAE(DecoderModel):
 
     name = "vae"
     config_class = VAEConfig
+    presets = VAE_PRESETS
     default_guide = "gaussian"
     uses_labels = False
     #: static structure (no Python branching on data or state): SVI may compile the

@@ -65,6 +65,7 @@ class VRNN(LatentVariableModel):
 
     name = "vrnn"
     config_class = VRNNConfig
+    presets = VRNN_PRESETS
     default_guide = "recurrent"
     guide_families = ("recurrent",)
     fit_defaults = {"batch_size": 100, "lr": 1e-3}

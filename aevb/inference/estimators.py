@@ -1,0 +1,115 @@
+"""Estimators of the test log-likelihood of a trained run: a registry (:data:`ESTIMATORS`,
+a plain dict) that :func:`aevb.inference.rundir.evaluate_run` and the ``aevb evaluate``
+command read.
+
+Every evaluation makes one importance-sampling pass with the run's guide
+(:func:`aevb.inference.evaluate.bounds`), which gives the test ELBO; an estimator says how
+many draws per datapoint that pass takes (:meth:`Estimator.elbo_samples`) and turns it, or
+its own computation, into its log-likelihood per datapoint and the extra keys it reports::
+
+    is    IS-k with the run's guide as proposal: the pass's own k = num_samples draws
+          (Burda et al. 2015)
+    ais   annealed importance sampling from the prior, num_samples chains and
+          ais_temperatures temperatures (:mod:`aevb.inference.ais`); needs no guide, so the
+          ELBO pass takes one draw
+
+A new estimator (e.g. BDMC) is one more object with the same two methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from aevb.devices import fork_devices, resolve_device
+from aevb.inference.evaluate import Bounds
+
+
+@dataclass(frozen=True)
+class EstimateTask:
+    """What an estimator is given: the run's model and guide (parameters loaded, on
+    ``device``), the test set, and the evaluation's settings."""
+
+    model: Any
+    guide: Any
+    test: Any  # a Dataset
+    num_samples: int
+    seed: int = 0
+    batch_size: int = 100
+    ais_temperatures: int = 500
+    device: str | torch.device = "cpu"
+    progress: bool = False
+
+
+class Estimator(Protocol):
+    """What :data:`ESTIMATORS` holds (its docstring's first clause is its ``--help`` line)."""
+
+    #: one line for ``aevb evaluate --help``: what ``--num-samples`` counts
+    samples_help: str
+
+    def elbo_samples(self, num_samples: int) -> int:
+        """Draws per datapoint of the importance-sampling pass that gives the test ELBO."""
+        ...
+
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
+        """``(log-likelihood, extra result keys)``: the mean over the test set of the
+        estimator's log p(x) (nats per datapoint) and the keys it adds to the result."""
+        ...
+
+
+class ImportanceSampling:
+    """IS-k with the run's guide as proposal: the ELBO pass's own draws give it."""
+
+    samples_help = "proposals per datapoint"
+
+    def elbo_samples(self, num_samples: int) -> int:
+        """The IS pass takes the estimator's own k draws per datapoint."""
+        return num_samples
+
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
+        """The pass's IS-k mean; no extra keys."""
+        return float(bounds.log_likelihood.mean()), {}
+
+
+class AnnealedImportanceSampling:
+    """AIS from the prior (:func:`aevb.inference.ais.ais_dataset`), seeded by the task's
+    seed without touching the caller's random state; adds its standard error over the test
+    set, the number of temperatures and the HMC acceptance."""
+
+    samples_help = "chains per datapoint"
+
+    def elbo_samples(self, num_samples: int) -> int:
+        """AIS needs no guide: the ELBO pass takes one draw per datapoint."""
+        return 1
+
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
+        """AIS's mean log p(x) and its standard error, temperatures and acceptance."""
+        from aevb.inference.ais import AISConfig, ais_dataset
+
+        with torch.random.fork_rng(devices=fork_devices(resolve_device(task.device))):
+            torch.manual_seed(task.seed)
+            config = AISConfig(num_temperatures=task.ais_temperatures, num_chains=task.num_samples)
+            a = ais_dataset(task.model, task.test, config, batch_size=task.batch_size)
+        extra = {
+            "test_log_likelihood_stderr": float(a.stderr.pow(2).sum().sqrt() / len(task.test)),
+            "ais_temperatures": task.ais_temperatures,
+            "ais_accept_prob": a.accept_prob,
+        }
+        return float(a.log_likelihood.mean()), extra
+
+
+#: estimators of log p(x) by name (``aevb evaluate --estimator``, ``[[evaluation]]`` tables)
+ESTIMATORS: dict[str, Estimator] = {
+    "is": ImportanceSampling(),
+    "ais": AnnealedImportanceSampling(),
+}
+
+__all__ = [
+    "ESTIMATORS",
+    "AnnealedImportanceSampling",
+    "EstimateTask",
+    "Estimator",
+    "ImportanceSampling",
+]
