@@ -30,6 +30,20 @@ def unknown_name(
     return error(f"unknown {what} {name!r}; expected one of {names}{extra}{hint}")
 
 
+def add(registry: dict, cls, kind: str, missing: list[str], hint: str):
+    """Put ``cls`` in ``registry`` under ``cls.name`` (``models.register``,
+    ``guides.register``): refused if it lacks the attributes in ``missing`` (``hint`` says
+    what to do) or if another class holds the name."""
+    if missing:
+        raise ConfigError(
+            f"{cls.__name__} cannot be registered as a {kind}: it has no {missing} ({hint})"
+        )
+    if cls.name in registry and registry[cls.name] is not cls:
+        raise ConfigError(f"a {kind} named {cls.name!r} is already registered")
+    registry[cls.name] = cls
+    return cls
+
+
 def lookup(
     registry: typing.Mapping[str, Any],
     name: str,

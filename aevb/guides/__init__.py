@@ -18,7 +18,7 @@ from aevb.guides.linear import LinearGaussian, LinearGaussianConfig, LinearGauss
 from aevb.guides.mixture import MixtureEncoder, MixtureEncoderConfig
 from aevb.guides.recurrent import RecurrentEncoder, RecurrentEncoderConfig
 from aevb.guides.semisupervised import SemiSupervisedEncoder, SemiSupervisedEncoderConfig
-from aevb.registry import import_reference, is_reference, lookup, make_config
+from aevb.registry import add, import_reference, is_reference, lookup, make_config
 
 GUIDES: dict[str, Any] = {
     "gaussian": GaussianEncoder,
@@ -48,15 +48,7 @@ def register(cls):
     >>> _ = GUIDES.pop("wide-gaussian")
     """
     missing = [a for a in ("name", "for_model") if not hasattr(cls, a)]
-    if missing:
-        raise ConfigError(
-            f"{cls.__name__} cannot be registered as a guide: it has no {missing} (set name "
-            "and a for_model(model) classmethod)"
-        )
-    if cls.name in GUIDES and GUIDES[cls.name] is not cls:
-        raise ConfigError(f"a guide named {cls.name!r} is already registered")
-    GUIDES[cls.name] = cls
-    return cls
+    return add(GUIDES, cls, "guide", missing, "set name and a for_model(model) classmethod")
 
 
 def build(name: str, model, **overrides):

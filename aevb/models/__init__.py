@@ -22,7 +22,7 @@ from aevb.models.m2 import M2, M2Config
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAEConfig
 from aevb.models.vrnn import VRNN, VRNNConfig
-from aevb.registry import import_reference, is_reference, lookup, make_config
+from aevb.registry import add, import_reference, is_reference, lookup, make_config
 
 MODELS: dict[str, Any] = {
     "vae": VAE,
@@ -89,16 +89,8 @@ def register(cls):
     (400,)
     >>> _ = MODELS.pop("wide-vae")
     """
-    missing = _missing_attributes(cls)
-    if missing:
-        raise ConfigError(
-            f"{cls.__name__} cannot be registered: it has no {missing} (subclass "
-            "aevb.models.base.LatentVariableModel and set name, config_class, default_guide)"
-        )
-    if cls.name in MODELS and MODELS[cls.name] is not cls:
-        raise ConfigError(f"a model named {cls.name!r} is already registered")
-    MODELS[cls.name] = cls
-    return cls
+    hint = "subclass aevb.models.base.LatentVariableModel and set name, config_class, default_guide"
+    return add(MODELS, cls, "model", _missing_attributes(cls), hint)
 
 
 def get(name: str) -> Any:
