@@ -20,12 +20,12 @@ What counts as one model evaluation (per datapoint):
   weight's log-likelihood at each temperature); the pilot pass that fixes the step-size
   schedule adds T x (L + 1) + 9 (its one chain, and the 8 + 1 evaluations of the initial
   step-size search). This is a fixed count of what the algorithm needs, the same for any
-  implementation; ``aevb.inference.ais`` reports the evaluations it actually made
+  implementation; ``aevb.inference.estimators.ais`` reports the evaluations it actually made
   (``AISResult.evaluations``), printed beside it.
 
 AIS's seconds include its fixed costs (finding the model's latents, tracing its
 log-density, and for a user's model that declares nothing the probe of
-:func:`aevb.inference.ais.use_compiled`), so few temperatures overstate its cost per
+:func:`aevb.inference.estimators.ais.use_compiled`), so few temperatures overstate its cost per
 evaluation. IS-500 on the small model takes ~10 ms, so each repetition times it as the
 median of enough calls to fill ~0.3 s. The figure of merit is
 ``ratio = (AIS seconds / AIS evaluations) / (IS seconds / IS evaluations)``;
@@ -48,10 +48,10 @@ from torch import nn
 
 from aevb import data, guides, models
 from aevb.inference import evaluate as ev
-from aevb.inference.ais import AISConfig, ais_dataset
+from aevb.inference.estimators.ais import AISConfig, ais_dataset
 
 #: the pilot's initial step-size search: 8 one-step leapfrogs and the starting potential
-#: (:func:`aevb.inference.samplers.find_step_size`)
+#: (:func:`aevb.inference.samplers.hmc.find_step_size`)
 SEARCH_EVALUATIONS = 9
 
 

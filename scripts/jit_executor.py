@@ -1,8 +1,8 @@
 """The compiled objectives with and without TorchScript's profiling-executor optimisations.
 
 Trains one epoch of each model on the first ``--subset`` MNIST images (seed 0) under
-``aevb.inference.jit.OPTIMIZED_EXECUTION`` = True and = False, in fresh processes, and prints
-the training seconds and the test ELBO of each (equal ELBOs: the same computation).
+``aevb.inference.objectives.jit.OPTIMIZED_EXECUTION`` = True and = False, in fresh processes,
+and prints the training seconds and the test ELBO of each (equal ELBOs: the same computation).
 
     python scripts/jit_executor.py            # ~2 min on 2 cores
 
@@ -19,7 +19,7 @@ import sys
 CHILD = """
 import json, sys
 from aevb import runs
-from aevb.inference import jit
+from aevb.inference.objectives import jit
 from aevb.spec import RunSpec
 jit.OPTIMIZED_EXECUTION = sys.argv[1] == "on"
 spec = RunSpec.from_flat(

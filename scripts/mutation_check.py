@@ -42,13 +42,15 @@ class Mutant:
     tests: tuple[str, ...]
 
 
-S = "aevb/inference/samplers.py"
-AIS = "aevb/inference/ais.py"
+S = "aevb/inference/samplers/hmc.py"
+S_TARGET = "aevb/inference/samplers/target.py"
+S_PYRO = "aevb/inference/samplers/pyro_kernels.py"
+AIS = "aevb/inference/estimators/ais.py"
 EV = "aevb/inference/evaluate.py"
-OBJ = "aevb/inference/objectives.py"
+OBJ = "aevb/inference/objectives/__init__.py"
 DS = "aevb/data/dataset.py"
 T_SAMPLERS = ("tests/test_samplers.py", "tests/test_mcem.py")
-SEMI = "aevb/inference/semisupervised.py"
+SEMI = "aevb/inference/objectives/semisupervised.py"
 T_M2 = ("tests/test_m2.py",)
 MJ = "docs/_ext/offline_mathjax.py"
 T_NB = "tests/test_notebooks.py::test_notebook_executes_with_its_solutions"
@@ -124,7 +126,7 @@ MUTANTS = [
         "latents-no-jacobian",
         "sampler",
         "constrained latents sampled without the log-Jacobian",
-        S,
+        S_TARGET,
         "ladj = ladj + j.reshape(u.shape[0], -1).sum(-1)",
         "ladj = ladj + 0 * j.reshape(u.shape[0], -1).sum(-1)",
         T_SAMPLERS,
@@ -133,7 +135,7 @@ MUTANTS = [
         "pyro-kernel-tempered-potential",
         "sampler",
         "Pyro's kernels get half the potential (a tempered posterior)",
-        S,
+        S_PYRO,
         'return -latents.log_joint(params["u"], args).sum()',
         'return -0.5 * latents.log_joint(params["u"], args).sum()',
         T_SAMPLERS,
@@ -305,7 +307,7 @@ MUTANTS = [
         "vimcmc-new-chains-keep-stored-step",
         "training",
         "new chains start from the stored step size, not the sampler's initial search",
-        "aevb/inference/chains.py",
+        "aevb/inference/samplers/chains.py",
         "eps = torch.where(new, start, eps)",
         "eps = torch.where(new, eps, eps)",
         ("tests/test_chains.py",),
@@ -332,7 +334,7 @@ MUTANTS = [
         "device-default-constructor",
         "devices",
         "the batched HMC makes its acceptance counts on the default device",
-        "aevb/inference/samplers.py",
+        "aevb/inference/samplers/hmc.py",
         "accepted = u.new_zeros(u.shape[0])",
         "accepted = torch.zeros(u.shape[0])",
         ("tests/test_devices.py",),
@@ -396,7 +398,7 @@ MUTANTS = [
         "perf-probe-trusts-any-trace",
         "performance",
         "the jit probe keeps a compiled objective whose loss differs from the eager one",
-        "aevb/inference/jit.py",
+        "aevb/inference/objectives/jit.py",
         "                if not math.isclose(loss_jit, loss, rel_tol=rtol, abs_tol=1e-6):",
         "                if False:",
         ("tests/test_fast_paths.py",),
@@ -405,7 +407,7 @@ MUTANTS = [
         "perf-probe-draws-from-the-run",
         "performance",
         "the jit probe draws from the run's random stream",
-        "aevb/inference/jit.py",
+        "aevb/inference/objectives/jit.py",
         "        with torch.random.fork_rng(devices=[]), quiet_trace():\n            for i, args",
         "        with quiet_trace():\n            for i, args",
         ("tests/test_fast_paths.py",),
@@ -487,7 +489,7 @@ MUTANTS = [
         "dreg-coefficient-not-squared",
         "objective",
         "iwae-dreg scales each draw's path gradient by w~ instead of w~^2 (alpha = 0)",
-        "aevb/inference/dreg.py",
+        "aevb/inference/objectives/dreg.py",
         "        factor = self.alpha + (1.0 - self.alpha) * normalised\n",
         "        factor = self.alpha + (1.0 - self.alpha) * normalised.sqrt()\n",
         ("tests/test_dreg.py",),
@@ -496,7 +498,7 @@ MUTANTS = [
         "dreg-score-term-kept",
         "objective",
         "iwae-dreg keeps log q's score term (no detached re-scoring)",
-        "aevb/inference/dreg.py",
+        "aevb/inference/objectives/dreg.py",
         "            stick_the_landing_(guide_trace)\n",
         "            pass\n",
         ("tests/test_dreg.py",),
@@ -505,7 +507,7 @@ MUTANTS = [
         "rws-wake-phi-wrong-sign",
         "objective",
         "rws's wake-phi term with the sign flipped (q pushed away from the posterior)",
-        "aevb/inference/rws.py",
+        "aevb/inference/objectives/rws.py",
         "+ (normalised * q).sum()",
         "- (normalised * q).sum()",
         ("tests/test_rws.py",),
@@ -532,7 +534,7 @@ MUTANTS = [
         "jit-key-ignores-grad-mode",
         "sampler",
         "a compiled potential traced under no_grad is reused with gradients",
-        S,
+        S_TARGET,
         "        key = (torch.is_grad_enabled(), signature((u, *args)))\n",
         "        key = signature((u, *args))\n",
         ("tests/test_ais.py",),

@@ -2,7 +2,7 @@
 
     python scripts/torch_compile_check.py [--batch 100] [--steps 40] [--repetitions 3]
 
-``torch.jit.trace``, which Pyro's JIT ELBOs (and :mod:`aevb.inference.jit`) build on, is
+``torch.jit.trace``, which Pyro's JIT ELBOs (and :mod:`aevb.inference.objectives.jit`) build on, is
 deprecated in torch 2.13. This measures, on the 784-200-200-50 VAE under ``trace`` at one
 batch size, the loss-and-gradient step of three forms:
 

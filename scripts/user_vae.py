@@ -6,7 +6,7 @@
 
 It declares nothing about its structure (no ``jit_compatible``), so ``inference.fit`` probes
 it: the compiled objective is kept if it reproduces the eager loss and gradients on two
-batches (:func:`aevb.inference.jit.compiled_matches_eager`).
+batches (:func:`aevb.inference.objectives.jit.compiled_matches_eager`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ from aevb import data
 from aevb.cli import main
 from aevb.data import Dataset
 from aevb.errors import ConfigError, DataError
-from aevb.inference.ais import AISConfig, ais, ais_dataset, sigmoid_schedule, use_compiled
+from aevb.inference.estimators.ais import (
+    AISConfig,
+    ais,
+    ais_dataset,
+    sigmoid_schedule,
+    use_compiled,
+)
 
 
 def fa_batch(n=60):

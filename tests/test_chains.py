@@ -1,8 +1,8 @@
-"""The per-datapoint chain state MCEM and MCMC-refined VI share (aevb.inference.chains)."""
+"""The per-datapoint chain state MCEM and MCMC-refined VI share (aevb.inference.samplers.chains)."""
 
 import torch
 
-from aevb.inference.chains import ChainState
+from aevb.inference.samplers.chains import ChainState
 
 
 class _Search:

@@ -16,7 +16,7 @@ import aevb
 from aevb import data, devices, guides, inference, models, runs
 from aevb.errors import ConfigError
 from aevb.inference import rundir
-from aevb.inference.ais import AISConfig, ais_dataset
+from aevb.inference.estimators.ais import AISConfig, ais_dataset
 from aevb.spec import RunSpec
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -122,7 +122,7 @@ def test_the_watch_sees_a_constructor_without_a_device():
     watch = FactoryWatch()
     with watch:
         devices.chunk_elements(torch.device("cpu"), 8)  # no factory: nothing recorded
-        from aevb.inference.ais import sigmoid_schedule
+        from aevb.inference.estimators.ais import sigmoid_schedule
 
         sigmoid_schedule(3)  # names its device
     assert watch.found == []

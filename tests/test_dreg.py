@@ -1,6 +1,6 @@
-"""Doubly reparameterised gradients (aevb.inference.dreg) on factor analysis: the loss and the
-decoder gradient equal RenyiELBO's on the same draws; at the exact posterior every draw's
-encoder gradient is zero; off it, the encoder gradient's mean equals RenyiELBO's within
+"""Doubly reparameterised gradients (aevb.inference.objectives.dreg) on factor analysis: the
+loss and the decoder gradient equal RenyiELBO's on the same draws; at the exact posterior every
+draw's encoder gradient is zero; off it, the encoder gradient's mean equals RenyiELBO's within
 Monte Carlo error, with less variance near the optimum."""
 
 import pyro

@@ -10,7 +10,6 @@ from pyro.infer import Trace_ELBO
 from aevb import guides, inference, models
 from aevb.data.dataset import as_dataset
 from aevb.errors import ConfigError
-from aevb.inference.jit import PerSignature, compiled_matches_eager, jit_meanfield, signature
 from aevb.inference.loop import apply_gradients
 from aevb.inference.objectives import (
     OBJECTIVES,
@@ -18,6 +17,12 @@ from aevb.inference.objectives import (
     make_objective,
     should_probe_jit,
     use_jit,
+)
+from aevb.inference.objectives.jit import (
+    PerSignature,
+    compiled_matches_eager,
+    jit_meanfield,
+    signature,
 )
 from aevb.inference.optim import Adam
 from aevb.models.likelihoods import BernoulliPixels, bernoulli_log_prob_sum

@@ -21,7 +21,7 @@ from aevb.data.dataset import UNLABELLED, Dataset
 from aevb.errors import ConfigError, DataError, ObjectiveError
 from aevb.inference.evaluate import bounds, log_weights
 from aevb.inference.objectives import make_objective
-from aevb.inference.semisupervised import ALPHA_FRACTION
+from aevb.inference.objectives.semisupervised import ALPHA_FRACTION
 from aevb.models.base import scored_data
 from aevb.models.nets import one_hot
 from aevb.runs import resolve

@@ -186,8 +186,8 @@ def test_the_gmvae_is_compiled_under_enum_and_its_compiled_bound_is_the_eager_on
     """A discrete y is summed out by the compiled TraceEnum_ELBO exactly as by the eager one
     (under one seed, loss and gradients), so the GMVAE trains compiled by default; the
     relaxed variant, whose temperature anneals, stays eager."""
-    from aevb.inference.jit import compiled_matches_eager
     from aevb.inference.objectives import OBJECTIVES, make_jit_objective, make_objective, use_jit
+    from aevb.inference.objectives.jit import compiled_matches_eager
 
     model = models.build("gmvae", x_dim=16, z_dim=3, num_clusters=4, hidden=(8, 8))
     guide = guides.default_for(model)

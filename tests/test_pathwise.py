@@ -1,4 +1,4 @@
-"""The sticking-the-landing objective (aevb.inference.pathwise) on factor analysis, where the
+"""The sticking-the-landing objective (aevb.inference.objectives.stl) on factor analysis, where the
 exact posterior is known: at q = p(z|x) every draw's guide gradient is exactly zero; off it,
 the gradient's mean equals trace's within Monte Carlo error, with less variance."""
 

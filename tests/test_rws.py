@@ -1,6 +1,7 @@
-"""Reweighted wake-sleep (aevb.inference.rws): wake-theta is IWAE's decoder gradient on the
-same draws; wake-phi converges to the exact gradient of the inclusive KL on factor analysis;
-FA trained by rws reaches the true model's evidence; a GMVAE's discrete y trains under it."""
+"""Reweighted wake-sleep (aevb.inference.objectives.rws): wake-theta is IWAE's decoder gradient
+on the same draws; wake-phi converges to the exact gradient of the inclusive KL on factor
+analysis; FA trained by rws reaches the true model's evidence; a GMVAE's discrete y trains
+under it."""
 
 import math
 

@@ -356,7 +356,7 @@ def test_the_cli_and_a_grid_score_a_forgotten_latent_right_and_refuse_nan(scored
 
 
 def test_ais_refuses_a_nan_log_density_naming_its_site():
-    from aevb.inference.ais import AISConfig, ais_dataset
+    from aevb.inference.estimators.ais import AISConfig, ais_dataset
 
     config = AISConfig(num_temperatures=3, num_chains=2, num_steps=2)
     with pyro.validation_enabled(False), pytest.raises(ObjectiveError, match="site 'x'.*nan"):

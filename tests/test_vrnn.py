@@ -245,8 +245,8 @@ def test_other_latents_are_not_given_the_guides_recurrence(vrnn):
 
 
 def test_the_vrnn_is_compiled_and_its_compiled_objective_is_the_eager_one(vrnn):
-    from aevb.inference.jit import compiled_matches_eager
     from aevb.inference.objectives import make_jit_objective, use_jit
+    from aevb.inference.objectives.jit import compiled_matches_eager
 
     model, guide = vrnn
     assert use_jit("trace", model, guide, None)

@@ -48,7 +48,7 @@ class GaussianEncoder(nn.Module):
 
     name = "gaussian"
     config_class = GaussianEncoderConfig
-    #: static structure: SVI may compile the objective (aevb.inference.jit)
+    #: static structure: SVI may compile the objective (aevb.inference.objectives.jit)
     jit_compatible = True
 
     def __init__(self, config: GaussianEncoderConfig | None = None):

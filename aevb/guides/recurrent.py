@@ -35,7 +35,8 @@ class RecurrentEncoder(nn.Module):
 
     name = "recurrent"
     config_class = RecurrentEncoderConfig
-    #: static structure, like its VRNN: SVI may compile the objective (aevb.inference.jit)
+    #: static structure, like its VRNN: SVI may compile the objective
+    #: (aevb.inference.objectives.jit)
     jit_compatible = True
 
     def __init__(self, config: RecurrentEncoderConfig | None = None, model=None):

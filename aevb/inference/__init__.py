@@ -1,9 +1,9 @@
-"""Inference: objectives (:mod:`.objectives`), the shared training loop (:mod:`.loop`) run by
-SVI (:mod:`.svi`), Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`) and
-MCMC-refined VI (:mod:`.vimcmc`), each saying only what differs on the one path from a method
-to a run (:mod:`.method`; per-datapoint chains in :mod:`.chains`), and
-estimators of log p(x) (:mod:`.evaluate`); the run directory's layout lives in
-:mod:`.rundir` alone."""
+"""Inference: objectives (the :mod:`.objectives` package), the shared training loop
+(:mod:`.loop`) run by SVI (:mod:`.svi`), Monte Carlo EM (:mod:`.mcem`, samplers in the
+:mod:`.samplers` package) and MCMC-refined VI (:mod:`.vimcmc`), each saying only what differs
+on the one path from a method to a run (:mod:`.method`; per-datapoint chains in
+:mod:`.samplers.chains`), and estimators of log p(x) (:mod:`.evaluate`, the registry and AIS in
+the :mod:`.estimators` package); the run directory's layout lives in :mod:`.rundir` alone."""
 
 from aevb.inference.evaluate import (
     Bounds,

@@ -76,7 +76,7 @@ def measure_ess(
 def _timed_chains(model, x, sampler: str, warmup: int, draws: int, options: dict, chains: int):
     """``chains`` chains per datapoint of ``x`` (chain-major rows c * B + i, from prior
     draws): ``warmup`` adapting transitions, then ``draws`` timed ones at the adapted step
-    size; returns the final :class:`~aevb.inference.samplers.ChainState` and the seconds."""
+    size; returns the final :class:`~aevb.inference.samplers.hmc.ChainState` and the seconds."""
     xs = x.repeat(chains, *([1] * (x.dim() - 1)))
     latents = Latents(model, (xs,))
     u = latents.prior_draw((xs,))

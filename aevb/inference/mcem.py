@@ -39,11 +39,11 @@ import torch
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError
 from aevb.inference import rundir
-from aevb.inference.chains import ChainState
 from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
 from aevb.inference.method import Method, RunOptions, launch, prepare
 from aevb.inference.optim import Adam
 from aevb.inference.samplers import Latents, log_step_change, sampler_from_options
+from aevb.inference.samplers.chains import ChainState
 
 
 @dataclass(frozen=True)

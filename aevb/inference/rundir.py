@@ -499,7 +499,7 @@ def evaluate_run(
     ``estimator``: a key of :data:`aevb.inference.estimators.ESTIMATORS` -- ``is``
     (importance sampling with the run's guide, ``num_samples`` draws per datapoint) or
     ``ais`` (annealed importance sampling from the prior with ``num_samples`` chains and
-    ``ais_temperatures`` temperatures, :mod:`aevb.inference.ais`; needs no guide).
+    ``ais_temperatures`` temperatures, :mod:`aevb.inference.estimators.ais`; needs no guide).
     ``test`` overrides the test set recorded in the run's ``config.json`` (``data_spec``).
     ``device`` is where the estimators run, whichever device trained the run.
     """

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference.jit import compiled_matches_eager
 from aevb.inference.loop import LoopConfig, Run, apply_gradients
 from aevb.inference.method import Method, RunOptions, objective_settings, run_method
 from aevb.inference.objectives import (
@@ -39,6 +38,7 @@ from aevb.inference.objectives import (
     should_probe_jit,
     use_jit,
 )
+from aevb.inference.objectives.jit import compiled_matches_eager
 from aevb.inference.optim import Adam
 from aevb.inference.programs import (
     DataScale,
@@ -67,8 +67,8 @@ class FitConfig(LoopConfig):
     #: lasts 3^i passes at lr * 10^(-i/7), 3,280 passes in all)
     lr_schedule: str = "constant"
     #: train with the objective's compiled (``torch.jit.trace``) form: None = where the model
-    #: and guide declare ``jit_compatible`` (:mod:`aevb.inference.jit`), True/False = always
-    #: (an error if the objective has none) / never
+    #: and guide declare ``jit_compatible`` (:mod:`aevb.inference.objectives.jit`), True/False =
+    #: always (an error if the objective has none) / never
     jit: bool | None = None
 
     RANGES = {**LoopConfig.RANGES, "num_particles": (1, True)}

@@ -11,7 +11,7 @@ Per minibatch x_1..x_B::
     encoder:  one Adam step on its own objective (``trace``: the ELBO; ``iwae``: the
               k-sample bound), gradients to the guide's parameters only;
     refine:   z_i^0 ~ q_phi(z|x_i), then K HMC transitions per datapoint on p_theta(z|x_i)
-              (:class:`~aevb.inference.samplers.BatchedHMC`: one chain, step size and
+              (:class:`~aevb.inference.samplers.hmc.BatchedHMC`: one chain, step size and
               Metropolis test per datapoint, the step size adapting towards 90% acceptance
               and kept per datapoint between visits);
     decoder:  one Adam step on -(1/B) sum_i log p_theta(x_i, z_i^K).
@@ -49,13 +49,13 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from aevb.inference.chains import ChainState
 from aevb.inference.loop import LoopConfig, Run, apply_gradients
 from aevb.inference.mcem import model_param_names
 from aevb.inference.method import Method, RunOptions, objective_settings, run_method
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.optim import Adam
 from aevb.inference.samplers import Latents, sampler_from_options
+from aevb.inference.samplers.chains import ChainState
 
 
 @dataclass(frozen=True)

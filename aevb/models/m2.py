@@ -18,8 +18,8 @@ bounds are Kingma et al.'s eqs. 6 and 7::
 Under the ``enum`` objectives the sum over y in U(x) is exact (the guide's ``y_unobserved`` is
 enumerated). The classification term alpha * E[-log q(y|x)] on labelled data (eq. 9), which
 trains q(y|x) on the labels too, is an objective of its own (``semisupervised``,
-:mod:`aevb.inference.semisupervised`): it reads the labels and q(y|x) from the traces, so it
-is not written into this model.
+:mod:`aevb.inference.objectives.semisupervised`): it reads the labels and q(y|x) from the
+traces, so it is not written into this model.
 
 The test log-likelihood is log p(x) with y summed out (``marginal_labels``: the estimators
 see the test set without its labels); the test classification error of argmax q(y|x) is the

@@ -68,7 +68,8 @@ class VAE(DecoderModel):
     default_guide = "gaussian"
     uses_labels = False
     #: static structure (no Python branching on data or state): SVI may compile the
-    #: objective (aevb.inference.jit); subclasses inherit this promise (the CVAE keeps it)
+    #: objective (aevb.inference.objectives.jit); subclasses inherit this promise (the CVAE
+    #: keeps it)
     jit_compatible = True
 
     def __init__(self, config: VAEConfig | None = None):

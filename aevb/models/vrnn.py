@@ -72,7 +72,7 @@ class VRNN(LatentVariableModel):
     #: rows of x > 0.5, the aevb-tutorial's VRNN data
     default_binarize = "threshold"
     #: static structure for a given sequence length and mask shape (the mask is an argument,
-    #: the loop over steps is fixed): SVI compiles it (aevb.inference.jit)
+    #: the loop over steps is fixed): SVI compiles it (aevb.inference.objectives.jit)
     jit_compatible = True
 
     def __init__(self, config: VRNNConfig | None = None):

@@ -10,10 +10,11 @@ its own computation, into its log-likelihood per datapoint and the extra keys it
     is    IS-k with the run's guide as proposal: the pass's own k = num_samples draws
           (Burda et al. 2015)
     ais   annealed importance sampling from the prior, num_samples chains and
-          ais_temperatures temperatures (:mod:`aevb.inference.ais`); needs no guide, so the
-          ELBO pass takes one draw
+          ais_temperatures temperatures (:mod:`aevb.inference.estimators.ais`); needs no
+          guide, so the ELBO pass takes one draw
 
-A new estimator (e.g. BDMC) is one more object with the same two methods.
+A new estimator (e.g. BDMC) is one more object with the same two methods; one with an algorithm
+of its own puts it in a module of this package, as AIS does (:mod:`.ais`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class ImportanceSampling:
 
 
 class AnnealedImportanceSampling:
-    """AIS from the prior (:func:`aevb.inference.ais.ais_dataset`), seeded by the task's
+    """AIS from the prior (:func:`aevb.inference.estimators.ais.ais_dataset`), seeded by the task's
     seed without touching the caller's random state; adds its standard error over the test
     set, the number of temperatures and the HMC acceptance."""
 
@@ -86,7 +87,7 @@ class AnnealedImportanceSampling:
 
     def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
         """AIS's mean log p(x) and its standard error, temperatures and acceptance."""
-        from aevb.inference.ais import AISConfig, ais_dataset
+        from aevb.inference.estimators.ais import AISConfig, ais_dataset
 
         with torch.random.fork_rng(devices=fork_devices(resolve_device(task.device))):
             torch.manual_seed(task.seed)

@@ -6,7 +6,7 @@ AIS (Neal 2001) moves chains from the prior to the posterior through the geometr
 
 and weights each chain by w = prod_t p(x | z_{t-1})^{beta_t - beta_{t-1}}, where z_0 ~ p(z)
 and z_t is z_{t-1} moved by an MCMC kernel that leaves f_t invariant (here one HMC transition
-of :class:`aevb.inference.samplers.BatchedHMC`). E[w] = p(x), so (1/C) sum_c w_c is unbiased
+of :class:`aevb.inference.samplers.hmc.BatchedHMC`). E[w] = p(x), so (1/C) sum_c w_c is unbiased
 and its log a stochastic lower bound of log p(x). All datapoints and all C chains per
 datapoint run as one vectorised batch.
 
@@ -135,7 +135,7 @@ class _Annealed:
 def use_compiled(model, args: tuple, u: torch.Tensor) -> bool | None:
     """Whether to evaluate a model that declares nothing about its structure (a user's own
     Pyro functions, no ``jit_compatible`` attribute) through a trace
-    (:class:`~aevb.inference.samplers.Latents` with ``jit=True``): yes if tracing it warns of
+    (:class:`~aevb.inference.samplers.target.Latents` with ``jit=True``): yes if tracing it warns of
     no Python value taken from a tensor (a branch on a latent's value warns) and the compiled
     log-densities and gradients reproduce the eager ones at ``u`` [N, D], at ``-u`` and at a
     perturbed ``u``. A model that declares ``jit_compatible`` (either way) is not probed:
@@ -174,7 +174,7 @@ def ais(
     Example (factor analysis, whose evidence is known in closed form):
         >>> import pyro
         >>> from aevb import data, models
-        >>> from aevb.inference.ais import AISConfig, ais
+        >>> from aevb.inference.estimators.ais import AISConfig, ais
         >>> pyro.set_rng_seed(0)
         >>> _, test = data.load("fa-synthetic")
         >>> model = models.build("fa")

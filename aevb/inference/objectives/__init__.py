@@ -1,5 +1,10 @@
 """Objectives: a registry from names to Pyro ELBO estimators. No objective lives in a model.
 
+This package's ``__init__`` holds the registry (:data:`OBJECTIVES`) and the checks that refuse
+a (model, guide) pair an objective would train wrongly; its modules hold aevb's own ELBOs
+(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.enum_meanfield`, :mod:`.semisupervised`) and
+the compiled forms (:mod:`.jit`).
+
 ==========  ===========================================  =====================================
 name        Pyro class                                   estimator
 ==========  ===========================================  =====================================
@@ -17,14 +22,14 @@ enum        ``TraceEnum_ELBO``                           the ELBO with the guide
 ==========  ===========================================  =====================================
 
 ``stl`` is ``Trace_ELBO`` with log q's parameters held fixed: the ELBO's gradient without
-the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.pathwise`). ``iwae-dreg``
-and ``renyi-dreg`` are ``RenyiELBO`` with the doubly reparameterised encoder gradient (Tucker
-et al. 2018; :mod:`aevb.inference.dreg`): same value and decoder gradient, no score term.
-``semisupervised`` is ``enum-meanfield`` plus Kingma et al.'s (2014) classification term
-0.1 N E_labelled[-log q(y|x)] for a model whose label is observed on some datapoints
-(:mod:`aevb.inference.semisupervised`). ``rws`` is reweighted wake-sleep
-(:mod:`aevb.inference.rws`): the IWAE bound's value and decoder gradient, the guide trained
-on the inclusive KL(p||q); valid with discrete guide sites.
+the score term of log q (Roeder et al. 2017; :mod:`aevb.inference.objectives.stl`).
+``iwae-dreg`` and ``renyi-dreg`` are ``RenyiELBO`` with the doubly reparameterised encoder
+gradient (Tucker et al. 2018; :mod:`aevb.inference.objectives.dreg`): same value and decoder
+gradient, no score term. ``semisupervised`` is ``enum-meanfield`` plus Kingma et al.'s (2014)
+classification term 0.1 N E_labelled[-log q(y|x)] for a model whose label is observed on some
+datapoints (:mod:`aevb.inference.objectives.semisupervised`). ``rws`` is reweighted wake-sleep
+(:mod:`aevb.inference.objectives.rws`): the IWAE bound's value and decoder gradient, the guide
+trained on the inclusive KL(p||q); valid with discrete guide sites.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
@@ -58,12 +63,18 @@ from pyro.infer import (
 from pyro.poutine.util import prune_subsample_sites
 
 from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference.dreg import make_iwae_dreg, make_renyi_dreg
-from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
-from aevb.inference.jit import PerSignature, jit_enum, jit_meanfield, jit_renyi, jit_trace
-from aevb.inference.pathwise import check_pathwise, jit_stl, make_stl
-from aevb.inference.rws import make_rws
-from aevb.inference.semisupervised import make_semisupervised, missing_label_site
+from aevb.inference.objectives.dreg import make_iwae_dreg, make_renyi_dreg
+from aevb.inference.objectives.enum_meanfield import TraceEnumMeanField_ELBO
+from aevb.inference.objectives.jit import (
+    PerSignature,
+    jit_enum,
+    jit_meanfield,
+    jit_renyi,
+    jit_trace,
+)
+from aevb.inference.objectives.rws import make_rws
+from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
+from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
 from aevb.models.base import hooks
 from aevb.registry import lookup
 
@@ -79,7 +90,7 @@ class Objective:
     #: how the objective needs the guide prepared (enum: discrete sites enumerated)
     prepare_guide: Callable = lambda guide: guide  # noqa: E731
     #: the compiled form, ``make_jit(num_particles, max_plate_nesting, alpha) -> ELBO``, if
-    #: any (:mod:`aevb.inference.jit`)
+    #: any (:mod:`aevb.inference.objectives.jit`)
     make_jit: Callable[[int, int, float | None], ELBO] | None = None
     #: particles per datapoint when none are given (the library's and the CLI's default):
     #: 5 for the importance-weighted family (Burda et al.'s k = 5), 1 for the ELBOs
@@ -90,7 +101,7 @@ class Objective:
     #: the objective has an alpha (the Renyi family): it needs one, and no other does
     takes_alpha: bool = False
     #: the gradient holds log q's parameters fixed (STL): exact only for guides whose sites
-    #: do not depend on other latents (:func:`aevb.inference.pathwise.check_pathwise`)
+    #: do not depend on other latents (:func:`aevb.inference.objectives.stl.check_pathwise`)
     pathwise: bool = False
     #: ``check(model_trace, guide_trace) -> why or None``: a requirement on the pair's
     #: traces (semisupervised: a partially observed site), checked before training starts
@@ -265,7 +276,7 @@ def use_jit(name: str, model, guide, jit: bool | None) -> bool:
 
     ``jit=None`` (the default) compiles when the objective has a compiled form and both model
     and guide declare ``jit_compatible = True`` (static structure, see
-    :mod:`aevb.inference.jit`); ``True`` insists (an error if the objective has none);
+    :mod:`aevb.inference.objectives.jit`); ``True`` insists (an error if the objective has none);
     ``False`` never compiles. A pair that declares nothing is probed instead
     (:func:`should_probe_jit`).
     """
@@ -280,7 +291,7 @@ def use_jit(name: str, model, guide, jit: bool | None) -> bool:
 
 def should_probe_jit(name: str, model, guide, jit: bool | None) -> bool:
     """Whether to try the compiled form and keep it only if it reproduces the eager loss and
-    gradients on the first batches (:func:`aevb.inference.jit.compiled_matches_eager`).
+    gradients on the first batches (:func:`aevb.inference.objectives.jit.compiled_matches_eager`).
 
     That is the default (``jit=None``) for a pair that makes no promise either way: a user's
     own Pyro functions or modules, with neither ``jit_compatible`` attribute set to False, and

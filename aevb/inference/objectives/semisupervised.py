@@ -16,11 +16,11 @@ with alpha = 0.1 N (N datapoints). Per datapoint of a minibatch that is the ELBO
 unbiased, since a batch of B holds B N_labelled / N labelled points on average).
 ``w`` is set from the training set when training starts (:meth:`bind_data`).
 
-The ELBO part is :class:`~aevb.inference.enum_meanfield.TraceEnumMeanField_ELBO`: the sum over
-the C classes of an unlabelled point is exact and KL(q(z|x,y) || p(z)) analytic, as in Kingma
-et al. The classification term is read from the traces: for every model site ``<name>_observed``
-whose partner ``<name>_unobserved`` the guide samples, log q at the observed values, masked to
-the observed datapoints. No model writes it in.
+The ELBO part is :class:`~aevb.inference.objectives.enum_meanfield.TraceEnumMeanField_ELBO`:
+the sum over the C classes of an unlabelled point is exact and KL(q(z|x,y) || p(z)) analytic,
+as in Kingma et al. The classification term is read from the traces: for every model site
+``<name>_observed`` whose partner ``<name>_unobserved`` the guide samples, log q at the observed
+values, masked to the observed datapoints. No model writes it in.
 
 References:
     D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling (2014), Semi-Supervised Learning with
@@ -35,7 +35,7 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from aevb.errors import ObjectiveError
-from aevb.inference.enum_meanfield import TraceEnumMeanField_ELBO
+from aevb.inference.objectives.enum_meanfield import TraceEnumMeanField_ELBO
 
 #: alpha / N of Kingma et al. (2014): alpha = 0.1 N
 ALPHA_FRACTION = 0.1

@@ -43,7 +43,7 @@ from pyro.infer.util import get_dependent_plate_dims
 from pyro.poutine.messenger import Messenger
 from pyro.util import warn_if_nan
 
-from aevb.inference.dreg import summed_log_prob
+from aevb.inference.objectives.dreg import summed_log_prob
 from aevb.pyro_compat import particle_traces
 
 
@@ -63,7 +63,7 @@ class ReweightedWakeSleep_ELBO(RenyiELBO):  # noqa: N801 (Pyro's naming)
     Example::
 
         >>> from aevb import data, guides
-        >>> from aevb.inference.rws import ReweightedWakeSleep_ELBO
+        >>> from aevb.inference.objectives.rws import ReweightedWakeSleep_ELBO
         >>> model = data.fa_truth(); guide = guides.default_for(model)
         >>> _, test = data.load("fa-synthetic")
         >>> rws = ReweightedWakeSleep_ELBO(5, max_plate_nesting=1, vectorize_particles=True)

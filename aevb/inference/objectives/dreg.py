@@ -17,11 +17,11 @@ and the whole encoder gradient becomes
 
 with log q's parameters held fixed inside log w_i. At alpha = 0 the coefficient is w~_i^2
 (Tucker et al.'s IWAE-DReG); at alpha -> 1 (w~_i = 1/k) it is STL's 1/k
-(:mod:`aevb.inference.pathwise`). The decoder's gradient, sum_i w~_i d/dtheta log p(x, z_i),
+(:mod:`aevb.inference.objectives.stl`). The decoder's gradient, sum_i w~_i d/dtheta log p(x, z_i),
 and the loss value are those of ``RenyiELBO`` on the same draws.
 
 Implementation: the Renyi surrogate is built from log weights in which log q is evaluated with
-its parameters detached (:func:`aevb.inference.pathwise.stick_the_landing_`), so phi reaches
+its parameters detached (:func:`aevb.inference.objectives.stl.stick_the_landing_`), so phi reaches
 the loss only through the latent values; a gradient hook on each value multiplies the
 gradient arriving there by alpha + (1 - alpha) w~_i, datapoint by datapoint.
 
@@ -46,7 +46,7 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 
-from aevb.inference.pathwise import reparameterised_latents, stick_the_landing_
+from aevb.inference.objectives.stl import reparameterised_latents, stick_the_landing_
 from aevb.pyro_compat import particle_traces
 
 
@@ -86,7 +86,7 @@ class RenyiDReG_ELBO(RenyiELBO):  # noqa: N801 (Pyro's naming)
     Example::
 
         >>> from aevb import data, guides
-        >>> from aevb.inference.dreg import RenyiDReG_ELBO
+        >>> from aevb.inference.objectives.dreg import RenyiDReG_ELBO
         >>> model = data.fa_truth(); guide = guides.default_for(model)
         >>> _, test = data.load("fa-synthetic")
         >>> loss = RenyiDReG_ELBO(0.0, 5, max_plate_nesting=1, vectorize_particles=True)
