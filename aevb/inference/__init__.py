@@ -3,7 +3,8 @@ SVI (:mod:`.svi`), Monte Carlo EM (:mod:`.mcem`, samplers in :mod:`.samplers`) a
 MCMC-refined VI (:mod:`.vimcmc`), each saying only what differs on the one path from a method
 to a run (:mod:`.method`; per-datapoint chains in :mod:`.chains`), and
 estimators of log p(x) (:mod:`.evaluate`); the run directory's layout lives in
-:mod:`.rundir` alone."""
+:mod:`.rundir` alone, a saved run is rebuilt, loaded and evaluated by :mod:`.saved`, and what
+a run records and when it may resume are :mod:`.record`'s."""
 
 from aevb.inference.evaluate import (
     Bounds,
@@ -17,8 +18,9 @@ from aevb.inference.evaluate import (
 from aevb.inference.mcem import MCEMConfig
 from aevb.inference.mcem import fit as mcem_fit
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
-from aevb.inference.rundir import evaluate_run, load_run
-from aevb.inference.svi import FitConfig, Run, SVIConfig, fit
+from aevb.inference.record import Run
+from aevb.inference.saved import evaluate_run, load_run
+from aevb.inference.svi import FitConfig, SVIConfig, fit
 from aevb.inference.vimcmc import VIMCMCConfig
 from aevb.inference.vimcmc import fit as vimcmc_fit
 
