@@ -38,8 +38,9 @@ from aevb import data, guides, inference, models, plots
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError, RunDirError
 from aevb.inference import rundir
-from aevb.inference.loop import Run
 from aevb.inference.objectives import OBJECTIVES
+from aevb.inference.record import Run
+from aevb.inference.saved import evaluate_run
 from aevb.models import likelihoods
 from aevb.models.base import hooks
 from aevb.registry import import_reference, is_reference, program_source, reimport
@@ -202,7 +203,7 @@ def fit_settings(spec: RunSpec) -> dict:
 
 def _meta(r: Resolved, out: str | Path | None, resume: bool) -> dict:
     """What the record keeps of the spec: the spec itself, ``data_spec`` (the test set, as
-    :func:`aevb.inference.rundir.evaluate_run` reloads it) and, for a user's model or guide,
+    :func:`aevb.inference.saved.evaluate_run` reloads it) and, for a user's model or guide,
     ``imports`` (:func:`imports`)."""
     spec = r.spec
     data_spec = {
@@ -309,7 +310,7 @@ def evaluate(
     ``evaluation.json`` under ``evaluation.key`` (e.g. ``is-1000``), computed on ``device``
     (any device, whichever trained the run)."""
     ev = evaluation or EvaluationSpec()
-    result = rundir.evaluate_run(
+    result = evaluate_run(
         out,
         ev.samples,
         ev.estimator,

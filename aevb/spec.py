@@ -405,7 +405,7 @@ class ScheduleSpec(_Spec):
     seed: int = _setting(_integer(0), 0)
 
 
-#: estimators of log p(x) on the test set (:func:`aevb.inference.rundir.evaluate_run`) and
+#: estimators of log p(x) on the test set (:func:`aevb.inference.saved.evaluate_run`) and
 #: their default sample counts: IS proposals per datapoint, AIS chains per datapoint
 ESTIMATOR_DEFAULTS = {"is": 1000, "ais": 16}
 

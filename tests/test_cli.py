@@ -9,7 +9,7 @@ import pytest
 from aevb import data, inference
 from aevb.cli import main
 from aevb.data.idx import write_idx
-from aevb.inference.rundir import evaluate_run, load_run
+from aevb.inference.saved import evaluate_run, load_run
 
 KEYS = {
     "test_elbo",
@@ -82,7 +82,12 @@ def test_train_then_evaluate_json(tmp_path, idx_folder, capsys):
     assert result["num_test"] == 40 and result["num_samples"] == 20
     # the JSON holds the means of the per-datapoint estimators on the run's test set (the 40
     # test images, binarised as recorded), draw for draw with seed 0
-    model, guide, _, _ = load_run(out)
+    loaded = load_run(out)
+    model, guide = loaded.model, loaded.guide
+    # the run as fit returned it: its record, its epochs and where it lives
+    assert loaded.out == out and loaded.config["fit"]["objective"] == "iwae"
+    assert json.loads(json.dumps(loaded.config)) == json.loads((out / "config.json").read_text())
+    assert list(loaded.history["epoch"]) == [1, 2] and loaded.extra == {}
     _, test = data.load(str(idx_folder), "dynamic")
     direct = inference.bounds(model, guide, test, 20, seed=0)
     assert result["test_log_likelihood"] == pytest.approx(float(direct.log_likelihood.mean()))

@@ -7,7 +7,7 @@ from aevb import data
 from aevb.cli import main
 from aevb.errors import ConfigError
 from aevb.experiments.compare import cell_spec, evaluations, load_config
-from aevb.inference.rundir import evaluate_run, load_run
+from aevb.inference.saved import evaluate_run, load_run
 
 GRID = """
 name = "tiny"
@@ -70,7 +70,7 @@ def test_grid_runs_records_a_failure_and_resumes(tmp_path, capsys):
         fresh = evaluate_run(row.run_dir, 20)
         assert row.test_ll_is == pytest.approx(fresh["test_log_likelihood"], abs=1e-6)
         assert row.test_elbo == pytest.approx(fresh["test_elbo"], abs=1e-6)
-        model = load_run(row.run_dir)[0]
+        model = load_run(row.run_dir).model
         _, test = data.load("fa-synthetic")
         exact = float(model.log_evidence(test.x[:60]).mean().detach())
         assert row.test_log_evidence_exact == pytest.approx(exact, abs=1e-6)

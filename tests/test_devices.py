@@ -2,6 +2,7 @@
 hygiene check that needs no GPU, and checkpoints that load whatever device wrote them."""
 
 import json
+import math
 import subprocess
 import sys
 import traceback
@@ -15,7 +16,7 @@ from torch.overrides import TorchFunctionMode
 import aevb
 from aevb import data, devices, guides, inference, models, runs
 from aevb.errors import ConfigError
-from aevb.inference import rundir
+from aevb.inference import rundir, saved
 from aevb.inference.estimators.ais import AISConfig, ais_dataset
 from aevb.spec import RunSpec
 
@@ -79,33 +80,50 @@ def _data(name: str):
     return (x, y) if name == "cvae" else x
 
 
-def _main_paths(device: str, tmp_path: Path) -> None:
+def _main_paths(device: str, tmp_path: Path) -> dict:
     """One epoch of every model, IS, AIS, MCEM with each sampler, a run directory and its
-    evaluation, all on ``device``."""
+    evaluation, all on ``device``; returns what each gave."""
+    out: dict = {"fits": [], "bounds": [], "units": []}
     for name, config in SMALL.items():
         pyro.set_rng_seed(0)
         model = models.build(name, **config)
         x = _data(name)
         objective = "enum" if name == "gmvae" else "trace"
-        inference.fit(model, None, x, objective, test=x, epochs=1, batch_size=12, device=device)
+        fit = inference.fit(
+            model, None, x, objective, test=x, epochs=1, batch_size=12, device=device
+        )
         guide = guides.default_for(model)
-        inference.fit(model, guide, x, objective, epochs=1, batch_size=12, device=device)
-        inference.bounds(model, guide, x, 5)
-        inference.active_units(guide, x, labels=name == "cvae")
+        out["fits"] += [
+            fit,
+            inference.fit(model, guide, x, objective, epochs=1, batch_size=12, device=device),
+        ]
+        out["bounds"].append(inference.bounds(model, guide, x, 5))
+        out["units"].append(inference.active_units(guide, x, labels=name == "cvae"))
     train, test = data.load("fa-synthetic")
     fa = models.build("fa")
-    inference.fit(fa, None, train.subset(64), "iwae", test=test.subset(16), epochs=1, device=device)
-    ais_dataset(fa, test.subset(8), AISConfig(num_temperatures=5, num_chains=2))
+    out["fits"].append(
+        inference.fit(
+            fa, None, train.subset(64), "iwae", test=test.subset(16), epochs=1, device=device
+        )
+    )
+    out["ais"] = ais_dataset(fa, test.subset(8), AISConfig(num_temperatures=5, num_chains=2))
+    out["fa"] = fa
     for sampler in ("batched-hmc", "hmc", "nuts"):
         opts = {"sampler": sampler, "proposal_epochs": 1, "epochs": 1, "device": device}
-        inference.mcem_fit(models.build("fa"), None, train.subset(32), test=test.subset(8), **opts)
+        fitted = inference.mcem_fit(
+            models.build("fa"), None, train.subset(32), test=test.subset(8), **opts
+        )
+        out["fits"].append(fitted)
     spec = RunSpec.from_flat(
         {"model": "fa", "data": "fa-synthetic", "subset": 64, "test_subset": 16}
         | {"epochs": 1, "device": device}
     )
-    runs.train(spec, tmp_path / "run", progress=False, figures=False)
-    rundir.evaluate_run(tmp_path / "run", 10, device=device)
-    rundir.evaluate_run(tmp_path / "run", 2, "ais", ais_temperatures=3, device=device)
+    out["run"] = runs.train(spec, tmp_path / "run", progress=False, figures=False)
+    out["is"] = saved.evaluate_run(tmp_path / "run", 10, device=device)
+    out["ais_run"] = saved.evaluate_run(
+        tmp_path / "run", 2, "ais", ais_temperatures=3, device=device
+    )
+    return out
 
 
 def test_no_tensor_is_made_without_a_device(tmp_path):
@@ -134,9 +152,47 @@ def test_the_watch_sees_a_constructor_without_a_device():
     assert watch.found and watch.found[0].endswith("planted.py:3 zeros")
 
 
+def _on(device: str, *objs) -> bool:
+    """Every parameter of the ``nn.Module`` objects among ``objs`` lives on ``device``."""
+    params = [p for o in objs if isinstance(o, torch.nn.Module) for p in o.parameters()]
+    return bool(params) and all(p.device.type == device for p in params)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_main_path_runs_on_the_device(device, tmp_path):
-    _main_paths(device, tmp_path)
+    got = _main_paths(device, tmp_path)
+    assert len(got["fits"]) == 2 * len(SMALL) + 1 + 3
+    for run in got["fits"]:  # trained where asked, one finished epoch, a finite loss
+        assert _on(device, run.model, run.guide), run.config["model"]
+        assert list(run.history["epoch"]) == [1]
+        assert torch.isfinite(torch.tensor(run.history["train_loss"].to_numpy())).all()
+        assert run.config["device"]["device"].startswith(device)
+    for run in got["fits"][: 2 * len(SMALL) : 2] + [got["fits"][2 * len(SMALL)]]:
+        assert torch.isfinite(torch.tensor(run.history["test_elbo"].to_numpy())).all()
+    for run in got["fits"][-3:]:  # MCEM: its proposal fitted afterwards, on the device too
+        assert list(run.extra["proposal_history"]["epoch"]) == [1]
+    for b, name in zip(got["bounds"], SMALL):  # results come back to the CPU, one per point
+        for values in (b.elbo, b.log_likelihood):
+            assert values.device.type == "cpu" and values.shape == (24,), name
+            assert torch.isfinite(values).all(), name
+    assert all(0 <= units <= 2 for units in got["units"])  # z_dim 2 in every SMALL model
+    ais = got["ais"].log_likelihood
+    assert ais.device.type == "cpu" and ais.shape == (8,) and torch.isfinite(ais).all()
+    _, test = data.load("fa-synthetic")
+    with torch.no_grad():
+        fa = got["fa"].cpu()
+        assert float(ais.mean()) <= float(fa.log_evidence(test.subset(8).x).mean()) + 0.5
+    # the run directory: trained on the device, evaluated there with the checkpoint's
+    # parameters (the exact evidence is that of the run loaded on the CPU)
+    assert _on(device, got["run"].model) and list(got["run"].history["epoch"]) == [1]
+    loaded = saved.load_run(tmp_path / "run")
+    with torch.no_grad():
+        exact = float(loaded.model.log_evidence(test.subset(16).x).mean())
+    for result in (got["is"], got["ais_run"]):
+        assert result["num_test"] == 16
+        assert result["test_log_evidence_exact"] == pytest.approx(exact, rel=1e-5)
+        assert math.isfinite(result["test_elbo"])
+        assert result["test_log_likelihood"] <= exact + 0.5
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -182,13 +238,13 @@ def test_a_checkpoint_written_on_a_gpu_loads_and_evaluates_on_the_cpu(tmp_path):
         {"model": "fa", "data": "fa-synthetic", "subset": 64, "test_subset": 30, "epochs": 1}
     )
     runs.train(spec, tmp_path, progress=False, figures=False)
-    before = rundir.evaluate_run(tmp_path, 20)
+    before = saved.evaluate_run(tmp_path, 20)
     path = tmp_path / rundir.CHECKPOINT
     subprocess.run([sys.executable, "-c", _RETAG, str(path)], check=True, timeout=120)
     if not torch.cuda.is_available():  # plain torch.load would need the GPU
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(path, weights_only=False)
-    after = rundir.evaluate_run(tmp_path, 20)
+    after = saved.evaluate_run(tmp_path, 20)
     assert after["test_log_likelihood"] == before["test_log_likelihood"]
     assert after["test_elbo"] == before["test_elbo"]
     resumed = runs.train(

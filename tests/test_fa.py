@@ -187,7 +187,7 @@ def test_pathwise_gradients_are_unbiased_for_the_exact_elbo_gradient(fa):
 def test_training_reaches_the_true_model_evidence(tmp_path):
     """The issue's acceptance run, through the CLI defaults: meanfield, 35 epochs, seed 0."""
     from aevb.cli import main
-    from aevb.inference.rundir import evaluate_run
+    from aevb.inference.saved import evaluate_run
 
     out = tmp_path / "fa"
     assert (

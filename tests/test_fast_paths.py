@@ -1,6 +1,8 @@
 """The performance paths must not change what is computed: the single Adam, the compiled
 objectives and the validation switch are checked against Pyro's own eager versions."""
 
+import copy
+
 import pyro
 import pyro.optim
 import pytest
@@ -173,13 +175,50 @@ def test_jit_selection():
 
 def test_uneven_last_batch_trains_under_jit(binary_data):
     """70 points in batches of 32: the last batch (6 points) gets its own trace, and the
-    compiled run's losses are the eager run's under the same seed."""
+    compiled run's losses are the eager run's under the same seed, step by step; each epoch
+    counts all 70 points, the last batch weighing 6 of them, and that batch's loss is the
+    objective on its own 6 points."""
     model, guide = _vae()
     kw = dict(epochs=2, batch_size=32, seed=0)
-    run = inference.fit(model, guide, binary_data[:70], "trace", jit=True, **kw)
-    eager = inference.fit(model, guide, binary_data[:70], "trace", jit=False, **kw)
+    steps: dict[bool, list[float]] = {True: [], False: []}
+    before_last: dict = {}
+    last_batch: list[torch.Tensor] = []
+
+    def record(jit):
+        def callback(epoch, step, loss):
+            steps[jit].append(loss)
+            if not jit and step == 5:  # the parameters and random state the 6th step sees
+                before_last["state"] = [copy.deepcopy(m.state_dict()) for m in (model, guide)]
+                before_last["rng"] = torch.get_rng_state()
+
+        return callback
+
+    run = inference.fit(
+        model, guide, binary_data[:70], "trace", jit=True, callback=record(True), **kw
+    )
+    hook = guide.register_forward_pre_hook(lambda m, args: last_batch.append(args[0].clone()))
+    eager = inference.fit(
+        model, guide, binary_data[:70], "trace", jit=False, callback=record(False), **kw
+    )
+    hook.remove()
     got, want = run.history["train_loss"].to_numpy(), eager.history["train_loss"].to_numpy()
     assert len(got) == 2 and abs(got - want).max() < 1e-4 * abs(want).max(), (got, want)
+    assert len(steps[True]) == len(steps[False]) == 6
+    for a, b in zip(steps[True], steps[False]):  # the uneven 3rd and 6th steps included
+        assert a == pytest.approx(b, rel=1e-4)
+    for h in (run.history, eager.history):
+        assert list(h["step"]) == [3, 6] and list(h["datapoints"]) == [70, 140]
+        for epoch, losses in enumerate((steps[True][:3], steps[True][3:])):
+            weighted = (32 * losses[0] + 32 * losses[1] + 6 * losses[2]) / 70
+            assert h["train_loss"].iloc[epoch] == pytest.approx(weighted, rel=1e-4)
+    x = last_batch[-1]  # the eager 6th step's batch
+    assert x.shape == (6, 16)
+    for m, state in zip((model, guide), before_last["state"]):
+        m.load_state_dict(state)
+        m.train()
+    torch.set_rng_state(before_last["rng"])
+    direct = Trace_ELBO().loss(model, guide, x) / 6
+    assert direct == pytest.approx(steps[False][-1], rel=1e-5)
 
 
 @pytest.mark.parametrize("dim", [1, 63, 64, 130, 784])

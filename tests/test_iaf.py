@@ -141,12 +141,12 @@ def test_trace_and_stl_losses_agree_on_one_seed():
 
 def test_an_iaf_run_is_evaluated_by_is_and_rebuilt_from_its_directory(tmp_path):
     from aevb.cli import main
-    from aevb.inference.rundir import evaluate_run, load_run
+    from aevb.inference.saved import evaluate_run, load_run
 
     out = tmp_path / "iaf"
     argv = ["train", "fa", "--data", "fa-synthetic", "--guide", "iaf", "--flow-steps", "3"]
     assert main([*argv, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    _, guide, _, _ = load_run(out)
+    guide = load_run(out).guide
     assert isinstance(guide, IAFEncoder) and len(guide.steps) == 3
     r = evaluate_run(out, 200)
     assert r["test_elbo"] <= r["test_log_likelihood"] + 0.05 <= r["test_log_evidence_exact"] + 0.1

@@ -1,9 +1,11 @@
-"""The training loop's own rules: what resume may change, and the step and time budgets."""
+"""The run's resume rules (:mod:`aevb.inference.record`): what resume may change, and the step
+and time budgets."""
 
 import pytest
 
 from aevb.errors import ConfigError
-from aevb.inference.loop import LoopConfig, _Counters, check_resumable
+from aevb.inference.loop import LoopConfig
+from aevb.inference.record import Counters, check_resumable
 
 RECORD = {
     "inference": "svi",
@@ -68,10 +70,10 @@ def test_a_missing_setting_equals_none():
 
 
 def test_the_step_and_time_budgets():
-    c = _Counters(step=10, train_seconds=5.0)
+    c = Counters(step=10, train_seconds=5.0)
     assert not c.out_of_budget(LoopConfig())
     assert c.out_of_budget(LoopConfig(max_steps=10))
     assert not c.out_of_budget(LoopConfig(max_steps=11))
     assert c.out_of_budget(LoopConfig(max_seconds=6.0), running=1.0)
     assert not c.out_of_budget(LoopConfig(max_seconds=6.0), running=0.5)
-    assert _Counters.from_history([{"step": 4, "train_seconds": 2.0}]) == _Counters(4, 2.0, 0)
+    assert Counters.from_history([{"step": 4, "train_seconds": 2.0}]) == Counters(4, 2.0, 0)

@@ -264,7 +264,19 @@ def test_m2_learns_to_classify_from_a_few_labels(tmp_path, capsys):
 
 
 def test_fit_takes_a_user_dataset_with_missing_labels():
+    """A user's dataset with missing labels (-1) trains with the semisupervised objective,
+    its weight bound to the data (half the points labelled: w = 0.1 * 60 / 30): one step
+    over all 60 points from the given parameters reports the objective's exact expectation
+    per datapoint (eqs. 6, 7 and 9 by quadrature), within its Monte Carlo error."""
     model, guide, x, y = tiny()
     ds = Dataset.from_arrays(x.repeat(10, 1), y.repeat(10).numpy())
-    run = inference.fit(model, guide, ds, epochs=1, batch_size=20, progress=False)
-    assert math.isfinite(float(run.history["train_loss"].iloc[-1]))
+    assert ds.num_labelled == 30
+    k = 2000
+    want, se = expected_loss(model, guide, x, y, ALPHA_FRACTION * 60 / 30, k)  # 6 points
+    run = inference.fit(
+        model, guide, ds, epochs=1, batch_size=60, num_particles=k, reset=False, progress=False
+    )
+    assert run.config["fit"]["objective"] == "semisupervised"
+    assert list(run.history["datapoints"]) == [60]
+    got = float(run.history["train_loss"].iloc[-1])  # per datapoint: 10 copies of the 6
+    assert abs(got - want / 6) < 5 * se * math.sqrt(10) / 60 + 1e-4, (got, want / 6, se)

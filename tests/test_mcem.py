@@ -19,7 +19,6 @@ from pyro.ops.stats import effective_sample_size
 from aevb import data, inference, models
 from aevb.cli import main
 from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference.rundir import load_run
 from aevb.inference.samplers import (
     BatchedHMC,
     FixedStepsHMC,
@@ -27,6 +26,7 @@ from aevb.inference.samplers import (
     find_step_size,
     make_sampler,
 )
+from aevb.inference.saved import load_run
 from tests.test_cli import make_idx_folder
 
 
@@ -201,7 +201,10 @@ def test_cli_trains_a_vae_by_mcem_and_evaluates_it(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     # the run's proposal and model are restored from the checkpoint: the JSON is their
     # per-datapoint estimate on the 20 test images, draw for draw with seed 0
-    model, guide, _, _ = load_run(out)
+    loaded = load_run(out)
+    model, guide = loaded.model, loaded.guide
+    proposal = pd.read_csv(out / "proposal_history.csv")
+    assert list(loaded.extra["proposal_history"]["epoch"]) == list(proposal["epoch"]) == [1]
     _, test = data.load(str(mnist_folder))
     direct = inference.bounds(model, guide, test.subset(20), 10, seed=0)
     assert result["num_test"] == 20
@@ -308,7 +311,7 @@ def test_a_decay_needs_its_length():
 def test_resuming_a_finished_mcem_run_restores_its_proposal(tmp_path):
     """The proposal q(z|x) is part of the run: resuming with nothing left to train restores
     it as it was (it is not fitted again), and ``evaluate`` gives the same numbers."""
-    from aevb.inference.rundir import evaluate_run
+    from aevb.inference.saved import evaluate_run
 
     train, test = data.load("fa-synthetic")
     settings = dict(epochs=2, batch_size=32, proposal_epochs=2, seed=0)

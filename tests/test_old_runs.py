@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aevb import runs
-from aevb.inference import rundir
+from aevb.inference import rundir, saved
 from aevb.spec import RunSpec, load_spec
 
 OLD = Path(__file__).parent / "fixtures" / "old_runs"
@@ -37,7 +37,7 @@ def _param_sum(run) -> float:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_an_old_run_evaluates_to_the_same_estimate(name, tmp_path):
     out = _copy(name, tmp_path)
-    result = rundir.evaluate_run(out, 50, "is", seed=0)
+    result = saved.evaluate_run(out, 50, "is", seed=0)
     assert result["test_log_likelihood"] == EXPECTED[name]["is_50"]
 
 

@@ -67,7 +67,7 @@ def test_wake_phi_estimates_the_inclusive_kl_gradient(fa):
 
 def test_fa_trained_by_rws_reaches_the_true_model_evidence(tmp_path):
     from aevb.cli import main
-    from aevb.inference.rundir import evaluate_run
+    from aevb.inference.saved import evaluate_run
 
     out = tmp_path / "fa"
     argv = ["train", "fa", "--data", "fa-synthetic", "--objective", "rws", "--epochs", "35"]

@@ -5,23 +5,22 @@ rest, identically for all of them: seeding, re-initialisation, epochs of shuffle
 a progress bar, a stop on a non-finite loss that keeps the last good checkpoint, one
 ``history.csv`` row per epoch (with the test ELBO and the model's own metrics), and an atomic
 ``checkpoint.pt`` after every epoch from which ``resume=True`` continues to the same result as
-an uninterrupted run.
+an uninterrupted run. What a run records and the rules for resuming it (what may change,
+where training continues) are :mod:`.record`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import platform
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pandas as pd
 import pyro
@@ -35,6 +34,15 @@ from aevb.errors import ConfigError, DataError, ObjectiveError, RunInterrupted, 
 from aevb.inference import evaluate as ev
 from aevb.inference import programs, rundir
 from aevb.inference.optim import Adam
+from aevb.inference.record import (
+    EpochProgress,
+    Run,
+    check_resumable,
+    output_folder,
+    resume_point,
+    versions,
+)
+from aevb.inference.saved import load_params
 from aevb.models.base import check_dataset, hooks
 from aevb.models.nets import AdoptModules
 
@@ -136,63 +144,6 @@ class Algorithm(Protocol):
         ...
 
 
-@dataclass
-class Run:
-    """The outcome of training: the pair, its history and where it was written."""
-
-    model: Any
-    guide: Any
-    history: pd.DataFrame
-    config: dict
-    out: Path | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def versions() -> dict[str, str]:
-    """Library versions recorded with every run."""
-    import numpy
-    import pyro as _pyro
-
-    from aevb.version import __version__
-
-    return {
-        "aevb": __version__,
-        "pyro": _pyro.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "threads": str(torch.get_num_threads()),
-    }
-
-
-def describe(obj) -> dict:
-    """A JSON-able description of a model or guide: registry name and config, or a repr."""
-    name, config = getattr(obj, "name", None), getattr(obj, "config", None)
-    if isinstance(name, str) and config is not None:
-        return {"name": name, "config": asdict(config)}
-    return {"callable": getattr(obj, "__qualname__", repr(obj))}
-
-
-def make_record(inference: str, cfg, model, guide, ds: Dataset, test, meta=None, **extra) -> dict:
-    """What ``config.json`` records of a run: algorithm and settings, model and guide
-    (registry name and config), the data; ``versions()`` is added by :func:`train`."""
-    return {
-        "inference": inference,
-        "fit": asdict(cfg),
-        "model": describe(model),
-        "guide": describe(guide) if guide is not None else {"callable": "none"},
-        **extra,
-        "data": {
-            "train": ds.name,
-            "test": None if test is None else test.name,
-            "num_train": len(ds),
-            "num_test": None if test is None else len(test),
-            "binarize": ds.binarize,
-        },
-        **(meta or {}),
-    }
-
-
 def reset_parameters(obj) -> None:
     """Re-initialise every ``nn.Module`` inside ``obj`` from the global random state."""
     if isinstance(obj, torch.nn.Module):
@@ -226,99 +177,6 @@ def set_mode(training: bool, *objs) -> None:
             obj.train(training)
 
 
-#: what a resumed run may change: how long it runs, how its steps are executed, and how it
-#: is evaluated afterwards (record keys, dotted; a key covers everything under it)
-RESUMABLE_CHANGES = (
-    "fit.epochs",
-    "fit.max_steps",
-    "fit.max_seconds",
-    "fit.jit",
-    "fit.validate",
-    "fit.device",
-    "device",
-    "spec.device",
-    "spec.schedule.epochs",
-    "spec.schedule.max_steps",
-    "spec.schedule.max_seconds",
-    "spec.evaluation",
-)
-
-
-def _settings(record: dict) -> dict:
-    """A run record as {dotted key: JSON value}, without what may change on resume (the
-    library versions and :data:`RESUMABLE_CHANGES`); a None value counts as not set."""
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if prefix in RESUMABLE_CHANGES:
-            return
-        if isinstance(value, dict) and value:
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        elif value is not None:
-            flat[prefix] = value
-
-    walk("", json.loads(json.dumps({k: v for k, v in record.items() if k != "versions"})))
-    return flat
-
-
-def check_resumable(saved: dict, now: dict) -> None:
-    """Raise :class:`~aevb.errors.ConfigError` if a run would resume with other settings:
-    anything in the record (algorithm, objective and its settings, model, guide, data, the
-    run's spec) other than :data:`RESUMABLE_CHANGES`; the message lists every difference. A
-    run recorded before specs were (no ``"spec"``) is compared on the rest."""
-    saved = rundir.upgrade_record(saved)
-    if "spec" not in saved:
-        now = {k: v for k, v in now.items() if k != "spec"}
-    a, b = _settings(saved), _settings(now)
-    missing = "(not set)"
-    diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
-    if diff:
-        changes = "; ".join(
-            f"{k}: {a.get(k, missing)!r} then, {b.get(k, missing)!r} now" for k in diff
-        )
-        raise ConfigError(
-            f"cannot resume: the run was started with different settings ({changes}). Resume "
-            "with the run's own settings (only epochs, max_steps and max_seconds may change), "
-            "or train into another output folder"
-        )
-
-
-@dataclass
-class _Counters:
-    """Where a run stands: steps, training seconds and datapoints seen so far."""
-
-    step: int = 0
-    train_seconds: float = 0.0
-    seen: int = 0
-
-    @classmethod
-    def from_history(cls, rows: list[dict]) -> _Counters:
-        if not rows:
-            return cls()
-        last = rows[-1]
-        return cls(last["step"], last["train_seconds"], last.get("datapoints", 0))
-
-    def out_of_budget(self, cfg: LoopConfig, running: float = 0.0) -> bool:
-        """The step or time budget is spent (``running``: seconds of the current epoch)."""
-        if cfg.max_steps is not None and self.step >= cfg.max_steps:
-            return True
-        return cfg.max_seconds is not None and self.train_seconds + running >= cfg.max_seconds
-
-
-def _output_folder(out, resume: bool) -> Path | None:
-    """The run directory, refusing to overwrite a run or to resume without one."""
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None and rundir.has_checkpoint(out_dir) and not resume:
-        raise ConfigError(
-            f"{out_dir} already holds a run; pass resume=True (--resume) to continue it or "
-            "choose another output folder"
-        )
-    if resume and out_dir is None:
-        raise ConfigError("resume needs the run directory (out=...)")
-    return out_dir
-
-
 def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, resume, reset):
     """Seed, then restore a checkpoint (resume) or re-initialise the parameters, then move
     model and guide to the run's device; returns (history rows so far, the checkpoint or
@@ -330,7 +188,7 @@ def _initialise(model, guide, ds: Dataset, cfg: LoopConfig, record, out_dir, res
         resumed = rundir.read_checkpoint(out_dir, fallback=True)
         check_resumable(resumed["config"], record)
         move(device, model, guide)
-        rundir.load_params(model, guide, resumed, device)
+        load_params(model, guide, resumed, device)
         _adopt_checkpoint(model, guide, ds, cfg, device)
         return resumed["history"], resumed
     if reset:  # a fresh start from the seed; reset=False keeps given parameters as they are
@@ -439,19 +297,6 @@ def _prepare(
 
 
 @dataclass
-class _EpochProgress:
-    """How far the current epoch has got: minibatches done, their summed loss, datapoints and
-    seconds. An interrupted run's checkpoint keeps it (``"partial"``), so that the resumed
-    run continues the epoch at the next minibatch."""
-
-    epoch: int
-    batches: int = 0
-    loss_sum: float = 0.0
-    count: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
 class _StopRequest:
     """The signal (SIGINT or SIGTERM) that asked the run to stop, if one has."""
 
@@ -510,8 +355,8 @@ def _interrupted(signum: int, epoch: int, step: int, out_dir: Path) -> RunInterr
 
 def _train_epoch(algorithm, model, guide, ds, cfg, done, counters, bar, callback, out_dir, stop):
     """Continue epoch ``done.epoch`` from its ``done.batches``-th minibatch (0: a fresh
-    epoch) until its end or the budget; returns its :class:`_EpochProgress`. A non-finite
-    loss stops the run; a stop request writes a mid-epoch checkpoint first."""
+    epoch) until its end or the budget; returns its :class:`~.record.EpochProgress`. A
+    non-finite loss stops the run; a stop request writes a mid-epoch checkpoint first."""
     epoch = done.epoch
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     device = resolve_device(cfg.device)
@@ -554,7 +399,7 @@ def _train_epoch(algorithm, model, guide, ds, cfg, done, counters, bar, callback
     return done
 
 
-def _epoch_row(algorithm, model, guide, test, cfg, done: _EpochProgress, counters) -> dict:
+def _epoch_row(algorithm, model, guide, test, cfg, done: EpochProgress, counters) -> dict:
     """The history row of a finished epoch (with the test ELBO and the model's metrics)."""
     counters.train_seconds += done.seconds
     counters.seen += done.count
@@ -572,17 +417,6 @@ def _epoch_row(algorithm, model, guide, test, cfg, done: _EpochProgress, counter
         row.update(evaluate_epoch(model, guide, test, cfg))
         set_mode(True, model, guide)
     return row
-
-
-def _resume_point(rows: list[dict], resumed: dict | None) -> tuple[_EpochProgress, _Counters]:
-    """Where training continues: the epoch after the last finished one, or the middle of
-    the epoch an interruption stopped (its checkpoint's ``"partial"``)."""
-    counters = _Counters.from_history(rows)
-    partial = (resumed or {}).get("partial")
-    if partial is None:
-        return _EpochProgress(rows[-1]["epoch"] + 1 if rows else 1), counters
-    counters.step = partial.pop("step")
-    return _EpochProgress(**partial), counters
 
 
 def train(
@@ -614,7 +448,7 @@ def train(
     check_data(model, ds)
     if test is not None:
         check_data(model, test)
-    out_dir = _output_folder(out, resume)
+    out_dir = output_folder(out, resume)
     with rundir.lock(out_dir), _stop_on_signals(out_dir is not None) as stop:
         return _train(
             algorithm,
@@ -658,7 +492,7 @@ def _train(
     _prepare(algorithm, model, guide, ds, test, cfg, resumed)
     if out_dir is not None:
         rundir.write_config(out_dir, record)
-    done, counters = _resume_point(rows, resumed)
+    done, counters = resume_point(rows, resumed)
     per_epoch = ds.num_batches(cfg.batch_size)
     bar = tqdm(
         total=max(0, (cfg.epochs - done.epoch + 1) * per_epoch - done.batches),
@@ -688,7 +522,7 @@ def _train(
             epoch_callback(dict(row))
         if stop.signum is not None and out_dir is not None:
             raise _interrupted(stop.signum, done.epoch, counters.step, out_dir)
-        done = _EpochProgress(done.epoch + 1)
+        done = EpochProgress(done.epoch + 1)
     bar.close()
     set_mode(False, model, guide)
     return Run(model, guide, pd.DataFrame(rows), record, out_dir)

@@ -39,11 +39,13 @@ import torch
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError
 from aevb.inference import rundir
-from aevb.inference.loop import LoopConfig, Run, apply_gradients, describe
+from aevb.inference.loop import LoopConfig, apply_gradients
 from aevb.inference.method import Method, RunOptions, launch, prepare
 from aevb.inference.optim import Adam
+from aevb.inference.record import Run, describe
 from aevb.inference.samplers import Latents, log_step_change, sampler_from_options
 from aevb.inference.samplers.chains import ChainState
+from aevb.inference.saved import load_params
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,7 @@ def fit(
         return run
     if before is not None and len(run.history) == before[0]:
         # nothing was trained since the proposal was fitted: restore it, do not refit it
-        rundir.load_params(model, setup.guide, before[1])
+        load_params(model, setup.guide, before[1])
         run.guide = setup.guide
         run.extra["proposal_history"] = pd.DataFrame(before[1]["proposal_history"])
         return run

@@ -8,7 +8,7 @@ guide, convert the data, write the record and hand an algorithm to the shared tr
 differs, as a :class:`Method`:
 
 - :func:`prepare`: settings -> :class:`Setup` (config, guide, data sets);
-- :func:`launch`: a :class:`Setup` -> the trained :class:`~aevb.inference.loop.Run`;
+- :func:`launch`: a :class:`Setup` -> the trained :class:`~aevb.inference.record.Run`;
 - :func:`run_method`: both (a method with nothing to do in between).
 """
 
@@ -24,8 +24,9 @@ from aevb import guides
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import loop
-from aevb.inference.loop import Algorithm, LoopConfig, Run, describe
+from aevb.inference.loop import Algorithm, LoopConfig
 from aevb.inference.objectives import OBJECTIVES, check_alpha
+from aevb.inference.record import Run, describe, make_record
 from aevb.models.base import recipe
 
 
@@ -128,7 +129,7 @@ def launch(method: Method, model, setup: Setup, options: RunOptions) -> Run:
     """Write the record and train the method's algorithm in the shared loop."""
     cfg, guide, ds, test = setup.cfg, setup.guide, setup.ds, setup.test
     extras = method.record_extras(cfg, guide)
-    record = loop.make_record(method.name, cfg, model, guide, ds, test, options.meta, **extras)
+    record = make_record(method.name, cfg, model, guide, ds, test, options.meta, **extras)
     return loop.train(
         method.algorithm(model, guide, cfg),
         model,

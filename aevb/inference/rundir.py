@@ -2,7 +2,7 @@
 
 A run directory holds::
 
-    config.json             what the run is (``loop.make_record`` plus library versions)
+    config.json             what the run is (``record.make_record`` plus library versions)
     history.csv             one row per epoch
     checkpoint.pt           parameters, optimiser and algorithm state, random state, history
                             and the record; written atomically after every epoch (and when
@@ -18,7 +18,9 @@ Every file is written through :func:`atomic_write` (a temporary file, flushed to
 rename), so a run stopped at any moment -- even killed while writing -- leaves the previous
 version whole; a write that fails (a full disk) is an error that says what is still intact.
 Training (:mod:`.loop`), Monte Carlo EM's proposal (:mod:`.mcem`), the command line and
-grids read and write the directory only through the functions here.
+grids read and write the directory only through the functions here. This module knows files
+only: rebuilding a run's model and guide from them and evaluating it is :mod:`.saved`'s, what
+the record holds and when a run may resume :mod:`.record`'s.
 """
 
 from __future__ import annotations
@@ -37,18 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyro
 import torch
 
-from aevb.data.dataset import as_dataset
-from aevb.devices import move, resolve_device
-from aevb.errors import ConfigError, RunDirError, RunLocked
-from aevb.inference import evaluate as ev
-from aevb.inference.estimators import ESTIMATORS, EstimateTask
-from aevb.models.base import hooks
-from aevb.models.nets import AdoptModules
-from aevb.pyro_compat import replace_unconstrained, unconstrained_params
-from aevb.registry import lookup, reimport
+from aevb.errors import RunDirError, RunLocked
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -413,145 +406,3 @@ def upgrade_record(record: dict) -> dict:
 def module_states(*objs) -> list:
     """The ``state_dict`` of every ``nn.Module`` among model and guide, by role."""
     return [o.state_dict() if isinstance(o, torch.nn.Module) else None for o in objs]
-
-
-def load_params(model, guide, state: dict, device: torch.device | None = None) -> None:
-    """Load a checkpoint's module states and param store into model and guide (modules
-    keep the device they are on; the store's other parameters go to ``device``)."""
-    for obj, sd in zip((model, guide), state.get("modules", [None, None])):
-        if sd is not None and isinstance(obj, torch.nn.Module):
-            obj.load_state_dict(sd)
-    pyro.clear_param_store()
-    store = pyro.get_param_store()
-    store.set_state(state["params"])
-    if device is not None and device.type != "cpu":  # a user's pyro.param sites
-        for name, p in unconstrained_params():
-            if p.device != device:
-                moved = torch.nn.Parameter(p.detach().to(device), requires_grad=p.requires_grad)
-                replace_unconstrained(name, moved)
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model and guide of ``run_dir`` with its last checkpoint, on ``device``
-    (whatever device the run was trained on): registered ones from their names and
-    configs, a user's (a class or a plain function, recorded under ``"imports"``) by
-    importing its module again (:func:`aevb.registry.reimport`).
-
-    Returns ``(model, guide, record, history)``.
-    """
-    state = read_checkpoint(run_dir)
-    record = state["config"]
-    model, guide = _rebuild(record, run_dir)
-    where = resolve_device(device)
-    move(where, model, guide)
-    load_params(model, guide, state, where)
-    return model, guide, record, pd.DataFrame(state["history"])
-
-
-def _rebuild(record: dict, run_dir) -> tuple[Any, Any]:
-    """The model and guide a run record describes: its ``imports`` (a user's module, found
-    again) or the registries' names and configs."""
-    from aevb import guides, models
-
-    mspec, gspec = record["model"], record["guide"]
-    found = {
-        role: (reimport(entry, role, run_dir), entry["ref"], entry.get("kind"))
-        for role, entry in (record.get("imports") or {}).items()
-    }
-    if "model" in found:  # a class from its recorded config; a function or object as it is
-        config = mspec.get("config", {}) if found["model"][2] == "class" else {}
-        model = models.build(found["model"][1], **config)
-    elif "name" in mspec:
-        model = models.build(mspec["name"], **mspec["config"])
-    else:
-        raise ConfigError(
-            f"{run_dir} was trained with user-defined callables ({mspec}) and records no "
-            "module to import them from; rebuild them in Python and load the checkpoint's "
-            "params there, or train them as MODULE:NAME (aevb train, aevb.runs.train)"
-        )
-    if "guide" in found and found["guide"][2] == "class" and "config" in gspec:
-        guide = guides.from_config(found["guide"][1], gspec["config"], model)
-    elif "guide" in found:  # a function, or a class that records no config: as trained
-        overrides = ((record.get("spec") or {}).get("model") or {}).get("guide_config") or {}
-        guide = guides.build(found["guide"][1], model, **overrides)
-    elif "name" in gspec:
-        guide = guides.from_config(gspec["name"], gspec["config"], model)
-    else:
-        raise ConfigError(f"{run_dir}: the guide ({gspec}) records no module to import it from")
-    return model, guide
-
-
-def evaluate_run(
-    run_dir,
-    num_samples: int = 1000,
-    estimator: str = "is",
-    *,
-    test=None,
-    subset: int | None = None,
-    batch_size: int = 100,
-    seed: int = 0,
-    progress: bool = False,
-    ais_temperatures: int = 500,
-    device: str | torch.device = "cpu",
-) -> dict:
-    """Evaluate a run directory on its test set; return the DESIGN.md keys (nats/datapoint).
-
-    ``estimator``: a key of :data:`aevb.inference.estimators.ESTIMATORS` -- ``is``
-    (importance sampling with the run's guide, ``num_samples`` draws per datapoint) or
-    ``ais`` (annealed importance sampling from the prior with ``num_samples`` chains and
-    ``ais_temperatures`` temperatures, :mod:`aevb.inference.estimators.ais`; needs no guide).
-    ``test`` overrides the test set recorded in the run's ``config.json`` (``data_spec``).
-    ``device`` is where the estimators run, whichever device trained the run.
-    """
-    chosen = lookup(ESTIMATORS, estimator, "estimator")
-    model, guide, record, _ = load_run(run_dir, device)
-    test = as_dataset(_recorded_test(record, run_dir) if test is None else test).subset(subset)
-    start = time.perf_counter()
-    k = chosen.elbo_samples(num_samples)
-    with AdoptModules():  # a user's pyro.module networks take the checkpoint's values
-        b = ev.bounds(model, guide, test, k, batch_size=batch_size, seed=seed, progress=progress)
-        units = ev.active_units(guide, test, labels=hooks(model).uses_labels)
-    task = EstimateTask(
-        model, guide, test, num_samples, seed, batch_size, ais_temperatures, device, progress
-    )
-    ll, extra_keys = chosen.estimate(task, b)
-    result = {
-        "test_elbo": float(b.elbo.mean()),
-        "test_log_likelihood": ll,
-        "num_samples": num_samples,
-        "estimator": estimator,
-        "num_test": len(test),
-        "active_units": units,
-        **extra_keys,
-        **_known_metrics(model, guide, test, record),
-    }
-    result["seconds"] = time.perf_counter() - start
-    return result
-
-
-def _recorded_test(record: dict, run_dir):
-    """The test set a run's ``config.json`` records (``data_spec``), loaded again."""
-    from aevb import data
-
-    spec = record.get("data_spec")
-    if spec is None:
-        raise ConfigError(f"{run_dir}: config.json records no data_spec; pass test=...")
-    _, test = data.load(spec["source"], spec["binarize"])
-    return test.subset(spec.get("test_subset"))
-
-
-def _known_metrics(model, guide, test, record: dict) -> dict:
-    """The model's own metrics (FA: exact evidence, GMVAE: cluster accuracy) and the
-    generating model's evidence where the run's data has one (fa-synthetic)."""
-    from aevb import data
-
-    result: dict = {}
-    extra = hooks(model).evaluation_metrics
-    if extra is not None:
-        result.update(extra(guide, test))
-    source = (record.get("data_spec") or {}).get("source")
-    if source in data.TRUE_MODELS:
-        truth = data.TRUE_MODELS[source]()
-        with torch.no_grad():
-            result["true_model_log_evidence"] = float(truth.log_evidence(test.x).mean())
-    return result

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference.loop import LoopConfig, Run, apply_gradients
+from aevb.inference.loop import LoopConfig, apply_gradients
 from aevb.inference.method import Method, RunOptions, objective_settings, run_method
 from aevb.inference.objectives import (
     OBJECTIVES,
@@ -48,6 +48,7 @@ from aevb.inference.programs import (
     scaled_sites,
     trace_pair,
 )
+from aevb.inference.record import Run
 from aevb.models.base import hooks
 
 

@@ -49,11 +49,12 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from aevb.inference.loop import LoopConfig, Run, apply_gradients
+from aevb.inference.loop import LoopConfig, apply_gradients
 from aevb.inference.mcem import model_param_names
 from aevb.inference.method import Method, RunOptions, objective_settings, run_method
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.optim import Adam
+from aevb.inference.record import Run
 from aevb.inference.samplers import Latents, sampler_from_options
 from aevb.inference.samplers.chains import ChainState
 

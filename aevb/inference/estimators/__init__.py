@@ -1,5 +1,5 @@
 """Estimators of the test log-likelihood of a trained run: a registry (:data:`ESTIMATORS`,
-a plain dict) that :func:`aevb.inference.rundir.evaluate_run` and the ``aevb evaluate``
+a plain dict) that :func:`aevb.inference.saved.evaluate_run` and the ``aevb evaluate``
 command read.
 
 Every evaluation makes one importance-sampling pass with the run's guide
