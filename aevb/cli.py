@@ -6,20 +6,21 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from aevb.devices import check_device_name
 from aevb.errors import AevbError, ConfigError, RunInterrupted, RunsFailed
+from aevb.registry import import_extensions
+from aevb.settings import declared, describe, of
 from aevb.spec import (
-    ESTIMATOR_DEFAULTS,
-    FLAT_KEYS,
-    INFERENCE_SPECS,
     DataSpec,
     EvaluationSpec,
     RunSpec,
-    ScheduleSpec,
     SVISpec,
+    flat_keys,
     hidden_sizes,
+    inference_specs,
 )
 
 
@@ -55,6 +56,27 @@ def _add_track(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_modules(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (from the current directory or PYTHONPATH): a module of "
+        "your own that registers models, guides, objectives, samplers, estimators or "
+        "inference methods; repeatable; recorded in the run",
+    )
+
+
+def import_modules(argv: list[str]) -> None:
+    """Import the ``--module`` modules of a command line before its parser is made, so that
+    what they register is among the parser's choices and options."""
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_modules(pre)
+    known, _ = pre.parse_known_args(argv)
+    import_extensions(known.module)
+
+
 def _summary(obj) -> str:
     """A registry entry's own description for a help text: its docstring's first clause
     (up to the first period, colon or parenthesis)."""
@@ -66,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``aevb`` command line: subcommands data, train, run, evaluate, compare, demo; every
     name and default an option offers comes from its registry or config class."""
     p = argparse.ArgumentParser(prog="aevb", description=__doc__)
+    _add_modules(p)
     sub = p.add_subparsers(dest="command", required=True)
     _data_parser(sub)
     _train_parser(sub)
@@ -85,10 +108,8 @@ def _data_parser(sub) -> None:
 
 def _train_parser(sub) -> None:
     """``aevb train``: every option's destination is a key of the RunSpec's flat form
-    (:data:`aevb.spec.FLAT_KEYS`); the method's options in :func:`_method_options`."""
-    from aevb.data.dataset import BINARIZATIONS
-    from aevb.inference.loop import LoopConfig
-    from aevb.inference.svi import LR_SCHEDULES, FitConfig
+    (:func:`aevb.spec.flat_keys`); the data's, the schedule's and each method's options are
+    made from their declarations (:func:`_setting_options`)."""
     from aevb.models import MODELS
     from aevb.models.likelihoods import LIKELIHOODS
 
@@ -99,35 +120,7 @@ def _train_parser(sub) -> None:
         "a Pyro function model(x) in your own module, imported from the current directory or "
         "PYTHONPATH",
     )
-    _method_options(t)
-    t.add_argument("--data", default=DataSpec.source, help="dataset name, IDX folder or .npz/.npy")
-    t.add_argument("--binarize", default=None, help="|".join(BINARIZATIONS))
-    t.add_argument("--subset", type=int, default=None, help="train on the first N datapoints")
-    t.add_argument("--test-subset", type=int, default=None, help="score the first N test points")
-    t.add_argument(
-        "--labels",
-        type=int,
-        default=None,
-        help="keep N training labels, balanced over the classes and chosen by the seed; hide "
-        "the rest (semi-supervised models)",
-    )
-    recipe = "default: the model's, else"
-    t.add_argument("--epochs", type=int, default=None, help=f"{recipe} {LoopConfig.epochs}")
-    t.add_argument(
-        "--max-seconds", type=float, default=None, help="stop after this much training time"
-    )
-    t.add_argument("--batch-size", type=int, default=None, help=f"{recipe} {LoopConfig.batch_size}")
-    t.add_argument(
-        "--lr", type=float, default=None, help=f"Adam learning rate ({recipe} {LoopConfig.lr:g})"
-    )
-    t.add_argument(
-        "--lr-schedule",
-        default=None,
-        choices=list(LR_SCHEDULES),
-        help=f"SVI's learning rate by epoch (default {FitConfig.lr_schedule}); Burda et al. "
-        "2015's: 3^i passes at lr * 10^(-i/7), i = 0..7",
-    )
-    t.add_argument("--seed", type=int, default=ScheduleSpec.seed)
+    _setting_options(t)
     t.add_argument("--preset", default=None, help="named model configuration, e.g. tutorial-cb")
     t.add_argument("--z-dim", type=int, default=None)
     t.add_argument("--hidden", type=_hidden, default=None, help="e.g. 200,200")
@@ -141,57 +134,58 @@ def _train_parser(sub) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def _method_options(t: argparse.ArgumentParser) -> None:
-    """``aevb train``'s options of the inference methods (SVI, MCEM, vi-mcmc)."""
-    from aevb.inference.mcem import MCEMConfig
-    from aevb.inference.objectives import OBJECTIVES
-    from aevb.inference.samplers import SAMPLERS, BatchedHMC
-    from aevb.inference.vimcmc import VIMCMCConfig
+def _add_setting(
+    parser, key: str, f, help_prefix: str = "", recipe: bool = True, text: str | None = None
+) -> None:
+    """The option ``--KEY`` of the declared setting ``f`` (:mod:`aevb.settings`): its type,
+    its choices and a help text with its default (``text`` instead, where a registry says
+    more); the option's default is None (not set)."""
+    s = of(f)
+    kwargs: dict = {"default": None, "dest": key}
+    if s.kind in (int, float):
+        kwargs["type"] = s.kind
+    elif s.kind is not str:
+        return  # tables, lists and switches are set in a spec file or grid
+    choices = s.choice_list()
+    if choices is not None:
+        kwargs["choices"] = choices
+    text = help_prefix + (text or describe(f, recipe=recipe))
+    parser.add_argument("--" + key.replace("_", "-"), help=text.replace("%", "%%"), **kwargs)
 
+
+def _setting_options(t: argparse.ArgumentParser) -> None:
+    """The options of the data, the schedule and every inference method, one per exposed
+    setting, made from the declarations (a method's in a group of its own; a setting more
+    than one method has, in the first one's group, its help naming them all)."""
+    from aevb.inference.loop import LoopConfig
+    from aevb.inference.method import METHODS
+
+    data = t.add_argument_group("data")
+    for f in declared(DataSpec).values():
+        if of(f).exposed:
+            _add_setting(data, "data" if f.name == "source" else f.name, f, recipe=False)
+    schedule = t.add_argument_group("schedule (every method)")
+    for f in declared(LoopConfig).values():
+        if of(f).exposed:
+            _add_setting(schedule, f.name, f)
+    default = SVISpec.method
+    names = sorted(METHODS, key=lambda name: name != default)  # the default first
+    summary = ", ".join(f"{name} ({METHODS[name].title})" for name in names)
     t.add_argument(
-        "--objective", default=None, help=f"{', '.join(OBJECTIVES)} (default: the model's)"
+        "--inference", default=default, choices=names, help=f"{summary}; default {default}"
     )
-    by_k: dict[int, list[str]] = {}
-    for name, objective in OBJECTIVES.items():
-        by_k.setdefault(objective.default_particles, []).append(name)
-    usual = max(by_k, key=lambda k: len(by_k[k]))
-    others = "".join(f"{k} for {', '.join(ns)}; " for k, ns in by_k.items() if k != usual)
-    t.add_argument(
-        "--particles", type=int, default=None, help=f"k particles (default: {others}else {usual})"
-    )
-    t.add_argument("--alpha", type=float, default=None, help="Renyi alpha (renyi objective)")
-    methods = ", ".join(f"{name} ({_summary(spec)})" for name, spec in INFERENCE_SPECS.items())
-    t.add_argument(
-        "--inference",
-        default=SVISpec.method,
-        choices=list(INFERENCE_SPECS),
-        help=f"{methods}; default {SVISpec.method}",
-    )
-    t.add_argument(
-        "--mcmc-steps",
-        type=int,
-        default=None,
-        help=f"vi-mcmc: HMC transitions from each encoder draw (default {VIMCMCConfig.mcmc_steps})",
-    )
-    t.add_argument(
-        "--leapfrog-steps",
-        type=int,
-        default=None,
-        help=f"vi-mcmc: leapfrog steps per HMC transition (default {BatchedHMC.num_steps})",
-    )
-    t.add_argument(
-        "--sampler",
-        default=None,
-        choices=list(SAMPLERS),
-        help=f"MCEM's E-step sampler (default {MCEMConfig.sampler})",
-    )
-    t.add_argument(
-        "--proposal-epochs",
-        type=int,
-        default=None,
-        help="MCEM: epochs fitting q(z|x) with the model frozen, for evaluation (default "
-        f"{MCEMConfig.proposal_epochs})",
-    )
+    specs = inference_specs()
+    seen: set[str] = set()
+    for name in names:
+        method = METHODS[name]
+        group = t.add_argument_group(f"{method.title} (--inference {name})")
+        config = declared(method.config)
+        for key in (f.name for f in fields(specs[name])):
+            if key in seen:
+                continue
+            seen.add(key)
+            owners = [m for m, spec in specs.items() if key in {g.name for g in fields(spec)}]
+            _add_setting(group, key, config[key], f"{', '.join(owners)}: ")
 
 
 def _guide_options(t: argparse.ArgumentParser) -> None:
@@ -228,31 +222,16 @@ def _evaluate_parser(sub) -> None:
 
     e = sub.add_parser("evaluate", help="estimate test log-likelihood of a run")
     e.add_argument("run_dir")
-    e.add_argument(
-        "--num-samples",
-        type=int,
-        default=None,
-        help="; ".join(
-            f"{name}: {estimator.samples_help} (default {ESTIMATOR_DEFAULTS[name]})"
+    estimators = ", ".join(f"{name} ({_summary(est)})" for name, est in ESTIMATORS.items())
+    said = {
+        "num_samples": "; ".join(
+            f"{name}: {estimator.samples_help} (default {estimator.default_samples})"
             for name, estimator in ESTIMATORS.items()
         ),
-    )
-    e.add_argument(
-        "--estimator",
-        default=EvaluationSpec.estimator,
-        choices=list(ESTIMATORS),
-        help=f"{', '.join(f'{name} ({_summary(est)})' for name, est in ESTIMATORS.items())}; "
-        f"default {EvaluationSpec.estimator}",
-    )
-    e.add_argument(
-        "--ais-temperatures",
-        type=int,
-        default=EvaluationSpec.ais_temperatures,
-        help="AIS: annealing steps",
-    )
-    e.add_argument("--subset", type=int, default=None, help="first N test points only")
-    e.add_argument("--batch-size", type=int, default=EvaluationSpec.batch_size)
-    e.add_argument("--seed", type=int, default=EvaluationSpec.seed)
+        "estimator": f"{estimators}; default {EvaluationSpec.estimator}",
+    }
+    for f in declared(EvaluationSpec).values():
+        _add_setting(e, f.name, f, recipe=False, text=said.get(f.name))
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.add_argument("--quiet", action="store_true")
     _add_device(e)
@@ -295,23 +274,20 @@ def _demo_parser(sub) -> None:
 
 def train_spec(args) -> RunSpec:
     """The :class:`~aevb.spec.RunSpec` of an ``aevb train`` command line: each option is a
-    key of the spec's flat form (:data:`aevb.spec.FLAT_KEYS`), and nothing else is done
+    key of the spec's flat form (:func:`aevb.spec.flat_keys`), and nothing else is done
     here."""
-    flat = {key: getattr(args, key, None) for key in FLAT_KEYS}
+    flat = {key: getattr(args, key, None) for key in flat_keys()}
     try:
         return RunSpec.from_flat(flat)
     except ConfigError as exc:
         raise ConfigError(option_message(str(exc))) from None
 
 
-#: a RunSpec setting's dotted path -> the ``aevb train`` option that sets it
-OPTIONS = {".".join(path): "--" + key.replace("_", "-") for key, path in FLAT_KEYS.items()}
-
-
 def option_message(message: str) -> str:
     """A RunSpec error as the command line's: ``schedule.epochs: ...`` -> ``--epochs: ...``."""
+    options = {".".join(path): "--" + key.replace("_", "-") for key, path in flat_keys().items()}
     path, sep, rest = message.partition(": ")
-    return f"{OPTIONS[path]}: {rest}" if sep and path in OPTIONS else message
+    return f"{options[path]}: {rest}" if sep and path in options else message
 
 
 def cmd_data(args) -> None:
@@ -385,9 +361,9 @@ def cmd_evaluate(args) -> dict:
     """``aevb evaluate RUN``: IS or AIS estimates on the run's test set (DESIGN.md keys)."""
     from aevb import runs
 
-    keys = ("estimator", "num_samples", "ais_temperatures", "subset", "batch_size", "seed")
     try:
-        evaluation = EvaluationSpec.from_dict({key: getattr(args, key) for key in keys})
+        given = {key: getattr(args, key) for key in declared(EvaluationSpec)}
+        evaluation = EvaluationSpec.from_dict(given)
     except ConfigError as exc:
         path, sep, rest = str(exc).partition(": ")
         raise ConfigError(f"--{path.replace('_', '-')}: {rest}" if sep else str(exc)) from None
@@ -447,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     error (the message, no traceback), 130 / 143 when SIGINT / SIGTERM stopped a run after
     it wrote a checkpoint. A genuine bug still shows its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import_modules(argv)
+    except AevbError as exc:
+        print(f"aevb: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

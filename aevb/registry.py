@@ -7,7 +7,6 @@ import difflib
 import hashlib
 import importlib
 import inspect
-import math
 import sys
 import typing
 from dataclasses import fields
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from aevb.errors import AevbError, ConfigError
+from aevb.settings import Setting, check
 
 
 def unknown_name(
@@ -30,6 +30,19 @@ def unknown_name(
     return error(f"unknown {what} {name!r}; expected one of {names}{extra}{hint}")
 
 
+def put(registry: dict, name: str, entry, kind: str):
+    """Put ``entry`` in ``registry`` under ``name`` (what every ``register`` does: models,
+    guides, objectives, samplers, estimators, inference methods): refused if the name is
+    not a non-empty string or another entry holds it."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a {kind} is registered under a non-empty name, got {name!r}")
+    held = registry.get(name)
+    if held is not None and held is not entry:
+        raise ConfigError(f"a {kind} named {name!r} is already registered: {held!r}")
+    registry[name] = entry
+    return entry
+
+
 def add(registry: dict, cls, kind: str, missing: list[str], hint: str):
     """Put ``cls`` in ``registry`` under ``cls.name`` (``models.register``,
     ``guides.register``): refused if it lacks the attributes in ``missing`` (``hint`` says
@@ -38,10 +51,7 @@ def add(registry: dict, cls, kind: str, missing: list[str], hint: str):
         raise ConfigError(
             f"{cls.__name__} cannot be registered as a {kind}: it has no {missing} ({hint})"
         )
-    if cls.name in registry and registry[cls.name] is not cls:
-        raise ConfigError(f"a {kind} named {cls.name!r} is already registered")
-    registry[cls.name] = cls
-    return cls
+    return put(registry, cls.name, cls, kind)
 
 
 def lookup(
@@ -83,29 +93,14 @@ def make_config(config_class: Any, base: Any = None, what: str = "", **overrides
     return config_class(**values)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _value_problem(kind, value, least: int) -> str | None:
-    """What is wrong with ``value`` for a config field of type ``kind`` (None: nothing).
-    Sizes (int) are >= ``least``, reals (float) finite and >= 0, layer sizes ints >= 1."""
-    if kind is int:
-        if not _is_int(value):
-            return "expected an integer"
-        return None if value >= least else f"must be >= {least}"
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return "expected a number"
-        return None if math.isfinite(value) and value >= 0 else "must be finite and >= 0"
-    if kind is bool:
-        return None if isinstance(value, bool) else "expected true or false"
-    if kind is str:
-        return None if isinstance(value, str) else "expected a string"
+def _implied(kind, least: int) -> Setting | None:
+    """The :class:`~aevb.settings.Setting` a model config field's type implies: sizes (int)
+    >= ``least``, reals (float) finite and >= 0, layer sizes integers >= 1 (None: a type the
+    model checks itself)."""
+    if kind in (int, float, bool, str):
+        return Setting(kind, minimum=least if kind is int else 0 if kind is float else None)
     if typing.get_origin(kind) is tuple and typing.get_args(kind)[:1] == (int,):
-        if not isinstance(value, tuple | list) or not all(_is_int(v) for v in value):
-            return "expected a list of integers"
-        return None if all(v >= 1 for v in value) else "every size must be >= 1"
+        return Setting(tuple, minimum=1)
     return None
 
 
@@ -113,18 +108,16 @@ def check_config_values(config_class: Any, values: dict, what: str = "") -> None
     """Raise :class:`ConfigError` for a value of the wrong type or range for its field of
     ``config_class`` (a dataclass): sizes must be integers >= 1 (>= 0 where the default is
     0 or the field's metadata says ``{"min": 0}``), reals finite and >= 0,
-    layer sizes lists of integers >= 1. Fields of other types are the model's to check."""
+    layer sizes lists of integers >= 1, by the one range checker (:func:`aevb.settings.check`).
+    Fields of other types are the model's to check."""
     hints = typing.get_type_hints(config_class)
     least = {
         f.name: f.metadata.get("min", 0 if f.default == 0 else 1) for f in fields(config_class)
     }
     for key, value in values.items():
-        if key not in hints or value is None:
-            continue
-        problem = _value_problem(hints[key], value, least.get(key, 1))
-        if problem is not None:
-            where = f"{what}.{key}" if what else key
-            raise ConfigError(f"{where}: {problem}, got {value!r}")
+        implied = _implied(hints.get(key), least.get(key, 1))
+        if implied is not None:
+            check(implied, value, f"{what}.{key}" if what else key)
 
 
 # ------------------------------------------------------------------ a user's own programs
@@ -170,6 +163,26 @@ def _import_module(name: str, ref: str, role: str, first: Path | None):
         raise ConfigError(f"{role} {ref!r}: importing {name} failed: {exc}") from exc
     except (ImportError, SyntaxError) as exc:
         raise ConfigError(f"{role} {ref!r}: importing {name} failed: {exc}") from exc
+
+
+#: the user modules imported by name in this process (``aevb --module``, a grid's
+#: ``modules``, a run's record), in order: what a run records, to import them again
+EXTENSIONS: dict[str, str | None] = {}
+
+
+def import_extensions(names, first: Path | None = None) -> None:
+    """Import each module of ``names``: a user's module that registers models, guides,
+    objectives, samplers, estimators or inference methods when imported, found as
+    ``python -m`` finds it (``first``: a folder searched before). Remembered in
+    :data:`EXTENSIONS` (name -> file), so that a run records them."""
+    for name in names:
+        module = _import_module(name, name, "module", first)
+        EXTENSIONS[name] = getattr(module, "__file__", None)
+
+
+def recorded_extensions() -> list[dict]:
+    """The imported extensions as a run records them: ``{"name", "file", "sha256"}``."""
+    return [{"name": n, "file": f, "sha256": _sha256(f)} for n, f in EXTENSIONS.items()]
 
 
 def import_reference(ref: str, role: str = "model", first: Path | None = None) -> Any:

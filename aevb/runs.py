@@ -28,26 +28,31 @@ Example:
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyro
 
-from aevb import data, guides, inference, models, plots
+from aevb import data, guides, models, plots
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError, RunDirError
 from aevb.inference import rundir
-from aevb.inference.objectives import OBJECTIVES
+from aevb.inference.method import METHODS, Method, run_method
 from aevb.inference.record import Run
 from aevb.inference.saved import evaluate_run
 from aevb.models import likelihoods
-from aevb.models.base import hooks
-from aevb.registry import import_reference, is_reference, program_source, reimport
-from aevb.spec import EvaluationSpec, MCEMSpec, RunSpec, SVISpec, VIMCMCSpec
-
-#: transitions per minibatch of a vi-mcmc spec that names none (VIMCMCConfig's default)
-VIMCMC_DEFAULT_STEPS = inference.VIMCMCConfig.mcmc_steps
+from aevb.models.base import hooks, recipe
+from aevb.registry import (
+    EXTENSIONS,
+    import_reference,
+    is_reference,
+    lookup,
+    program_source,
+    recorded_extensions,
+    reimport,
+)
+from aevb.spec import EvaluationSpec, RunSpec
 
 
 @dataclass
@@ -98,8 +103,7 @@ def resolve(spec: RunSpec) -> Resolved:
     """Load the data and build the model and guide a spec names. The global seed is set to
     the spec's before the weights are drawn (training re-draws them from it again)."""
     cls: Any = model_class(spec)
-    if isinstance(spec.inference, SVISpec | VIMCMCSpec):
-        objective_of(spec)  # an unknown objective fails before the data are read
+    resolved_config(spec)  # an unknown objective or sampler fails before the data are read
     if not inspect.isclass(cls) and not spec.model.guide:
         raise ConfigError(
             f"model {spec.model.name!r} is a plain function and names no guide: give one "
@@ -141,64 +145,33 @@ def keep_labels(spec: RunSpec, train: Dataset) -> Dataset:
     return train.keep_labels(spec.data.labels, seed=spec.schedule.seed)
 
 
-def objective_of(spec: RunSpec) -> tuple[str, int]:
-    """(objective, particles) an SVI spec trains with (a vi-mcmc spec its encoder), defaults
-    resolved."""
-    from aevb.registry import lookup
-
-    assert isinstance(spec.inference, SVISpec | VIMCMCSpec)
-    objective = spec.inference.objective
-    if objective is None and isinstance(spec.inference, SVISpec):
-        objective = hooks(model_class(spec)).default_objective
-    objective = objective or "trace"
-    default_particles = lookup(OBJECTIVES, objective, "objective").default_particles
-    k = spec.inference.particles or default_particles
-    return objective, k
-
-
-def default_out(spec: RunSpec) -> Path:
-    """``runs/MODEL-OBJECTIVEk-seedS`` (SVI), ``runs/MODEL-mcem-SAMPLER-seedS`` or
-    ``runs/MODEL-vi-mcmcK-OBJECTIVEk-seedS`` (a user's ``MODULE:NAME`` as ``MODULE.NAME``)."""
-    name, seed = spec.model.name.replace(":", "."), spec.schedule.seed  # MODULE:NAME
-    if isinstance(spec.inference, MCEMSpec):
-        return Path(f"runs/{name}-mcem-{spec.inference.sampler.name}-seed{seed}")
-    if isinstance(spec.inference, VIMCMCSpec):
-        objective, k = objective_of(spec)
-        steps = spec.inference.mcmc_steps or VIMCMC_DEFAULT_STEPS
-        return Path(f"runs/{name}-vi-mcmc{steps}-{objective}{k}-seed{seed}")
-    objective, k = objective_of(spec)
-    return Path(f"runs/{name}-{objective}{k}-seed{seed}")
-
-
-def _given(obj) -> dict:
-    """The fields of a spec part that are set (not None)."""
-    return {k: v for k, v in asdict(obj).items() if v is not None}
+def method_of(spec: RunSpec) -> Method:
+    """The inference method the spec names (:data:`aevb.inference.method.METHODS`)."""
+    return lookup(METHODS, spec.inference.method, "inference method")
 
 
 def fit_settings(spec: RunSpec) -> dict:
-    """The keyword settings of :func:`aevb.inference.fit` / ``mcem_fit`` / ``vimcmc_fit`` a
-    spec gives (what
-    it leaves at None is left to the model's recipe and the library's defaults)."""
-    settings = {**_given(spec.schedule), "device": spec.device}
-    inf = spec.inference
-    if isinstance(inf, SVISpec):
-        objective, k = objective_of(spec)
-        settings.update(num_particles=k, alpha=inf.alpha)
-        if inf.lr_schedule is not None:
-            settings["lr_schedule"] = inf.lr_schedule
-        return settings
-    if isinstance(inf, VIMCMCSpec):
-        objective, k = objective_of(spec)
-        own = {k: v for k, v in _given(inf).items() if k not in ("leapfrog_steps", "particles")}
-        settings.update(own, objective=objective, num_particles=k)
-        if inf.leapfrog_steps is not None:
-            settings["sampler_options"] = {"num_steps": inf.leapfrog_steps}
-        return settings
-    own = {k: v for k, v in _given(inf).items() if k != "sampler"}
-    settings.update(own, sampler=inf.sampler.name)
-    if inf.sampler.options:
-        settings["sampler_options"] = dict(inf.sampler.options)
-    return settings
+    """The keyword settings of the method's fit a spec gives: the schedule's and the
+    method's settings that are set (what it leaves at None is left to the model's recipe and
+    the config's defaults), and the device. Their names are the config's: one declaration."""
+    return {**spec.schedule.given(), **spec.inference.given(), "device": spec.device}
+
+
+def resolved_config(spec: RunSpec, model=None) -> Any:
+    """The config the spec's method trains with, the model's recipe and the defaults
+    applied (``model``: the built model, else the model class the spec names)."""
+    method = method_of(spec)
+    target = model if model is not None else model_class(spec)
+    settings = {k: v for k, v in fit_settings(spec).items() if k != "device"}
+    return method.configure(target, recipe(target, settings, mcem=method.mcem_recipe))
+
+
+def default_out(spec: RunSpec) -> Path:
+    """``runs/MODEL-NAME-seedS``, NAME the method's :meth:`~aevb.inference.method.Method.
+    run_name` (``iwae5``, ``mcem-batched-hmc``, ``vi-mcmc5-trace1``; a user's ``MODULE:NAME``
+    model as ``MODULE.NAME``)."""
+    name, seed = spec.model.name.replace(":", "."), spec.schedule.seed
+    return Path(f"runs/{name}-{method_of(spec).run_name(resolved_config(spec))}-seed{seed}")
 
 
 def _meta(r: Resolved, out: str | Path | None, resume: bool) -> dict:
@@ -213,7 +186,9 @@ def _meta(r: Resolved, out: str | Path | None, resume: bool) -> dict:
         "test_subset": spec.data.test_subset,
         "labels": spec.data.labels,
     }
-    meta = {"data_spec": data_spec, "spec": spec.to_dict()}
+    meta: dict = {"data_spec": data_spec, "spec": spec.to_dict()}
+    if EXTENSIONS:  # user modules that registered methods, objectives, ... (aevb --module)
+        meta["modules"] = recorded_extensions()
     found = imports(r)
     if resume and out is not None and rundir.has_checkpoint(out):
         found = _imports_as_started(found, out)
@@ -285,18 +260,12 @@ def train(
 
 
 def fit_resolved(spec: RunSpec, r: Resolved, **common) -> tuple[Run, str, str]:
-    """Train the resolved spec by its method with the fit function's keyword settings
-    ``common``; returns (run, its label, what its training curve shows)."""
-    inf = spec.inference
-    if isinstance(inf, MCEMSpec):
-        run = inference.mcem_fit(r.model, r.guide, r.train, **common)
-        return run, f"mcem-{inf.sampler.name}", "log p(x, z) at draws"
-    if isinstance(inf, VIMCMCSpec):
-        run = inference.vimcmc_fit(r.model, r.guide, r.train, **common)
-        return run, f"vi-mcmc{run.config['fit']['mcmc_steps']}", "encoder bound"
-    objective, _ = objective_of(spec)
-    run = inference.fit(r.model, r.guide, r.train, objective, **common)
-    return run, objective, "train bound"
+    """Train the resolved spec by its method with the keyword arguments ``common``
+    (:func:`aevb.inference.method.run_method`'s); returns (run, its label, what its training
+    curve shows)."""
+    method = method_of(spec)
+    label = method.label(resolved_config(spec, r.model))
+    return run_method(method, r.model, r.guide, r.train, **common), label, method.curve
 
 
 def evaluate(
@@ -349,8 +318,9 @@ __all__ = [
     "fit_resolved",
     "fit_settings",
     "imports",
+    "method_of",
     "model_class",
-    "objective_of",
+    "resolved_config",
     "resolve",
     "run",
     "train",

@@ -8,12 +8,17 @@ turns back, checking every key and value on the way::
       model       ModelSpec      registry name, preset, guide, config overrides
       data        DataSpec       dataset name or path, binarisation, subsets
       inference   SVISpec        objective, particles, alpha, lr schedule
-                  | MCEMSpec     a SamplerSpec (name and the sampler's own options), MCEM's
-                                 settings, the proposal fitted for evaluation
+                  | MCEMSpec     sampler and its options, MCEM's settings, the proposal
+                                 fitted for evaluation
                   | VIMCMCSpec   the encoder's objective, HMC transitions from its draws
+                  | ...          one per method of :data:`aevb.inference.method.METHODS`
       schedule    ScheduleSpec   epochs, batch size, learning rate, time budget, seed
       evaluation  (EvaluationSpec, ...)   estimators run once training is done
       device      "cpu", "cuda", "cuda:N" or "auto" (:mod:`aevb.devices`)
+
+Every setting is declared once, as a field of a config (:mod:`aevb.settings`): the inference
+and schedule parts are made from the method's config (:func:`spec_for`), so a setting added
+there is a spec key, a TOML key and an ``aevb train`` option at once.
 
 A field left at ``None`` means "the model's recipe, else the library's default": the spec
 records what was asked for, the run's ``config.json`` also records what it resolved to
@@ -23,7 +28,7 @@ records what was asked for, the run's ``config.json`` also records what it resol
 Two forms are accepted. The nested form is :meth:`RunSpec.from_dict`'s (JSON, a TOML file with
 ``[model]``, ``[schedule]``... tables). The flat form is the one of ``aevb train``'s options
 and of ``aevb compare``'s cells (``objective = "iwae"``, ``particles = 5``, ``z_dim = 50``),
-mapped by :data:`FLAT_KEYS` (:meth:`RunSpec.from_flat`).
+mapped by :func:`flat_keys` (:meth:`RunSpec.from_flat`).
 
 Names that point into a registry (model, guide, objective, sampler, preset) are checked where
 the spec is resolved (:func:`aevb.runs.resolve`), against the registries of the process that
@@ -46,11 +51,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import tomllib
 
@@ -58,53 +62,17 @@ import tomllib
 from aevb.data.dataset import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
-from aevb.registry import check_config_values
+from aevb.inference.estimators import ESTIMATORS
+from aevb.inference.loop import LoopConfig
+from aevb.inference.method import METHODS
+from aevb.registry import check_config_values, lookup
+from aevb.settings import Setting, check, declared, default_of, of, setting
 
 # ------------------------------------------------------------------ value checks
 
 
 def _where(path: str) -> str:
     return f"{path}: " if path else ""
-
-
-def _integer(minimum: int) -> Callable[[Any, str], int]:
-    def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                f"{_where(path)}invalid int value: {value!r} (expected an integer >= {minimum})"
-            )
-        if value < minimum:
-            raise ConfigError(f"{_where(path)}must be >= {minimum}, got {value}")
-        return value
-
-    return check
-
-
-def _number(positive: bool = False) -> Callable[[Any, str], float]:
-    def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{_where(path)}invalid float value: {value!r} (expected a number)")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ConfigError(f"{_where(path)}must be finite, got {value!r}")
-        if positive and not number > 0:
-            raise ConfigError(f"{_where(path)}must be > 0, got {value!r}")
-        return number
-
-    return check
-
-
-def _text(choices: tuple[str, ...] | None = None) -> Callable[[Any, str], str]:
-    def check(value, path):
-        if not isinstance(value, str):
-            raise ConfigError(f"{_where(path)}expected a string, got {value!r}")
-        if choices is not None and value not in choices:
-            raise ConfigError(
-                f"{_where(path)}invalid choice: {value!r} (choose from {', '.join(choices)})"
-            )
-        return value
-
-    return check
 
 
 def _table(value, path) -> dict:
@@ -120,11 +88,6 @@ def _frozen(value):
     if isinstance(value, Mapping):
         return {str(k): _frozen(v) for k, v in value.items()}
     return value
-
-
-def _setting(check: Callable[[Any, str], Any] | None = None, default: Any = None, **kw):
-    """A spec field whose value is checked by ``check`` (None passes as "not set")."""
-    return field(default=default, metadata={"check": check}, **kw)
 
 
 def close_keys(key: str, valid) -> str:
@@ -159,8 +122,8 @@ def _build(cls, raw, path: str):
         nested = f.metadata.get("spec")
         if nested is not None:
             kwargs[f.name] = nested(value, where)
-        elif f.metadata.get("check") is not None:
-            kwargs[f.name] = f.metadata["check"](value, where)
+        elif "setting" in f.metadata:
+            kwargs[f.name] = _frozen(check(of(f), value, where))
         else:
             kwargs[f.name] = value
     return cls(**kwargs)
@@ -193,6 +156,16 @@ class _Spec:
         """The part as a dict of plain values (:meth:`from_dict` reads it back)."""
         return _to_dict(self)
 
+    def given(self) -> dict:
+        """The fields that are set (not None), by name."""
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+def _guide_names():
+    from aevb import guides
+
+    return guides.GUIDES
+
 
 @dataclass(frozen=True)
 class ModelSpec(_Spec):
@@ -205,11 +178,24 @@ class ModelSpec(_Spec):
     function (``"my_models:GaussVAE"``, ``"my_models:guide"``), imported where the spec is
     resolved (:func:`aevb.models.get`); a plain model function needs a guide."""
 
-    name: str = _setting(_text(), "vae")
-    preset: str | None = _setting(_text())
-    guide: str | None = _setting(_text())
-    config: Mapping[str, Any] = _setting(_table, default=MISSING, default_factory=dict)
-    guide_config: Mapping[str, Any] = _setting(_table, default=MISSING, default_factory=dict)
+    name: str = setting("vae", help="a registered model name or MODULE:NAME")
+    preset: str | None = setting(
+        None, kind=str, help="a named model configuration, e.g. tutorial-cb", unset="none"
+    )
+    guide: str | None = setting(
+        None,
+        kind=str,
+        names=_guide_names,
+        help="the approximate posterior's family, or MODULE:NAME: a guide class or a Pyro "
+        "function guide(x) of your own (needed for a plain model function)",
+        unset="the model's",
+    )
+    config: Mapping[str, Any] = setting(
+        default_factory=dict, exposed=False, help="overrides of the model's config fields"
+    )
+    guide_config: Mapping[str, Any] = setting(
+        default_factory=dict, exposed=False, help="overrides of the guide's config fields"
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "config", _frozen(dict(self.config)))
@@ -263,151 +249,134 @@ class DataSpec(_Spec):
     training labels kept, balanced over the classes and chosen by the run's seed, the rest
     hidden (None = all kept; semi-supervised models such as M2 only)."""
 
-    source: str = _setting(_text(), "mnist")
-    binarize: str | None = _setting(_text(tuple(sorted(BINARIZATIONS))))
-    subset: int | None = _setting(_integer(1))
-    test_subset: int | None = _setting(_integer(1))
-    labels: int | None = _setting(_integer(1))
-
-
-#: learning-rate schedules of SVI (:data:`aevb.inference.svi.LR_SCHEDULES`)
-LR_SCHEDULE_NAMES = ("constant", "burda")
-
-
-@dataclass(frozen=True)
-class SVISpec(_Spec):
-    """Stochastic variational inference: the objective (a key of
-    :data:`aevb.inference.OBJECTIVES`; None = the model's default, else ``trace``), its
-    particles per datapoint (None = the objective's default: 5 for iwae and renyi, else 1),
-    the Renyi alpha (the ``renyi`` objective only) and the learning-rate schedule."""
-
-    method = "svi"
-    objective: str | None = _setting(_text())
-    particles: int | None = _setting(_integer(1))
-    alpha: float | None = _setting(_number())
-    lr_schedule: str | None = _setting(_text(LR_SCHEDULE_NAMES))
-
-    def __post_init__(self):
-        from aevb.inference.objectives import check_alpha
-
-        if self.objective is not None:
-            check_alpha(self.objective, self.alpha, "inference.alpha")
-
-    @staticmethod
-    def unknown(key: str, path: str) -> ConfigError:
-        return _unknown_setting(key, path, "svi")
+    source: str = setting("mnist", help="dataset name, IDX folder or .npz/.npy")
+    binarize: str | None = setting(
+        None,
+        kind=str,
+        choices=tuple(sorted(BINARIZATIONS)),
+        help="the data transform",
+        unset="the model's, else the dataset's",
+    )
+    subset: int | None = setting(
+        None, kind=int, minimum=1, help="train on the first N datapoints", unset="all"
+    )
+    test_subset: int | None = setting(
+        None, kind=int, minimum=1, help="score the first N test points", unset="all"
+    )
+    labels: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="keep N training labels, balanced over the classes and chosen by the seed; hide "
+        "the rest (semi-supervised models)",
+        unset="all",
+    )
 
 
 @dataclass(frozen=True)
-class SamplerSpec(_Spec):
-    """MCEM's E-step sampler: a key of :data:`aevb.inference.samplers.SAMPLERS` and options
-    of that sampler's own dataclass (e.g. ``{"num_steps": 20}`` for ``batched-hmc``,
-    ``{"max_tree_depth": 6}`` for ``nuts``)."""
+class InferenceSpec(_Spec):
+    """The inference part of a spec: one subclass per method of
+    :data:`aevb.inference.method.METHODS`, made by :func:`spec_for` from the exposed settings
+    of the method's config (each None: the model's recipe, else the config's default)."""
 
-    name: str = _setting(_text(), "batched-hmc")
-    options: Mapping[str, Any] = _setting(_table, default=MISSING, default_factory=dict)
-
-    def __post_init__(self):
-        object.__setattr__(self, "options", _frozen(dict(self.options)))
-        from aevb.inference.samplers import check_sampler_options
-
-        check_sampler_options(self.name, self.options, "inference.sampler.options")
+    method: ClassVar[str] = ""
 
 
-def _sampler(value, path) -> SamplerSpec:
-    if isinstance(value, str):  # the flat form: just the name
-        value = {"name": value}
-    return _build(SamplerSpec, value, path)
+#: each method's spec class, made once per (name, config class)
+_SPECS: dict[tuple[str, type], type[InferenceSpec]] = {}
 
 
-@dataclass(frozen=True)
-class MCEMSpec(_Spec):
-    """Monte Carlo EM (:class:`aevb.inference.MCEMConfig` has what each setting means; None =
-    the model's MCEM recipe, else that default)."""
-
-    method = "mcem"
-    sampler: SamplerSpec = field(default_factory=SamplerSpec, metadata={"spec": _sampler})
-    proposal_epochs: int | None = _setting(_integer(0))
-    proposal_objective: str | None = _setting(_text())
-    m_steps: int | None = _setting(_integer(1))
-    num_samples: int | None = _setting(_integer(1))
-    first_visit_warmup: int | None = _setting(_integer(0))
-    init_step_size: float | None = _setting(_number(positive=True))
-    lr_decay: float | None = _setting(_number(positive=True))
-    lr_decay_epochs: int | None = _setting(_integer(1))
-
-    @staticmethod
-    def unknown(key: str, path: str) -> ConfigError:
-        return _unknown_setting(key, path, "mcem")
-
-
-@dataclass(frozen=True)
-class VIMCMCSpec(_Spec):
-    """MCMC-refined VI (:class:`aevb.inference.VIMCMCConfig` has what each setting means;
-    None = the model's recipe, else that default): the encoder's objective and particles,
-    ``mcmc_steps`` HMC transitions from its draws, ``leapfrog_steps`` per transition."""
-
-    method = "vi-mcmc"
-    objective: str | None = _setting(_text())
-    particles: int | None = _setting(_integer(1))
-    alpha: float | None = _setting(_number())
-    mcmc_steps: int | None = _setting(_integer(1))
-    leapfrog_steps: int | None = _setting(_integer(1))
-    init_step_size: float | None = _setting(_number(positive=True))
-
-    def __post_init__(self):
-        from aevb.inference.objectives import check_alpha
-
-        if self.objective is not None:
-            check_alpha(self.objective, self.alpha, "inference.alpha")
-
-    @staticmethod
-    def unknown(key: str, path: str) -> ConfigError:
-        return _unknown_setting(key, path, "vi-mcmc")
+def spec_for(name: str) -> type[InferenceSpec]:
+    """The spec class of the inference method ``name``: one optional field per exposed
+    setting of its config (:mod:`aevb.settings`) that is not a schedule setting."""
+    method = lookup(METHODS, name, "inference method")
+    key = (name, method.config)
+    if key not in _SPECS:
+        shared = {f.name for f in fields(LoopConfig)}
+        own = [
+            (f.name, Any, field(default=None, metadata=f.metadata))
+            for f in declared(method.config).values()
+            if of(f).exposed and f.name not in shared
+        ]
+        namespace = {
+            "method": name,
+            "__doc__": f"The settings of {method.title} (``{name}``): :class:"
+            f"`{method.config.__module__}.{method.config.__qualname__}` has what each means.",
+            "__post_init__": lambda self: method.check_spec(self.given(), "inference"),
+            "unknown": staticmethod(lambda key, path: _unknown_setting(key, path, name)),
+        }
+        title = "".join(part.upper() for part in name.split("-"))
+        cls = make_dataclass(
+            f"{title}Spec", own, bases=(InferenceSpec,), frozen=True, namespace=namespace
+        )
+        cls.__module__ = __name__
+        _SPECS[key] = cls
+    return _SPECS[key]
 
 
-INFERENCE_SPECS: dict[str, type] = {"svi": SVISpec, "mcem": MCEMSpec, "vi-mcmc": VIMCMCSpec}
-
-
-#: each method's name in words, for errors
-METHOD_NAMES = {"svi": "SVI", "mcem": "Monte Carlo EM", "vi-mcmc": "MCMC-refined VI"}
+def inference_specs() -> dict[str, type[InferenceSpec]]:
+    """Every registered method's spec class, by name."""
+    return {name: spec_for(name) for name in METHODS}
 
 
 def _unknown_setting(key: str, path: str, method: str) -> ConfigError:
     """The error for an inference setting ``key`` that ``method``'s spec does not have: the
     methods that have it, if any, else the closest valid keys."""
-    owners = [m for m, cls in INFERENCE_SPECS.items() if key in {f.name for f in fields(cls)}]
+    specs = inference_specs()
+    owners = [m for m, cls in specs.items() if key in {f.name for f in fields(cls)}]
     if owners:
-        names = " and ".join(f"{METHOD_NAMES[m]} ({m!r})" for m in owners)
+        names = " and ".join(f"{METHODS[m].title} ({m!r})" for m in owners)
         return ConfigError(
-            f"{key} is a setting of {names}; {METHOD_NAMES[method]} (method {method!r}) has none"
+            f"{key} is a setting of {names}; {METHODS[method].title} (method {method!r}) has none"
         )
-    return unknown_key(key, {f.name for f in fields(INFERENCE_SPECS[method])}, path)
+    return unknown_key(key, {f.name for f in fields(specs[method])}, path)
 
 
-def _inference(value, path) -> SVISpec | MCEMSpec | VIMCMCSpec:
+def _inference(value, path) -> InferenceSpec:
+    if isinstance(value, InferenceSpec):
+        return value
     values = _table(value, path)
-    method = _text(tuple(INFERENCE_SPECS))(values.pop("method", "svi"), f"{path}.method")
-    return _build(INFERENCE_SPECS[method], values, path)
+    method = check(
+        Setting(str, choices=lambda: METHODS), values.pop("method", "svi"), f"{path}.method"
+    )
+    values = METHODS[method].upgrade_spec(values)
+    return _build(spec_for(method), values, path)
 
 
-@dataclass(frozen=True)
-class ScheduleSpec(_Spec):
-    """How long and how fast: epochs (None = the model's recipe, else 10), minibatch size
-    (recipe, else 20), Adam's learning rate (recipe, else 1e-3), a training-time budget in
-    seconds and a step budget (None = none), and the seed that fixes the run."""
+def _schedule_spec() -> type:
+    """The schedule part: the exposed settings every method shares (:class:`LoopConfig`'s),
+    None: the model's recipe, else the config's default; the seed defaults to the config's."""
+    parts = [
+        (
+            f.name,
+            Any,
+            field(default=default_of(f) if f.name == "seed" else None, metadata=f.metadata),
+        )
+        for f in declared(LoopConfig).values()
+        if of(f).exposed
+    ]
+    doc = (
+        "How long and how fast: the settings every method shares (:class:"
+        "`aevb.inference.loop.LoopConfig` has what each means); None: the model's recipe, else "
+        "the config's default."
+    )
+    cls = make_dataclass(
+        "ScheduleSpec", parts, bases=(_Spec,), frozen=True, namespace={"__doc__": doc}
+    )
+    cls.__module__ = __name__
+    return cls
 
-    epochs: int | None = _setting(_integer(1))
-    batch_size: int | None = _setting(_integer(1))
-    lr: float | None = _setting(_number(positive=True))
-    max_seconds: float | None = _setting(_number(positive=True))
-    max_steps: int | None = _setting(_integer(1))
-    seed: int = _setting(_integer(0), 0)
+
+#: the schedule part, and the three methods' parts (made, so typed as Any)
+ScheduleSpec: Any = _schedule_spec()
+SVISpec: Any = spec_for("svi")
+MCEMSpec: Any = spec_for("mcem")
+VIMCMCSpec: Any = spec_for("vi-mcmc")
 
 
-#: estimators of log p(x) on the test set (:func:`aevb.inference.saved.evaluate_run`) and
-#: their default sample counts: IS proposals per datapoint, AIS chains per datapoint
-ESTIMATOR_DEFAULTS = {"is": 1000, "ais": 16}
+def estimator_defaults() -> dict[str, int]:
+    """Each estimator's ``num_samples`` where none is given (its ``default_samples``)."""
+    return {name: e.default_samples for name, e in ESTIMATORS.items()}
 
 
 @dataclass(frozen=True)
@@ -416,17 +385,25 @@ class EvaluationSpec(_Spec):
     ``num_samples`` proposals per datapoint, or ``ais`` with ``num_samples`` chains and
     ``ais_temperatures`` temperatures; on the first ``subset`` test points (None = all)."""
 
-    estimator: str = _setting(_text(tuple(ESTIMATOR_DEFAULTS)), "is")
-    num_samples: int | None = _setting(_integer(1))
-    ais_temperatures: int = _setting(_integer(1), 500)
-    subset: int | None = _setting(_integer(1))
-    batch_size: int = _setting(_integer(1), 100)
-    seed: int = _setting(_integer(0), 0)
+    estimator: str = setting("is", choices=lambda: ESTIMATORS, help="the estimator")
+    num_samples: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="the estimator's draws per datapoint",
+        unset="the estimator's default_samples",
+    )
+    ais_temperatures: int = setting(500, minimum=1, help="AIS: annealing steps")
+    subset: int | None = setting(
+        None, kind=int, minimum=1, help="first N test points only", unset="all"
+    )
+    batch_size: int = setting(100, minimum=1, help="test points per batch")
+    seed: int = setting(0, minimum=0, help="the seed of the estimate's draws")
 
     @property
     def samples(self) -> int:
         """``num_samples``, or the estimator's default (IS: 1000, AIS: 16)."""
-        return self.num_samples or ESTIMATOR_DEFAULTS[self.estimator]
+        return self.num_samples or ESTIMATORS[self.estimator].default_samples
 
     @property
     def key(self) -> str:
@@ -447,7 +424,7 @@ def _evaluations(value, path) -> tuple[EvaluationSpec, ...]:
 
 def _device(value, path) -> str:
     try:
-        return check_device_name(_text()(value, path))
+        return check_device_name(check(Setting(str), value, path))
     except ConfigError as exc:
         raise ConfigError(f"{_where(path)}{exc}") from None
 
@@ -462,15 +439,11 @@ class RunSpec(_Spec):
 
     model: ModelSpec = field(default_factory=ModelSpec, metadata={"spec": _nested(ModelSpec)})
     data: DataSpec = field(default_factory=DataSpec, metadata={"spec": _nested(DataSpec)})
-    inference: SVISpec | MCEMSpec | VIMCMCSpec = field(
-        default_factory=SVISpec, metadata={"spec": _inference}
-    )
-    schedule: ScheduleSpec = field(
-        default_factory=ScheduleSpec, metadata={"spec": _nested(ScheduleSpec)}
-    )
+    inference: InferenceSpec = field(default_factory=SVISpec, metadata={"spec": _inference})
+    schedule: Any = field(default_factory=ScheduleSpec, metadata={"spec": _nested(ScheduleSpec)})
     evaluation: tuple[EvaluationSpec, ...] = field(default=(), metadata={"spec": _evaluations})
     #: "cpu" (the default: published figures reproduce), "cuda", "cuda:N" or "auto"
-    device: str = _setting(_device, "cpu")
+    device: str = field(default="cpu", metadata={"spec": _device})
 
     def __post_init__(self):
         object.__setattr__(self, "evaluation", tuple(self.evaluation))
@@ -489,7 +462,7 @@ class RunSpec(_Spec):
 
     @classmethod
     def from_flat(cls, flat: Mapping) -> RunSpec:
-        """The spec of a flat dict of :data:`FLAT_KEYS` (``aevb train``'s options with
+        """The spec of a flat dict of :func:`flat_keys` (``aevb train``'s options with
         dashes as underscores; an ``aevb compare`` cell)."""
         return cls.from_dict(nest(flat))
 
@@ -500,8 +473,8 @@ class RunSpec(_Spec):
         return replace(self, **parts)
 
 
-#: the flat form's keys and where each goes in the nested form
-FLAT_KEYS: dict[str, tuple[str, ...]] = {
+#: the flat form's keys of the model and the data, and where each goes in the nested form
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "model": ("model", "name"),
     "preset": ("model", "preset"),
     "guide": ("model", "guide"),
@@ -514,22 +487,20 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "subset": ("data", "subset"),
     "test_subset": ("data", "test_subset"),
     "labels": ("data", "labels"),
-    "inference": ("inference", "method"),
-    "objective": ("inference", "objective"),
-    "particles": ("inference", "particles"),
-    "alpha": ("inference", "alpha"),
-    "lr_schedule": ("inference", "lr_schedule"),
-    "sampler": ("inference", "sampler", "name"),
-    "proposal_epochs": ("inference", "proposal_epochs"),
-    "mcmc_steps": ("inference", "mcmc_steps"),
-    "leapfrog_steps": ("inference", "leapfrog_steps"),
-    "epochs": ("schedule", "epochs"),
-    "batch_size": ("schedule", "batch_size"),
-    "lr": ("schedule", "lr"),
-    "max_seconds": ("schedule", "max_seconds"),
-    "seed": ("schedule", "seed"),
-    "device": ("device",),
 }
+
+
+def flat_keys() -> dict[str, tuple[str, ...]]:
+    """The flat form's keys (``aevb train``'s options, an ``aevb compare`` cell's keys) and
+    where each goes in the nested form: :data:`MODEL_KEYS`, ``inference`` (the method), every
+    registered method's settings, the schedule's and ``device``. Read from the declarations
+    each time, so a method a user's module registers adds its settings."""
+    keys = {**MODEL_KEYS, "inference": ("inference", "method")}
+    for cls in inference_specs().values():
+        keys.update({f.name: ("inference", f.name) for f in fields(cls)})
+    keys.update({f.name: ("schedule", f.name) for f in fields(ScheduleSpec)})
+    keys["device"] = ("device",)
+    return keys
 
 
 def hidden_sizes(value, path: str = "hidden") -> tuple[int, ...]:
@@ -549,17 +520,18 @@ def hidden_sizes(value, path: str = "hidden") -> tuple[int, ...]:
 
 
 def nest(flat: Mapping) -> dict:
-    """The nested form of a flat dict of :data:`FLAT_KEYS` (None values are left out)."""
+    """The nested form of a flat dict of :func:`flat_keys` (None values are left out)."""
     out: dict = {}
+    keys = flat_keys()
     for key, value in flat.items():
-        if key not in FLAT_KEYS:
-            raise unknown_key(key, FLAT_KEYS)
+        if key not in keys:
+            raise unknown_key(key, keys)
         if value is None:
             continue
         if key == "hidden":
             value = hidden_sizes(value)
         where = out
-        *parents, last = FLAT_KEYS[key]
+        *parents, last = keys[key]
         for part in parents:
             where = where.setdefault(part, {})
         where[last] = value
@@ -588,17 +560,21 @@ def load_spec(path) -> RunSpec:
 
 
 __all__ = [
-    "FLAT_KEYS",
+    "MODEL_KEYS",
+    "InferenceSpec",
     "DataSpec",
     "EvaluationSpec",
     "MCEMSpec",
     "ModelSpec",
     "RunSpec",
     "SVISpec",
-    "SamplerSpec",
     "VIMCMCSpec",
     "ScheduleSpec",
     "close_keys",
+    "estimator_defaults",
+    "flat_keys",
+    "inference_specs",
+    "spec_for",
     "hidden_sizes",
     "load_spec",
     "nest",

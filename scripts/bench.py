@@ -110,7 +110,7 @@ def package_rate(train, model_name: str, objective: str, k: int, steps: int, see
         guide,
         train,
         objective,
-        num_particles=k,
+        particles=k,
         epochs=10**6,
         max_steps=steps + 10,
         batch_size=batch,
@@ -185,7 +185,7 @@ def package_seconds_per_step(name: str, steps: int) -> tuple[float, int, str, in
     spec = RunSpec.from_flat({"model": name, "device": str(DEVICE)})
     resolved = runs.resolve(spec)
     train, model, guide = resolved.train, resolved.model, resolved.guide
-    objective, _ = runs.objective_of(spec)
+    objective = runs.resolved_config(spec, model).objective
     settings = recipe(model, runs.fit_settings(spec))
     batch = settings.get("batch_size", 20)
     stamps: list[float] = []

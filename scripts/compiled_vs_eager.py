@@ -32,7 +32,7 @@ def images_per_second(
     pyro.set_rng_seed(seed)
     model = models.build("vae")
     guide = guides.default_for(model)
-    cfg = FitConfig(objective=objective, num_particles=k, jit=jit, batch_size=batch)
+    cfg = FitConfig(objective=objective, particles=k, jit=jit, batch_size=batch)
     step = SVIAlgorithm(model, guide, cfg)
     g = torch.Generator().manual_seed(seed)
     batches = list(train.batches(batch, shuffle=True, generator=g, indexed=True))

@@ -308,13 +308,13 @@ def test_a_users_pair_is_compiled_and_trains_as_it_would_eagerly(objective, k):
     (another draw would move the losses by Monte Carlo noise, ~1e-2 here)."""
     x = torch.randn(96, 6, generator=torch.Generator().manual_seed(0))
     pyro.clear_param_store()
-    alg = _svi(_user_model, _user_guide, objective, num_particles=k)
+    alg = _svi(_user_model, _user_guide, objective, particles=k)
     alg.prepare(as_dataset(x), (x[:32],))
     assert alg.jit
 
     def losses(jit):
         pyro.clear_param_store()
-        kw = dict(num_particles=k, epochs=2, batch_size=32, seed=3, progress=False, jit=jit)
+        kw = dict(particles=k, epochs=2, batch_size=32, seed=3, progress=False, jit=jit)
         run = inference.fit(_user_model, _user_guide, x, objective, **kw)
         return run.history["train_loss"].to_numpy()
 

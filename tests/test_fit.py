@@ -44,7 +44,7 @@ def test_user_written_model_and_guide_train(objective, k):
         x[:300],
         objective,
         test=x[300:],
-        num_particles=k,
+        particles=k,
         epochs=8,
         batch_size=50,
         lr=0.05,
@@ -98,7 +98,7 @@ def test_resume_matches_an_uninterrupted_run(
             data,
             objective,
             test=binary_data[:64],
-            num_particles=k,
+            particles=k,
             epochs=epochs,
             batch_size=32,
             seed=4,
@@ -196,11 +196,11 @@ def test_the_library_and_the_cli_default_to_the_objectives_particle_count(
     model = models.build("vae", x_dim=16, z_dim=2, hidden=(8,))
     alpha = {"alpha": 0.5} if objective == "renyi" else {}
     run = inference.fit(model, None, binary_data[:64], objective, epochs=1, batch_size=32, **alpha)
-    assert run.config["fit"]["num_particles"] == k
+    assert run.config["fit"]["particles"] == k
     np.savez(tmp_path / "d.npz", x=binary_data.numpy())
     out = tmp_path / "run"
     argv = ["train", "vae", "--data", str(tmp_path / "d.npz"), "--objective", objective]
     argv += ["--z-dim", "2", "--hidden", "8", "--epochs", "1", "--out", str(out), "--quiet"]
     argv += ["--alpha", "0.5"] if alpha else []
     assert main(argv) == 0
-    assert json.loads((out / "config.json").read_text())["fit"]["num_particles"] == k
+    assert json.loads((out / "config.json").read_text())["fit"]["particles"] == k

@@ -68,11 +68,11 @@ def test_one_step_for_every_model_and_objective(name, objective):
     key = (name, objective)
     if key in REFUSED:
         with pytest.raises(ObjectiveError, match=REFUSED[key]):
-            inference.fit(model, guide, data, objective, num_particles=k, alpha=alpha, epochs=1)
+            inference.fit(model, guide, data, objective, particles=k, alpha=alpha, epochs=1)
         return
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     run = inference.fit(
-        model, guide, data, objective, num_particles=k, alpha=alpha, epochs=1, batch_size=12
+        model, guide, data, objective, particles=k, alpha=alpha, epochs=1, batch_size=12
     )
     assert np.isfinite(run.history["train_loss"]).all()
     changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]

@@ -90,4 +90,4 @@ def test_upgrade_record_moves_old_mcem_sampler_settings():
     assert new["fit"] == {"sampler": "hmc", "sampler_options": {"num_steps": 20}}
     assert rundir.upgrade_record(new) == new
     svi = {"inference": "svi", "fit": {"objective": "trace"}}
-    assert rundir.upgrade_record(svi) is svi
+    assert rundir.upgrade_record(svi) == svi

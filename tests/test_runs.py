@@ -35,7 +35,7 @@ def test_the_library_and_the_cli_use_the_same_recipe_and_particles(tmp_path, obj
     run = inference.fit(models.build("fa"), None, train.subset(96), objective, epochs=1)
     cli = _fit_record(tmp_path / "cli")
     assert json.loads(json.dumps(run.config["fit"])) == cli
-    assert (cli["batch_size"], cli["lr"], cli["num_particles"]) == (32, 1e-2, k)
+    assert (cli["batch_size"], cli["lr"], cli["particles"]) == (32, 1e-2, k)
 
 
 def test_the_mcem_recipe_is_the_same_in_the_library_and_the_cli(tmp_path):
@@ -56,7 +56,8 @@ def test_a_models_default_objective_is_the_librarys_too():
     run = inference.fit(model, None, x, epochs=1)
     assert run.config["fit"]["objective"] == "enum"
     spec = RunSpec.from_flat({"model": "gmvae"})
-    assert runs.objective_of(spec) == ("enum", 1)
+    cfg = runs.resolved_config(spec)
+    assert (cfg.objective, cfg.particles) == ("enum", 1)
 
 
 def test_runs_train_is_the_cli_bit_for_bit(tmp_path):

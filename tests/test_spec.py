@@ -11,7 +11,6 @@ from aevb.spec import (
     MCEMSpec,
     ModelSpec,
     RunSpec,
-    SamplerSpec,
     ScheduleSpec,
     SVISpec,
     VIMCMCSpec,
@@ -28,7 +27,9 @@ SPECS = [
     ),
     RunSpec(
         model=ModelSpec("fa", guide="gaussian"),
-        inference=MCEMSpec(SamplerSpec("nuts", {"max_tree_depth": 6}), proposal_epochs=0),
+        inference=MCEMSpec(
+            sampler="nuts", sampler_options={"max_tree_depth": 6}, proposal_epochs=0
+        ),
     ),
 ]
 
@@ -108,7 +109,7 @@ def test_a_bad_key_or_value_is_a_clear_error_naming_it(raw, message):
 
 def test_the_flat_form_is_the_command_lines():
     spec = RunSpec.from_flat({"model": "fa", "inference": "mcem", "sampler": "hmc", "epochs": 2})
-    assert spec.inference == MCEMSpec(SamplerSpec("hmc"))
+    assert spec.inference == MCEMSpec(sampler="hmc")
     assert spec.schedule.epochs == 2 and spec.model.name == "fa"
     with pytest.raises(ConfigError, match="unknown key 'partciles'; did you mean particles"):
         RunSpec.from_flat({"partciles": 5})

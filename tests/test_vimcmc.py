@@ -143,9 +143,7 @@ def test_fa_trained_by_vi_mcmc_reaches_the_true_model_evidence():
     train, test = data.load("fa-synthetic")
     pyro.clear_param_store()
     model = models.build("fa")
-    inference.vimcmc_fit(
-        model, None, train, mcmc_steps=2, sampler_options={"num_steps": 3}, epochs=20, seed=0
-    )
+    inference.vimcmc_fit(model, None, train, mcmc_steps=2, leapfrog_steps=3, epochs=20, seed=0)
     truth = data.fa_truth()
     with torch.no_grad():
         gap = float(truth.log_evidence(test.x).mean() - model.log_evidence(test.x).mean())

@@ -170,7 +170,7 @@ def test_bounds_against_the_evidence_by_numerical_integration():
     g = torch.Generator().manual_seed(1)
     train = torch.bernoulli(torch.full((256, 2, 3), 0.4), generator=g)
     train[:128, :, :2] = train[:128, :1, :2]  # rows that repeat: something for z to carry
-    inference.fit(model, guide, train, "iwae", num_particles=5, epochs=20, batch_size=32, lr=1e-2)
+    inference.fit(model, guide, train, "iwae", particles=5, epochs=20, batch_size=32, lr=1e-2)
     x = train[[0, 1, 200]]
     grid = torch.linspace(-7.0, 7.0, 281)
     z = torch.cartesian_prod(grid, grid)  # [G^2, 2]: (z_0, z_1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aevb import runs
-from aevb.spec import FLAT_KEYS, RunSpec, unknown_key
+from aevb.spec import RunSpec, flat_keys, unknown_key
 
 #: settings a cell may carry besides those of ``aevb train`` (handled here)
 OWN_KEYS = {"label"}
@@ -17,9 +17,9 @@ _GRID_SET = {"seed"}
 
 
 def cell_keys() -> set[str]:
-    """The keys a cell may hold: the RunSpec's flat form (:data:`aevb.spec.FLAT_KEYS`, the
+    """The keys a cell may hold: the RunSpec's flat form (:func:`aevb.spec.flat_keys`, the
     ``aevb train`` options) but the seed, and ``label``."""
-    return (set(FLAT_KEYS) - _GRID_SET) | OWN_KEYS
+    return (set(flat_keys()) - _GRID_SET) | OWN_KEYS
 
 
 def cell_spec(cell: dict, seed: int, evaluation=()) -> RunSpec:

@@ -6,7 +6,7 @@ A config names cells (model, data, inference back-end and its settings) and seed
     seeds = [0, 1]
 
     [defaults]                  # shared by every cell: keys of the RunSpec's flat form
-                                # (:data:`aevb.spec.FLAT_KEYS`, the ``aevb train`` options)
+                                # (:func:`aevb.spec.flat_keys`, the ``aevb train`` options)
     model = "fa"
     data = "fa-synthetic"
     epochs = 35
@@ -87,7 +87,7 @@ from aevb.experiments.tracking import (
 )
 from aevb.inference import rundir
 from aevb.registry import import_reference, is_reference, split_reference
-from aevb.spec import ESTIMATOR_DEFAULTS, EvaluationSpec, unknown_key
+from aevb.spec import EvaluationSpec, estimator_defaults, unknown_key
 
 #: the short prefix a cell label gives a setting's value (k5, a0.5, K5, T2, L100)
 _LABEL_PREFIX = {
@@ -189,7 +189,7 @@ _EVALUATE_SHARED = {"ais_temperatures", "subset", "batch_size", "seed"}
 def evaluations(table: dict, path: Path | str = "") -> tuple[EvaluationSpec, ...]:
     """The estimators of an ``[evaluate]`` table (``is = 1000``, ``ais = 16``, shared
     ``ais_temperatures``, ``subset``, ...) as :class:`~aevb.spec.EvaluationSpec` s."""
-    valid = set(ESTIMATOR_DEFAULTS) | _EVALUATE_SHARED
+    valid = set(estimator_defaults()) | _EVALUATE_SHARED
     for key in table:
         if key not in valid:
             raise ConfigError(f"{path}: [evaluate]: {unknown_key(key, valid)}")
@@ -197,7 +197,7 @@ def evaluations(table: dict, path: Path | str = "") -> tuple[EvaluationSpec, ...
     try:
         return tuple(
             EvaluationSpec.from_dict({"estimator": name, "num_samples": table[name], **shared})
-            for name in ESTIMATOR_DEFAULTS
+            for name in estimator_defaults()
             if name in table
         )
     except ConfigError as exc:

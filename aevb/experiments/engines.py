@@ -20,7 +20,6 @@ References:
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import traceback
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aevb.errors import ConfigError, RunInterrupted
+from aevb.registry import import_extensions
 from aevb.spec import close_keys
 
 
@@ -73,8 +73,7 @@ def run_task(task: Task) -> dict:
             if task.module_folder in sys.path:
                 sys.path.remove(task.module_folder)
             sys.path.insert(0, task.module_folder)
-        for name in task.modules:
-            importlib.import_module(name)
+        import_extensions(task.modules)  # recorded in the run, like aevb --module
     evaluations = tuple(EvaluationSpec.from_dict(e) for e in task.evaluate)
     tracking = None
     if task.tracking is not None:

@@ -7,6 +7,8 @@ and AIS in the :mod:`.estimators` package); the run directory's layout lives in 
 alone, a saved run is rebuilt, loaded and evaluated by :mod:`.saved`, and what a run records
 and when it may resume are :mod:`.record`'s."""
 
+from aevb.inference.estimators import ESTIMATORS
+from aevb.inference.estimators.ais import AISConfig, ais_dataset
 from aevb.inference.evaluate import (
     Bounds,
     active_units,
@@ -18,15 +20,21 @@ from aevb.inference.evaluate import (
 )
 from aevb.inference.mcem import MCEMConfig
 from aevb.inference.mcem import fit as mcem_fit
+from aevb.inference.method import METHODS, run_method
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.record import Run
+from aevb.inference.samplers import SAMPLERS
 from aevb.inference.saved import evaluate_run, load_run
 from aevb.inference.svi import FitConfig, SVIConfig, fit
 from aevb.inference.vimcmc import VIMCMCConfig
 from aevb.inference.vimcmc import fit as vimcmc_fit
 
 __all__ = [
+    "ESTIMATORS",
+    "METHODS",
     "OBJECTIVES",
+    "SAMPLERS",
+    "AISConfig",
     "Bounds",
     "FitConfig",
     "MCEMConfig",
@@ -34,6 +42,7 @@ __all__ = [
     "SVIConfig",
     "VIMCMCConfig",
     "active_units",
+    "ais_dataset",
     "bounds",
     "check_compatible",
     "elbo",
@@ -45,5 +54,6 @@ __all__ = [
     "make_objective",
     "mcem_fit",
     "posterior_means",
+    "run_method",
     "vimcmc_fit",
 ]

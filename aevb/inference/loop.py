@@ -30,7 +30,7 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywid
 from aevb.data.dataset import Dataset
 from aevb.devices import describe as describe_device
 from aevb.devices import fork_devices, move, resolve_device, to_cpu
-from aevb.errors import ConfigError, DataError, ObjectiveError, RunInterrupted, TrainingDiverged
+from aevb.errors import DataError, ObjectiveError, RunInterrupted, TrainingDiverged
 from aevb.inference import evaluate as ev
 from aevb.inference import programs, rundir
 from aevb.inference.optim import Adam
@@ -45,76 +45,75 @@ from aevb.inference.record import (
 from aevb.inference.saved import load_params
 from aevb.models.base import check_dataset, hooks
 from aevb.models.nets import AdoptModules
+from aevb.settings import check_fields, setting
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Settings every algorithm shares (recorded in ``config.json``)."""
+    """Settings every algorithm shares (recorded in ``config.json``); each is declared once
+    (:mod:`aevb.settings`), and the exposed ones are a RunSpec's ``schedule`` and options of
+    ``aevb train``."""
 
-    epochs: int = 10
-    #: 20, Burda et al.'s minibatch size; it reached a better log-likelihood in 10 epochs
-    #: than 100 did for the same recipe on MNIST (see the README)
-    batch_size: int = 20
-    #: Adam with Burda et al.'s settings: lr 1e-3, betas (0.9, 0.999), eps 1e-4
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-4
-    seed: int = 0
-    #: draws per test datapoint for the per-epoch test ELBO
-    test_num_samples: int = 1
-    #: parameter-name prefixes held fixed (e.g. ("encoder",) trains the model only)
-    freeze: tuple[str, ...] = ()
-    #: stop after this many minibatch steps in total (the last epoch may be partial)
-    max_steps: int | None = None
-    #: stop once this many seconds of training (evaluation excluded) have passed in total,
-    #: for comparisons under one wall-clock budget (the last epoch may be partial)
-    max_seconds: float | None = None
-    max_plate_nesting: int = 1
-    #: Pyro's argument and support checks on every step. The first minibatch is always
-    #: checked (before training starts) and a non-finite loss always stops the run; the
-    #: checks cost ~15% of a VAE step on 2 cores (``scripts/bench.py``), so they are off
-    #: for the remaining steps unless this is set
-    validate: bool = False
-    #: where model, guide, minibatches and the algorithm's state live: "cpu" (the default,
-    #: so published figures reproduce), "cuda", "cuda:N" or "auto" (:mod:`aevb.devices`);
-    #: parameters are initialised on the CPU from the seed, then moved, so a run starts
-    #: from the same weights on every device
-    device: str = "cpu"
-
-    #: the range of every numeric setting: (bound, True: >= bound / False: > bound); the
-    #: library's own check, so ``inference.fit(..., epochs=-1)`` is refused like the CLI's
-    RANGES = {
-        "epochs": (1, True),
-        "batch_size": (1, True),
-        "lr": (0, False),
-        "eps": (0, False),
-        "seed": (0, True),
-        "test_num_samples": (1, True),
-        "max_steps": (1, True),
-        "max_seconds": (0, False),
-        "max_plate_nesting": (1, True),
-    }
+    epochs: int = setting(10, minimum=1, help="passes over the training set", unset="")
+    batch_size: int = setting(
+        20,
+        minimum=1,
+        help="minibatch size: Burda et al.'s 20 reached a better log-likelihood in 10 epochs "
+        "than 100 for the same recipe on MNIST",
+    )
+    lr: float = setting(
+        1e-3, minimum=0, above=True, help="Adam's learning rate (Burda et al.'s Adam settings)"
+    )
+    betas: tuple[float, float] = setting(
+        (0.9, 0.999), kind=tuple, exposed=False, help="Adam's betas (Burda et al.'s)"
+    )
+    eps: float = setting(1e-4, minimum=0, above=True, exposed=False, help="Adam's eps")
+    seed: int = setting(0, minimum=0, help="the seed that fixes the run")
+    test_num_samples: int = setting(
+        1, minimum=1, exposed=False, help="draws per test datapoint for the per-epoch test ELBO"
+    )
+    freeze: tuple[str, ...] = setting(
+        (),
+        kind=tuple,
+        exposed=False,
+        help="parameter-name prefixes held fixed (('encoder',) trains the model only)",
+    )
+    max_steps: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="stop after this many minibatch steps in total (the last epoch may be partial)",
+        unset="none",
+    )
+    max_seconds: float | None = setting(
+        None,
+        kind=float,
+        minimum=0,
+        above=True,
+        help="stop once this many seconds of training (evaluation excluded) have passed in "
+        "total, for comparisons under one wall-clock budget",
+        unset="none",
+    )
+    max_plate_nesting: int = setting(
+        1, minimum=1, exposed=False, help="plates the objective may nest (Pyro's)"
+    )
+    validate: bool = setting(
+        False,
+        exposed=False,
+        help="Pyro's argument and support checks on every step. The first minibatch is always "
+        "checked and a non-finite loss always stops the run; the checks cost ~15% of a VAE "
+        "step on 2 cores (scripts/bench.py), so they are off for the rest unless this is set",
+    )
+    device: str = setting(
+        "cpu",
+        exposed=False,
+        help="where model, guide, minibatches and the algorithm's state live: cpu (the "
+        "default, so published figures reproduce), cuda, cuda:N or auto; parameters are "
+        "initialised on the CPU from the seed, then moved",
+    )
 
     def __post_init__(self):
-        check_ranges(self, type(self).RANGES)
-
-
-def check_ranges(settings, ranges: dict[str, tuple[float, bool]]) -> None:
-    """Raise :class:`~aevb.errors.ConfigError` for a setting of the wrong type or outside
-    its range (``ranges``: name -> (bound, inclusive)); None means "not set" and passes."""
-    for name, (bound, inclusive) in ranges.items():
-        value = getattr(settings, name, None)
-        if value is None:
-            continue
-        integer = isinstance(bound, int) and inclusive
-        if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-            kind = "an integer" if integer else "a number"
-            raise ConfigError(f"{name}: expected {kind}, got {value!r}")
-        ok = math.isfinite(value) and (value >= bound if inclusive else value > bound)
-        if not ok:
-            raise ConfigError(
-                f"{name}: must be {'>=' if inclusive else '>'} {bound}, got {value!r}"
-            )
+        check_fields(self)
 
 
 class Algorithm(Protocol):

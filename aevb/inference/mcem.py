@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -40,58 +38,79 @@ from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError
 from aevb.inference import rundir
 from aevb.inference.loop import LoopConfig, apply_gradients
-from aevb.inference.method import Method, RunOptions, launch, prepare
+from aevb.inference.method import Method, RunOptions, launch, prepare, register, run_method
+from aevb.inference.objectives import OBJECTIVES
 from aevb.inference.optim import Adam
 from aevb.inference.record import Run, describe
-from aevb.inference.samplers import Latents, log_step_change, sampler_from_options
+from aevb.inference.samplers import (
+    SAMPLERS,
+    Latents,
+    check_sampler_options,
+    log_step_change,
+    sampler_from_options,
+)
 from aevb.inference.samplers.chains import ChainState
 from aevb.inference.saved import load_params
+from aevb.settings import setting
 
 
 @dataclass(frozen=True)
 class MCEMConfig(LoopConfig):
     """Settings of one MCEM run (recorded in ``config.json``)."""
 
-    #: ``hmc`` / ``nuts`` (Pyro's kernels, the minibatch as one chain) or ``batched-hmc``
-    sampler: str = "batched-hmc"
-    #: the sampler's own settings (fields of its class in
-    #: :data:`aevb.inference.samplers.SAMPLERS`); each sampler's defaults follow Kingma &
-    #: Welling's MCEM: 10 leapfrog steps per transition, step sizes tuned to 90% acceptance
-    sampler_options: dict = field(default_factory=dict)
-    #: transitions per E-step, each one draw in the M-step average
-    num_samples: int = 1
-    #: extra adapting transitions at a datapoint's (or the shared chain's) first visit
-    first_visit_warmup: int = 10
-    #: Adam steps per E-step: 5 "weight updates" per HMC sample in Kingma & Welling
-    m_steps: int = 5
-    #: starting step size before the first-visit search
-    init_step_size: float = 0.1
-    #: the learning rate decays geometrically to lr * lr_decay over the first
-    #: ``lr_decay_epochs`` epochs' steps and stays there: the M-step's Monte Carlo noise then
-    #: averages out instead of leaving theta jittering at the end (decreasing gains as in
-    #: stochastic-approximation EM, Delyon et al. 1999)
-    lr_decay: float = 1.0
-    #: the decay's length in epochs (needed when lr_decay != 1). The schedule is a function of
-    #: the step alone, not of ``epochs``: extending a run (``--resume --epochs N``) gives
-    #: the same result as an uninterrupted N-epoch run
-    lr_decay_epochs: int | None = None
-    #: after training, epochs of fitting the proposal q(z|x) with theta frozen (0: none), at
-    #: the run's lr: on fa-synthetic 5 epochs left IS-1000 1.4 nats below the exact
-    #: evidence, 10 reached it within 0.001
-    proposal_epochs: int = 10
-    #: the objective that fits the proposal
-    proposal_objective: str = "trace"
-
-    RANGES = {
-        **LoopConfig.RANGES,
-        "num_samples": (1, True),
-        "first_visit_warmup": (0, True),
-        "m_steps": (1, True),
-        "init_step_size": (0, False),
-        "lr_decay": (0, False),
-        "lr_decay_epochs": (1, True),
-        "proposal_epochs": (0, True),
-    }
+    sampler: str = setting(
+        "batched-hmc",
+        names=lambda: SAMPLERS,
+        help="the E-step's sampler: hmc / nuts (Pyro's kernels, the minibatch as one chain) "
+        "or batched-hmc (one chain and step size per datapoint)",
+    )
+    sampler_options: dict = setting(
+        default_factory=dict,
+        help="the sampler's own settings (fields of its class in SAMPLERS); each sampler's "
+        "defaults follow Kingma & Welling's MCEM: 10 leapfrog steps per transition, step "
+        "sizes tuned to 90% acceptance",
+        unset="the sampler's",
+    )
+    num_samples: int = setting(
+        1, minimum=1, help="transitions per E-step, each one draw in the M-step average"
+    )
+    first_visit_warmup: int = setting(
+        10,
+        minimum=0,
+        help="extra adapting transitions at a datapoint's (or the shared chain's) first visit",
+    )
+    m_steps: int = setting(
+        5, minimum=1, help="Adam steps per E-step: 5 weight updates per HMC sample in K&W"
+    )
+    init_step_size: float = setting(
+        0.1, minimum=0, above=True, help="the step size before the first-visit search"
+    )
+    lr_decay: float = setting(
+        1.0,
+        minimum=0,
+        above=True,
+        help="the learning rate decays geometrically to lr * lr_decay over the first "
+        "lr_decay_epochs epochs' steps and stays there, so the M-step's Monte Carlo noise "
+        "averages out (decreasing gains as in stochastic-approximation EM, Delyon et al. 1999)",
+    )
+    lr_decay_epochs: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="the decay's length in epochs (needed when lr_decay != 1); a function of the step "
+        "alone, so --resume --epochs N gives the same result as an uninterrupted N-epoch run",
+        unset="none",
+    )
+    proposal_epochs: int = setting(
+        10,
+        minimum=0,
+        help="after training, epochs fitting the proposal q(z|x) with theta frozen (0: none), "
+        "for evaluation: on fa-synthetic 5 left IS-1000 1.4 nats below the exact evidence, 10 "
+        "reached it within 0.001",
+    )
+    proposal_objective: str = setting(
+        "trace", names=lambda: OBJECTIVES, help="the objective that fits the proposal"
+    )
 
 
 class MCEMAlgorithm:
@@ -245,13 +264,13 @@ class MCEM(Method):
     """What MCEM adds to the shared path (:mod:`aevb.inference.method`): its recipe, its
     checks, a guide only as the evaluation proposal (the loop trains the model alone)."""
 
-    name, config, settings_name = "mcem", MCEMConfig, "MCEM"
-    mcem_recipe, trains_guide = True, False
+    name, title, config, settings_name = "mcem", "Monte Carlo EM", MCEMConfig, "MCEM"
+    mcem_recipe, trains_guide, curve = True, False, "log p(x, z) at draws"
 
     def configure(self, model, settings: dict) -> MCEMConfig:
-        cfg = MCEMConfig(**settings)
+        cfg = self.config(**settings)
         sampler_from_options(cfg.sampler, cfg.sampler_options)  # bad names fail before any run
-        if cfg.lr_decay != 1.0 and cfg.lr_decay_epochs is None:  # ranges: MCEMConfig.RANGES
+        if cfg.lr_decay != 1.0 and cfg.lr_decay_epochs is None:
             raise ConfigError(
                 f"lr_decay={cfg.lr_decay} needs lr_decay_epochs >= 1 (the epochs over which "
                 f"the learning rate falls to lr * lr_decay), got {cfg.lr_decay_epochs}"
@@ -280,31 +299,45 @@ class MCEM(Method):
     def label(self, cfg: MCEMConfig) -> str:
         return f"mcem-{cfg.sampler}"
 
+    def check_spec(self, settings: dict, where: str) -> None:
+        name = settings.get("sampler") or MCEMConfig.sampler
+        options = settings.get("sampler_options") or {}
+        check_sampler_options(name, options, f"{where}.sampler_options")
 
-def fit(
-    model,
-    guide=None,
-    train=None,
-    *,
-    test=None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool | None = None,
-    verbose: bool = False,
-    reset: bool = True,
-    meta: dict | None = None,
-    callback: Callable[[int, int, float], None] | None = None,
-    epoch_callback: Callable[[dict], None] | None = None,
-    **settings,
-) -> Run:
+    def upgrade_spec(self, settings: dict) -> dict:
+        return rundir.upgrade_sampler_spec(settings)
+
+    def fit(self, model, guide, train, settings: dict, options: RunOptions) -> Run:
+        """Train the model, then fit the evaluation proposal q(z|x) with the model frozen
+        (restored instead if a resumed run trained nothing since it was fitted)."""
+        setup = prepare(self, model, guide, train, settings, options.test)
+        before = _saved_proposal(options.out) if options.resume else None
+        run = launch(self, model, setup, options)
+        if setup.guide is None or setup.cfg.proposal_epochs == 0:
+            return run
+        if before is not None and len(run.history) == before[0]:
+            load_params(model, setup.guide, before[1])
+            run.guide = setup.guide
+            run.extra["proposal_history"] = pd.DataFrame(before[1]["proposal_history"])
+            return run
+        cfg, progress = setup.cfg, options.progress
+        fit_proposal(run, setup.guide, setup.ds, cfg, test=setup.test, progress=progress)
+        return run
+
+
+register(MCEM())
+
+
+def fit(model, guide=None, train=None, **kwargs) -> Run:
     """Train ``model`` by Monte Carlo EM on ``train``; return a :class:`Run`.
 
     :param model: a Pyro model ``model(x)`` whose latents are continuous and local (inside one
         data plate); its default guide (or ``guide``) becomes the evaluation proposal.
-    :param settings: fields of :class:`MCEMConfig` (``sampler``, ``epochs``, ``m_steps``, ...);
-        those left out take the model's MCEM recipe (``mcem_defaults``, else
-        ``fit_defaults``), then :class:`MCEMConfig`'s defaults, as on the command line. The
-        other arguments are :func:`aevb.inference.fit`'s.
+    :param kwargs: how the run runs (:class:`~aevb.inference.method.RunOptions`, as for
+        :func:`aevb.inference.fit`) and fields of :class:`MCEMConfig` (``sampler``,
+        ``epochs``, ``m_steps``, ...); those left out take the model's MCEM recipe
+        (``mcem_defaults``, else ``fit_defaults``), then :class:`MCEMConfig`'s defaults, as
+        on the command line.
 
     The history's ``train_loss`` is -log p_theta(x, z) per datapoint at the E-step's draws
     (before the M-step); it also records the mean acceptance probability, step size and the
@@ -319,23 +352,7 @@ def fit(
         [1, 2]
     """
     _check_order(guide, train)
-    method = MCEM()
-    setup = prepare(method, model, guide, train, settings, test)
-    before = _saved_proposal(out) if resume else None
-    options = RunOptions(
-        test, out, resume, progress, verbose, reset, meta, callback, epoch_callback
-    )
-    run = launch(method, model, setup, options)
-    if setup.guide is None or setup.cfg.proposal_epochs == 0:
-        return run
-    if before is not None and len(run.history) == before[0]:
-        # nothing was trained since the proposal was fitted: restore it, do not refit it
-        load_params(model, setup.guide, before[1])
-        run.guide = setup.guide
-        run.extra["proposal_history"] = pd.DataFrame(before[1]["proposal_history"])
-        return run
-    fit_proposal(run, setup.guide, setup.ds, setup.cfg, test=setup.test, progress=progress)
-    return run
+    return run_method("mcem", model, guide, train, **kwargs)
 
 
 def _check_order(guide, train) -> None:

@@ -9,12 +9,19 @@ differs, as a :class:`Method`:
 
 - :func:`prepare`: settings -> :class:`Setup` (config, guide, data sets);
 - :func:`launch`: a :class:`Setup` -> the trained :class:`~aevb.inference.record.Run`;
-- :func:`run_method`: both (a method with nothing to do in between).
+- :meth:`Method.fit`: both (MCEM then fits its evaluation proposal).
+
+:data:`METHODS` is the registry of methods by name (``svi``, ``mcem``, ``vi-mcmc``): the
+RunSpec's ``inference.method``, ``aevb train --inference`` and grids read it, and each method's
+settings (its config's exposed fields, :mod:`aevb.settings`) become that method's spec keys
+and command-line options. A user's module adds one with :func:`register`; "Adding a method" in
+the docs walks through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,8 @@ from aevb.inference.loop import Algorithm, LoopConfig
 from aevb.inference.objectives import OBJECTIVES, check_alpha
 from aevb.inference.record import Run, describe, make_record
 from aevb.models.base import recipe
+from aevb.registry import lookup, put
+from aevb.settings import setting
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,17 @@ class Setup:
 class Method:
     """What one inference method adds to the shared path; a subclass overrides what differs."""
 
-    #: the record's ``inference`` name (``config.json``)
+    #: the record's ``inference`` name (``config.json``), the RunSpec's ``inference.method``
     name = ""
-    #: the method's settings, a :class:`~aevb.inference.loop.LoopConfig` subclass
+    #: the method in words (errors, help)
+    title = ""
+    #: the method's settings, a :class:`~aevb.inference.loop.LoopConfig` subclass whose fields
+    #: declare them (:func:`aevb.settings.setting`)
     config: type[LoopConfig] = LoopConfig
     #: how the message about unknown settings names them ("unknown fit setting(s) ...")
     settings_name = "fit"
+    #: what the training curve of the run's figures shows
+    curve = "train bound"
     #: complete the settings by the model's MCEM recipe (``mcem_defaults``, else
     #: ``fit_defaults``) instead of its ``fit_defaults``
     mcem_recipe = False
@@ -91,23 +105,111 @@ class Method:
         """The progress bar's name for the method (after the model's name)."""
         return self.name
 
+    def run_name(self, cfg) -> str:
+        """The run's name in ``runs/MODEL-NAME-seedS`` (:func:`aevb.runs.default_out`)."""
+        return self.label(cfg)
+
+    def check_spec(self, settings: dict, where: str) -> None:
+        """Refuse a combination of a spec's settings (``settings``: those given) that each
+        setting's own check cannot see, where the spec is read."""
+
+    def upgrade_spec(self, settings: dict) -> dict:
+        """A spec's settings as an older aevb wrote them (``config.json``), in today's form."""
+        return settings
+
+    def fit(self, model, guide, train, settings: dict, options: RunOptions) -> Run:
+        """Train by this method: :func:`prepare`, then :func:`launch` (MCEM overrides it
+        to fit its evaluation proposal afterwards)."""
+        setup = prepare(self, model, guide, train, settings, options.test)
+        return launch(self, model, setup, options)
+
+
+class ObjectiveMethod(Method):
+    """A method whose config is an :class:`ObjectiveConfig` (SVI, vi-mcmc): its spec's
+    objective and alpha are checked together where the spec is read."""
+
+    def check_spec(self, settings: dict, where: str) -> None:
+        if settings.get("objective") is not None:
+            check_alpha(settings["objective"], settings.get("alpha"), f"{where}.alpha")
+
+
+#: inference methods by name (:func:`register` adds one)
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` (an instance of a :class:`Method` subclass) under ``method.name``; a
+    name another method holds is an error."""
+    if not isinstance(method, Method):
+        raise ConfigError(f"register() takes an instance of a Method subclass, got {method!r}")
+    return put(METHODS, method.name, method, "inference method")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig(LoopConfig):
+    """The settings of a method that trains the guide by an objective of
+    :data:`~aevb.inference.objectives.OBJECTIVES` (SVI; vi-mcmc's encoder), declared once."""
+
+    objective: str = setting(
+        "trace",
+        names=lambda: OBJECTIVES,
+        help="the objective the guide (and, by SVI, the model) is trained by; where none is "
+        "given, SVI takes the model's default_objective",
+    )
+    particles: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="particles per datapoint: k of the IWAE bound, or Monte Carlo samples of the ELBO",
+        unset=lambda: default_particles(),
+    )
+    alpha: float | None = setting(
+        None, kind=float, help="the Renyi alpha (the renyi objective only)", unset="none"
+    )
+
 
 def objective_settings(settings: dict, default: str) -> dict:
     """``settings`` with a known ``objective`` (``default`` where none is given), its
-    ``alpha`` checked and ``num_particles`` set (None: the objective's default)."""
+    ``alpha`` checked and ``particles`` set (None: the objective's default)."""
     objective = settings.get("objective") or default
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
+    lookup(OBJECTIVES, objective, "objective")
     check_alpha(objective, settings.get("alpha"))
     settings = {**settings, "objective": objective}
-    if settings.get("num_particles") is None:
-        settings["num_particles"] = OBJECTIVES[objective].default_particles
+    if settings.get("particles") is None:
+        settings["particles"] = OBJECTIVES[objective].default_particles
     return settings
+
+
+def default_particles() -> str:
+    """Each objective's default particles in words ("the objective's: 5 for iwae, renyi;
+    else 1"), read from the registry."""
+    by_k: dict[int, list[str]] = {}
+    for name, objective in OBJECTIVES.items():
+        by_k.setdefault(objective.default_particles, []).append(name)
+    usual = max(by_k, key=lambda k: len(by_k[k]))
+    others = "".join(f"{k} for {', '.join(ns)}; " for k, ns in by_k.items() if k != usual)
+    return f"the objective's: {others}else {usual}"
+
+
+#: settings renamed since aevb 0.1's first releases: old name -> today's
+RENAMED = {"num_particles": "particles"}
+
+
+def renamed(settings: dict) -> dict:
+    """``settings`` with old names (:data:`RENAMED`) in today's form, with a warning."""
+    out = dict(settings)
+    for old, new in RENAMED.items():
+        if old in out:
+            warnings.warn(f"{old}= is now {new}=", FutureWarning, stacklevel=4)
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def prepare(method: Method, model, guide, train, settings: dict, test=None) -> Setup:
     """Check the settings and data, complete the settings by the model's recipe, build the
     config and pair the model with its default guide where none is given."""
+    settings = renamed(settings)
     fields = {f.name for f in dataclasses.fields(method.config)}
     unknown = set(settings) - fields
     if unknown:
@@ -149,8 +251,17 @@ def launch(method: Method, model, setup: Setup, options: RunOptions) -> Run:
     )
 
 
-def run_method(method: Method, model, guide, train, settings: dict, options: RunOptions) -> Run:
-    """:func:`prepare`, then :func:`launch`: the whole path for a method with nothing to do
-    in between."""
-    setup = prepare(method, model, guide, train, settings, options.test)
-    return launch(method, model, setup, options)
+def run_method(method: str | Method, model, guide=None, train=None, **kwargs) -> Run:
+    """Train ``model`` (and ``guide``) on ``train`` by ``method`` (a name of
+    :data:`METHODS` or a :class:`Method`); what :func:`aevb.inference.fit`,
+    :func:`~aevb.inference.mcem_fit` and :func:`~aevb.inference.vimcmc_fit` call.
+
+    ``kwargs`` are :class:`RunOptions`' (``test``, ``out``, ``resume``, ``progress``,
+    ``verbose``, ``reset``, ``meta``, ``callback``, ``epoch_callback``) and the settings of
+    the method's config; settings left out take the model's recipe, then the config's
+    defaults, as on the command line."""
+    chosen = lookup(METHODS, method, "inference method") if isinstance(method, str) else method
+    names = {f.name for f in dataclasses.fields(RunOptions)}
+    options = RunOptions(**{k: v for k, v in kwargs.items() if k in names})
+    settings = {k: v for k, v in kwargs.items() if k not in names}
+    return chosen.fit(model, guide, train, settings, options)

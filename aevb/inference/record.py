@@ -103,6 +103,7 @@ RESUMABLE_CHANGES = (
     "spec.schedule.max_steps",
     "spec.schedule.max_seconds",
     "spec.evaluation",
+    "modules",
 )
 
 

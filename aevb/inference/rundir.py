@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from aevb.errors import RunDirError, RunLocked
+from aevb.errors import ConfigError, RunDirError, RunLocked
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.csv"
@@ -387,20 +387,71 @@ _OLD_SAMPLER_FIELDS = {"num_steps": 10, "target_accept_prob": 0.9, "max_tree_dep
 
 def upgrade_record(record: dict) -> dict:
     """A run record of an older version in today's form (for comparing on resume): an MCEM
-    record's sampler settings move into ``sampler_options``."""
-    fit = record.get("fit", {})
-    if record.get("inference") != "mcem" or "sampler_options" in fit:
-        return record
+    record's sampler settings move into ``sampler_options`` and its spec's nested sampler
+    table becomes ``sampler`` and ``sampler_options``; ``num_particles`` is ``particles``; a
+    vi-mcmc record's ``sampler_options = {"num_steps": n}`` is ``leapfrog_steps = n``."""
+    fit = dict(record.get("fit", {}))
+    if "num_particles" in fit:
+        fit["particles"] = fit.pop("num_particles")
+    if record.get("inference") == "vi-mcmc":
+        fit = upgrade_vimcmc_settings(fit, OLD_LEAPFROG_STEPS)
+    if record.get("inference") == "mcem" and "sampler_options" not in fit:
+        fit = _mcem_sampler_options(fit)
+    record = {**record, "fit": fit} if "fit" in record else dict(record)
+    spec = record.get("spec")
+    if isinstance(spec, dict) and isinstance(spec.get("inference"), dict):
+        inference = upgrade_sampler_spec(spec["inference"])
+        record["spec"] = {**spec, "inference": inference}
+    return record
+
+
+#: the leapfrog steps of a vi-mcmc run that recorded none (batched HMC's default then)
+OLD_LEAPFROG_STEPS = 10
+
+
+def upgrade_vimcmc_settings(settings: dict, default: int | None = None) -> dict:
+    """vi-mcmc settings of an older version (``sampler_options = {"num_steps": n}``,
+    ``num_particles``) in today's form (``leapfrog_steps = n``, ``particles``); ``default``:
+    the leapfrog steps where the old options gave none (None: leave them unset)."""
+    out = dict(settings)
+    if "num_particles" in out:
+        out.setdefault("particles", out.pop("num_particles"))
+    if "sampler_options" not in out:
+        return out
+    options = dict(out.pop("sampler_options") or {})
+    steps = options.pop("num_steps", default)
+    if steps is not None:
+        out.setdefault("leapfrog_steps", steps)
+    if options:
+        raise ConfigError(f"vi-mcmc has no sampler options {sorted(options)} any more")
+    return out
+
+
+def upgrade_sampler_spec(inference: dict) -> dict:
+    """A spec's MCEM settings of an older version (``sampler = {name, options}``) in today's
+    form (``sampler = name``, ``sampler_options = options``)."""
+    sampler = inference.get("sampler")
+    if not isinstance(sampler, dict):
+        return inference
+    out = {k: v for k, v in inference.items() if k != "sampler"}
+    out["sampler"] = sampler.get("name", "batched-hmc")
+    if sampler.get("options"):
+        out["sampler_options"] = dict(sampler["options"])
+    return out
+
+
+def _mcem_sampler_options(fit: dict) -> dict:
+    """An MCEM record's sampler settings, kept beside MCEM's own before, in
+    ``sampler_options``."""
     from aevb.inference.samplers import sampler_options
 
-    fit = dict(fit)
     options = {}
     own = sampler_options(fit.get("sampler", "batched-hmc"))
     for key, default in _OLD_SAMPLER_FIELDS.items():
         value = fit.pop(key, default)
         if key in own and value != default:
             options[key] = value
-    return {**record, "fit": {**fit, "sampler_options": options}}
+    return {**fit, "sampler_options": options}
 
 
 def module_states(*objs) -> list:

@@ -22,14 +22,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from aevb.errors import ConfigError, ObjectiveError
-from aevb.inference.loop import LoopConfig, apply_gradients
-from aevb.inference.method import Method, RunOptions, objective_settings, run_method
+from aevb.errors import ObjectiveError
+from aevb.inference.loop import apply_gradients
+from aevb.inference.method import (
+    ObjectiveConfig,
+    ObjectiveMethod,
+    objective_settings,
+    register,
+    run_method,
+)
 from aevb.inference.objectives import (
     OBJECTIVES,
     check_compatible,
@@ -50,29 +55,29 @@ from aevb.inference.programs import (
 )
 from aevb.inference.record import Run
 from aevb.models.base import hooks
+from aevb.settings import setting
 
 
 @dataclass(frozen=True)
-class FitConfig(LoopConfig):
+class FitConfig(ObjectiveConfig):
     """Settings of one SVI run (recorded in ``config.json``); the shared ones (epochs,
-    batch size, Adam, seed, ...) are :class:`~aevb.inference.loop.LoopConfig`'s."""
+    batch size, Adam, seed, ...) are :class:`~aevb.inference.loop.LoopConfig`'s, the
+    objective's :class:`~aevb.inference.method.ObjectiveConfig`'s."""
 
-    objective: str = "trace"
-    #: particles per datapoint: k of the IWAE bound, or MC samples of the ELBO; None = the
-    #: objective's default (``Objective.default_particles``: 5 for iwae and renyi, else 1),
-    #: the same as the ``aevb train`` command's
-    num_particles: int | None = None
-    #: Renyi alpha, only for the ``renyi`` objective
-    alpha: float | None = None
-    #: learning rate by epoch: "constant", or "burda" (Burda et al. 2015: stage i = 0..7
-    #: lasts 3^i passes at lr * 10^(-i/7), 3,280 passes in all)
-    lr_schedule: str = "constant"
-    #: train with the objective's compiled (``torch.jit.trace``) form: None = where the model
-    #: and guide declare ``jit_compatible`` (:mod:`aevb.inference.objectives.jit`), True/False =
-    #: always (an error if the objective has none) / never
-    jit: bool | None = None
-
-    RANGES = {**LoopConfig.RANGES, "num_particles": (1, True)}
+    lr_schedule: str = setting(
+        "constant",
+        choices=lambda: LR_SCHEDULES,
+        help="the learning rate by epoch; burda: Burda et al. 2015's stages i = 0..7 of 3^i "
+        "passes at lr * 10^(-i/7), 3,280 passes in all",
+    )
+    jit: bool | None = setting(
+        None,
+        kind=bool,
+        exposed=False,
+        help="train with the objective's compiled (torch.jit.trace) form: None where the model "
+        "and guide declare jit_compatible, True/False always (an error if the objective has "
+        "none) / never",
+    )
 
 
 #: the name that matches the other methods' (``MCEMConfig``, ``VIMCMCConfig``)
@@ -89,7 +94,10 @@ def burda_lr(lr: float, epoch: int) -> float:
 
 
 #: ``lr_schedule`` names: (base lr, epoch) -> lr
-LR_SCHEDULES = {"constant": lambda lr, epoch: lr, "burda": burda_lr}
+LR_SCHEDULES: dict[str, Callable[[float, int], float]] = {
+    "constant": lambda lr, epoch: lr,
+    "burda": burda_lr,
+}
 
 
 class SVIAlgorithm:
@@ -99,7 +107,7 @@ class SVIAlgorithm:
     def __init__(self, model, guide, cfg: FitConfig):
         self.model, self.guide, self.cfg = model, guide, cfg
         self.jit = use_jit(cfg.objective, model, guide, cfg.jit)
-        k = cfg.num_particles
+        k = cfg.particles
         if k is None:
             k = OBJECTIVES[cfg.objective].default_particles
         self.k = k
@@ -107,7 +115,7 @@ class SVIAlgorithm:
         self.eager: Any = None
         self.probe_batch: tuple = ()
         self.elbo: Any = (
-            make_jit_objective(cfg.objective, k, cfg.max_plate_nesting, cfg.alpha)
+            make_jit_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
             if self.jit
             else make_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
         )
@@ -115,10 +123,6 @@ class SVIAlgorithm:
         self.train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)
         #: the model as trained (scaled by N / B where it has global latents)
         self.train_model = model
-        if cfg.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"unknown lr_schedule {cfg.lr_schedule!r}; expected one of {sorted(LR_SCHEDULES)}"
-            )
         self.lr = cfg.lr
         #: the N / B scaling of a model with global latents (:meth:`_scale_minibatches`)
         self.data_scale: DataScale | None = None
@@ -183,7 +187,7 @@ class SVIAlgorithm:
         second = next(
             ds.batches(x.shape[0], shuffle=True, labels=labels, generator=g, device=x.device)
         )
-        compiled = make_jit_objective(cfg.objective, self.k, cfg.max_plate_nesting, cfg.alpha)
+        compiled = make_jit_objective(cfg.objective, self.k, cfg.alpha, cfg.max_plate_nesting)
         why = compiled_matches_eager(
             compiled, self.elbo, self.train_model, self.train_guide, [first_batch, second]
         )
@@ -247,15 +251,15 @@ class SVIAlgorithm:
         self.optim.load_state_dict(state["optim"])
 
 
-class SVI(Method):
+class SVI(ObjectiveMethod):
     """What SVI adds to the shared path (:mod:`aevb.inference.method`): the objective (the
     model's ``default_objective`` where none is given) and :class:`SVIAlgorithm`."""
 
-    name, config = "svi", FitConfig
+    name, title, config = "svi", "SVI", FitConfig
 
     def configure(self, model, settings: dict) -> FitConfig:
         default = hooks(model).default_objective or "trace"
-        return FitConfig(**objective_settings(settings, default))
+        return self.config(**objective_settings(settings, default))
 
     def algorithm(self, model, guide, cfg: FitConfig) -> SVIAlgorithm:
         return SVIAlgorithm(model, guide, cfg)
@@ -263,24 +267,14 @@ class SVI(Method):
     def label(self, cfg: FitConfig) -> str:
         return cfg.objective
 
+    def run_name(self, cfg: FitConfig) -> str:
+        return f"{cfg.objective}{cfg.particles}"
 
-def fit(
-    model,
-    guide=None,
-    train=None,
-    objective: str | None = None,
-    *,
-    test=None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool | None = None,
-    verbose: bool = False,
-    reset: bool = True,
-    meta: dict | None = None,
-    callback: Callable[[int, int, float], None] | None = None,
-    epoch_callback: Callable[[dict], None] | None = None,
-    **settings,
-) -> Run:
+
+register(SVI())
+
+
+def fit(model, guide=None, train=None, objective: str | None = None, **kwargs) -> Run:
     """Train ``guide`` and ``model`` by SVI on ``train``; return a :class:`Run`.
 
     :param model: a Pyro model ``model(x)`` (or ``model(x, y)`` if ``model.uses_labels``).
@@ -288,29 +282,20 @@ def fit(
     :param train: a :class:`~aevb.data.Dataset`, a tensor/array [N, ...] or an ``(x, y)`` pair.
     :param objective: a key of :data:`aevb.inference.objectives.OBJECTIVES`; None -> the
         model's ``default_objective``, else ``trace``.
-    :param test: optional held-out data; its ELBO is recorded after every epoch.
-    :param out: run directory (config.json, history.csv, checkpoint.pt); None keeps nothing.
-    :param resume: continue from ``out/checkpoint.pt`` up to ``epochs`` in total.
-    :param progress: a tqdm bar on stderr; None -> only when stderr is a terminal.
-    :param reset: re-initialise ``nn.Module`` parameters from ``seed`` on a fresh start, so the
-        seed alone fixes the run.
-    :param callback: called as ``callback(epoch, step, loss_per_datapoint)`` after every step
-        (for per-step traces such as the FA experiments; keep it cheap).
-    :param epoch_callback: called with each epoch's history row (e.g. experiment tracking).
-    :param settings: fields of :class:`FitConfig` (``num_particles``, ``epochs``, ``lr``, ...);
-        those left out take the model's recipe (``fit_defaults``, e.g. FA's batch 32, lr
-        1e-2, 35 epochs), then :class:`FitConfig`'s defaults, as on the command line.
+    :param kwargs: how the run runs (:class:`~aevb.inference.method.RunOptions`: ``test``
+        data scored after every epoch, the run directory ``out``, ``resume``, ``progress``,
+        ``reset``, per-step ``callback(epoch, step, loss)`` and ``epoch_callback(row)``) and
+        fields of :class:`FitConfig` (``particles``, ``epochs``, ``lr``, ...); those left out
+        take the model's recipe (``fit_defaults``, e.g. FA's batch 32, lr 1e-2, 35 epochs),
+        then :class:`FitConfig`'s defaults, as on the command line.
 
     Example:
         >>> import torch
         >>> from aevb import inference, models
         >>> x = torch.bernoulli(torch.full((64, 6), 0.3))
         >>> model = models.build("vae", x_dim=6, z_dim=2, hidden=(8,))
-        >>> run = inference.fit(model, None, x, "iwae", num_particles=5, epochs=2, batch_size=16)
+        >>> run = inference.fit(model, None, x, "iwae", particles=5, epochs=2, batch_size=16)
         >>> list(run.history["epoch"])
         [1, 2]
     """
-    options = RunOptions(
-        test, out, resume, progress, verbose, reset, meta, callback, epoch_callback
-    )
-    return run_method(SVI(), model, guide, train, {"objective": objective, **settings}, options)
+    return run_method("svi", model, guide, train, objective=objective, **kwargs)

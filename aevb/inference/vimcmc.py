@@ -40,47 +40,53 @@ References:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
 
-from aevb.inference.loop import LoopConfig, apply_gradients
+from aevb.inference import rundir
+from aevb.inference.loop import apply_gradients
 from aevb.inference.mcem import model_param_names
-from aevb.inference.method import Method, RunOptions, objective_settings, run_method
+from aevb.inference.method import (
+    ObjectiveConfig,
+    ObjectiveMethod,
+    objective_settings,
+    register,
+    run_method,
+)
 from aevb.inference.objectives import OBJECTIVES, check_compatible, make_objective
 from aevb.inference.optim import Adam
 from aevb.inference.record import Run
-from aevb.inference.samplers import Latents, sampler_from_options
+from aevb.inference.samplers import BatchedHMC, Latents, sampler_from_options
 from aevb.inference.samplers.chains import ChainState
+from aevb.settings import setting
 
 
 @dataclass(frozen=True)
-class VIMCMCConfig(LoopConfig):
-    """Settings of one MCMC-refined VI run (recorded in ``config.json``)."""
+class VIMCMCConfig(ObjectiveConfig):
+    """Settings of one MCMC-refined VI run (recorded in ``config.json``): the encoder's
+    objective (:class:`~aevb.inference.method.ObjectiveConfig`) and the HMC refinement."""
 
-    #: the encoder's objective (a key of :data:`aevb.inference.objectives.OBJECTIVES`)
-    objective: str = "trace"
-    #: its particles per datapoint (None: the objective's default)
-    num_particles: int | None = None
-    alpha: float | None = None
-    #: K, HMC transitions from the encoder's draw per datapoint and minibatch
-    mcmc_steps: int = 5
-    #: ``batched-hmc``'s own settings (e.g. ``{"num_steps": 5}`` leapfrog steps)
-    sampler_options: dict = field(default_factory=dict)
-    #: the first step size of a datapoint's chain before its one-step search
-    init_step_size: float = 0.1
+    mcmc_steps: int = setting(
+        5, minimum=1, help="K, HMC transitions from the encoder's draw per datapoint and minibatch"
+    )
+    leapfrog_steps: int = setting(
+        BatchedHMC.num_steps, minimum=1, help="leapfrog steps per HMC transition"
+    )
+    init_step_size: float = setting(
+        0.1,
+        minimum=0,
+        above=True,
+        help="the first step size of a datapoint's chain before its one-step search",
+    )
 
-    RANGES = {
-        **LoopConfig.RANGES,
-        "num_particles": (1, True),
-        "mcmc_steps": (1, True),
-        "init_step_size": (0, False),
-    }
+
+def leapfrog(cfg: VIMCMCConfig) -> dict:
+    """The batched HMC sampler's options of a vi-mcmc run."""
+    return {"num_steps": cfg.leapfrog_steps}
 
 
 class VIMCMCAlgorithm:
@@ -89,9 +95,9 @@ class VIMCMCAlgorithm:
 
     def __init__(self, model, guide, cfg: VIMCMCConfig):
         self.model, self.guide, self.cfg = model, guide, cfg
-        k = cfg.num_particles or OBJECTIVES[cfg.objective].default_particles
+        k = cfg.particles or OBJECTIVES[cfg.objective].default_particles
         self.elbo: Any = make_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
-        self.sampler = sampler_from_options("batched-hmc", cfg.sampler_options, adapt_online=True)
+        self.sampler = sampler_from_options("batched-hmc", leapfrog(cfg), adapt_online=True)
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None
         self.model_params: set[str] = set()
@@ -188,15 +194,15 @@ class VIMCMCAlgorithm:
         self._mcmc_seconds = state["mcmc_seconds"]
 
 
-class VIMCMC(Method):
+class VIMCMC(ObjectiveMethod):
     """What MCMC-refined VI adds to the shared path (:mod:`aevb.inference.method`): the
     encoder's objective (``trace`` where none is given), the sampler's options checked."""
 
-    name, config, settings_name = "vi-mcmc", VIMCMCConfig, "vi-mcmc"
+    name, title, config, settings_name = "vi-mcmc", "MCMC-refined VI", VIMCMCConfig, "vi-mcmc"
+    curve = "encoder bound"
 
     def configure(self, model, settings: dict) -> VIMCMCConfig:
-        cfg = VIMCMCConfig(**objective_settings(settings, "trace"))
-        sampler_from_options("batched-hmc", cfg.sampler_options)  # bad options fail first
+        cfg = self.config(**objective_settings(settings, "trace"))
         return cfg
 
     def algorithm(self, model, guide, cfg: VIMCMCConfig) -> VIMCMCAlgorithm:
@@ -205,27 +211,23 @@ class VIMCMC(Method):
     def label(self, cfg: VIMCMCConfig) -> str:
         return f"vi-mcmc{cfg.mcmc_steps}"
 
+    def run_name(self, cfg: VIMCMCConfig) -> str:
+        return f"vi-mcmc{cfg.mcmc_steps}-{cfg.objective}{cfg.particles}"
 
-def fit(
-    model,
-    guide=None,
-    train=None,
-    *,
-    test=None,
-    out: str | Path | None = None,
-    resume: bool = False,
-    progress: bool | None = None,
-    verbose: bool = False,
-    reset: bool = True,
-    meta: dict | None = None,
-    callback: Callable[[int, int, float], None] | None = None,
-    epoch_callback: Callable[[dict], None] | None = None,
-    **settings,
-) -> Run:
+    def upgrade_spec(self, settings: dict) -> dict:
+        return rundir.upgrade_vimcmc_settings(settings)
+
+
+register(VIMCMC())
+
+
+def fit(model, guide=None, train=None, **kwargs) -> Run:
     """Train ``model`` and ``guide`` by MCMC-refined VI on ``train``; return a :class:`Run`.
 
-    :param settings: fields of :class:`VIMCMCConfig` (``mcmc_steps``, ``objective``,
-        ``epochs``, ...); those left out take the model's recipe, then the defaults.
+    :param kwargs: how the run runs (:class:`~aevb.inference.method.RunOptions`, as for
+        :func:`aevb.inference.fit`) and fields of :class:`VIMCMCConfig` (``mcmc_steps``,
+        ``objective``, ``epochs``, ...); those left out take the model's recipe, then the
+        defaults.
 
     The history's ``train_loss`` is the encoder objective's loss per datapoint.
 
@@ -236,10 +238,7 @@ def fit(
         >>> list(run.history["epoch"]), "refine_gain" in run.history
         ([1, 2], True)
     """
-    options = RunOptions(
-        test, out, resume, progress, verbose, reset, meta, callback, epoch_callback
-    )
-    return run_method(VIMCMC(), model, guide, train, settings, options)
+    return run_method("vi-mcmc", model, guide, train, **kwargs)
 
 
 __all__ = ["VIMCMC", "VIMCMCAlgorithm", "VIMCMCConfig", "fit"]

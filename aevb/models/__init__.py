@@ -17,7 +17,7 @@ from typing import Any
 from aevb.errors import ConfigError
 from aevb.models.cvae import CVAE, CVAEConfig
 from aevb.models.fa import FAConfig, FactorAnalysis
-from aevb.models.gmvae import GMVAE, GMVAEConfig, cluster_accuracy
+from aevb.models.gmvae import GMVAE, GMVAEConfig
 from aevb.models.m2 import M2, M2Config
 from aevb.models.nets import mlp
 from aevb.models.vae import VAE, VAEConfig
@@ -168,7 +168,6 @@ __all__ = [
     "M2",
     "M2Config",
     "MODELS",
-    "cluster_accuracy",
     "PRESETS",
     "presets_of",
     "VAE",

@@ -76,7 +76,7 @@ from aevb.inference.objectives.rws import make_rws
 from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
 from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
 from aevb.models.base import hooks
-from aevb.registry import lookup
+from aevb.registry import lookup, put
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,14 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
+def register(name: str, objective: Objective) -> Objective:
+    """Add ``objective`` under ``name``: SVI's and vi-mcmc's ``objective``, ``aevb train
+    --objective`` and grids take it, and the compatibility checks read what it declares."""
+    if not isinstance(objective, Objective):
+        raise ConfigError(f"an objective is an Objective(make=..., ...), got {objective!r}")
+    return put(OBJECTIVES, name, objective, "objective")
+
+
 def _with_alpha() -> str:
     return ", ".join(n for n, o in OBJECTIVES.items() if o.takes_alpha)
 
@@ -307,9 +315,10 @@ def should_probe_jit(name: str, model, guide, jit: bool | None) -> bool:
 
 
 def make_jit_objective(
-    name: str, num_particles: int = 1, max_plate_nesting: int = 1, alpha: float | None = None
+    name: str, num_particles: int = 1, alpha: float | None = None, max_plate_nesting: int = 1
 ):
-    """The compiled form of ``name``, one trace per argument signature."""
+    """The compiled form of ``name``, one trace per argument signature (the arguments in
+    :func:`make_objective`'s order)."""
     make = OBJECTIVES[name].make_jit
     assert make is not None
     if OBJECTIVES[name].takes_alpha:

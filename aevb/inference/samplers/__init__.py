@@ -19,7 +19,7 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Protocol
 
 import torch
@@ -43,7 +43,7 @@ from aevb.inference.samplers.pyro_kernels import (
     RecordingNUTS,
 )
 from aevb.inference.samplers.target import Latents, potential, potential_and_grad
-from aevb.registry import lookup
+from aevb.registry import lookup, put
 
 
 class Sampler(Protocol):
@@ -96,6 +96,14 @@ SAMPLERS: dict[str, type] = {
 }
 
 
+def register(name: str, cls: type) -> type:
+    """Add the sampler class ``cls`` (a dataclass of its settings following :class:`Sampler`)
+    under ``name``: MCEM's ``sampler``, ``aevb train --sampler`` and diagnostics take it."""
+    if not is_dataclass(cls):
+        raise ConfigError(f"a sampler is a dataclass of its settings, got {cls!r}")
+    return put(SAMPLERS, name, cls, "sampler")
+
+
 def make_sampler(name: str, **kwargs) -> Sampler:
     """The sampler registered as ``name`` (a key of :data:`SAMPLERS`) with its settings."""
     return lookup(SAMPLERS, name, "sampler")(**kwargs)
@@ -137,6 +145,7 @@ def sampler_from_options(name: str, options, **overrides) -> Sampler:
 
 
 __all__ = [
+    "register",
     "SAMPLERS",
     "BatchedHMC",
     "ChainState",

@@ -46,7 +46,7 @@ def global_guide(x):
 
 
 try:
-    inference.fit(model, global_guide, train.subset(200), "iwae", num_particles=5, epochs=1)
+    inference.fit(model, global_guide, train.subset(200), "iwae", particles=5, epochs=1)
     refused = None
 except ObjectiveError as err:
     refused = str(err)
