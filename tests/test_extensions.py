@@ -120,6 +120,7 @@ def test_a_grid_runs_the_pages_additions(project, engine):
     results = pd.read_csv(project / "g" / "results.csv")
     assert list(results["status"]) == ["ok"] * 3, results.get("error")
     assert list(results["cell"]) == ["warm-up", "renyi-half", "mcem-mala"]
+    assert list(results["k"].iloc[:2]) == [1, 5]  # each objective's default particles
     assert (results["test_ll_elbo"] <= results["test_ll_is"] + 1e-9).all()
 
 

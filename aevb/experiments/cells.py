@@ -62,7 +62,7 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
     """
     from aevb.inference import rundir
 
-    record = rundir.read_config(out)
+    record = rundir.upgrade_record(rundir.read_config(out))  # older runs in today's names
     history = rundir.read_history(out)
     last = history.iloc[-1]
     fit = record["fit"]
@@ -72,7 +72,7 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         "data": cell.get("data", "mnist"),
         "inference": record.get("inference", "svi"),
         "objective": fit.get("objective"),
-        "k": fit.get("num_particles"),
+        "k": fit.get("particles"),
         "alpha": fit.get("alpha"),
         "sampler": fit.get("sampler"),
         "mcmc_steps": fit.get("mcmc_steps"),
