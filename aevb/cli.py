@@ -376,9 +376,25 @@ def cmd_evaluate(args) -> dict:
     if args.json:
         print(json.dumps(result))
     else:
+        print(headline(result))
         for key, value in result.items():
-            print(f"{key:>22}: {value}")
+            print(f"{key:>26}: {value}")
+    if result.get("flagged"):
+        print(f"aevb: warning: {result['advice']}", file=sys.stderr)
     return result
+
+
+def headline(result: dict) -> str:
+    """One line of an estimate: its value, its standard errors and, for IS, its k-hat."""
+    line = f"{result['estimator']}-{result['num_samples']}: {result['test_log_likelihood']:.4f}"
+    if "test_log_likelihood_se" in result:
+        line += f" (se {result['test_log_likelihood_se']:.3f} over {result['num_test']} points"
+        line += f", Monte Carlo se {result['test_log_likelihood_mcse']:.3g})"
+    if result.get("khat_threshold") is not None and "khat_share_over_threshold" in result:
+        share, limit = result["khat_share_over_threshold"], result["khat_threshold"]
+        line += f"; k-hat > {limit:.2f} on {share:.0%} of the points"
+        line += " [FLAGGED]" if result.get("flagged") else ""
+    return line
 
 
 def cmd_compare(args) -> None:

@@ -289,6 +289,7 @@ def evaluate(
         seed=ev.seed,
         progress=progress,
         device=device,
+        khat_share=ev.khat_share,
     )
     rundir.record_evaluation(out, ev.key, result)
     return result

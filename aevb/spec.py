@@ -62,6 +62,7 @@ import tomllib
 from aevb.data.dataset import BINARIZATIONS
 from aevb.devices import check_device_name
 from aevb.errors import ConfigError
+from aevb.inference import psis
 from aevb.inference.estimators import ESTIMATORS
 from aevb.inference.loop import LoopConfig
 from aevb.inference.method import METHODS
@@ -399,6 +400,13 @@ class EvaluationSpec(_Spec):
     )
     batch_size: int = setting(100, minimum=1, help="test points per batch")
     seed: int = setting(0, minimum=0, help="the seed of the estimate's draws")
+    khat_share: float = setting(
+        psis.FLAG_SHARE,
+        minimum=0,
+        help="an IS estimate is flagged when more than this share of the test points have a "
+        "Pareto k-hat above min(1 - 1/log10 S, 0.7): one point in twenty whose estimate "
+        "cannot be trusted moves the test-set mean by an unknown amount",
+    )
 
     @property
     def samples(self) -> int:

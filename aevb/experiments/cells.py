@@ -33,6 +33,25 @@ def cell_spec(cell: dict, seed: int, evaluation=()) -> RunSpec:
     return spec.replace(evaluation=tuple(evaluation))
 
 
+#: an estimate's trust keys (:mod:`aevb.inference.psis`) -> their ``results.csv`` column
+TRUST_COLUMNS = {
+    "test_log_likelihood_se": "test_ll_{e}_se",
+    "test_log_likelihood_mcse": "test_ll_{e}_mcse",
+    "khat_max": "{e}_khat_max",
+    "khat_share_over_threshold": "{e}_khat_share",
+    "flagged": "{e}_flagged",
+}
+
+
+def trust_columns(estimator: str, result: dict) -> dict:
+    """The ``results.csv`` columns of how far one estimate can be trusted (those it has)."""
+    return {
+        column.format(e=estimator): result[key]
+        for key, column in TRUST_COLUMNS.items()
+        if key in result
+    }
+
+
 def run_cell(cell: dict, seed: int, out: Path, evaluate, tracking=None) -> dict:
     """Train (or resume) and evaluate one (cell, seed); return its results row.
     ``evaluate``: the grid's estimators (:func:`aevb.experiments.compare.evaluations`);
@@ -100,6 +119,7 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         row[f"{estimator}_samples"] = k
         if "test_log_likelihood_stderr" in result:
             row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
+        row.update(trust_columns(estimator, result))
         row["active_units"] = result["active_units"]
         for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
             if extra in result:

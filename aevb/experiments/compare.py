@@ -67,7 +67,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pandas as pd
@@ -182,8 +182,8 @@ def check_cell(cell: dict, path: Path) -> None:
 
 
 #: an ``[evaluate]`` table's keys: ``is = K`` and ``ais = C`` name the estimators, the rest
-#: apply to each
-_EVALUATE_SHARED = {"ais_temperatures", "subset", "batch_size", "seed"}
+#: (the other settings of an estimate, :class:`~aevb.spec.EvaluationSpec`) apply to each
+_EVALUATE_SHARED = {f.name for f in fields(EvaluationSpec)} - {"estimator", "num_samples"}
 
 
 def evaluations(table: dict, path: Path | str = "") -> tuple[EvaluationSpec, ...]:

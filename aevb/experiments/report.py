@@ -16,7 +16,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 METRICS = (
     "test_elbo",
     "test_ll_is",
+    "test_ll_is_se",
+    "is_khat_share",
     "test_ll_ais",
+    "test_ll_ais_se",
     "test_log_evidence_exact",
     "true_model_log_evidence",
     "test_elbo_minus_exact",
@@ -45,8 +48,59 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
         std = grouped.std().round(4).astype(str)
         table = table + " ± " + std
     table = table.map(lambda v: "" if str(v).startswith("nan") else v)  # metric not measured
+    for estimator in ESTIMATED:  # an estimate flagged by k-hat in any seed is marked
+        column, flag = f"test_ll_{estimator}", f"{estimator}_flagged"
+        if column in table and flag in ok:
+            flagged = ok.groupby("cell", sort=False)[flag].apply(
+                lambda f: bool(f.fillna(False).any())
+            )
+            table[column] = [
+                v + (f" {FLAG}" if flagged.get(c, False) else "") for c, v in table[column].items()
+            ]
     table.insert(0, "seeds", ok.groupby("cell", sort=False)["seed"].nunique())
     return table
+
+
+#: the estimators whose columns a flag can mark, and the mark
+ESTIMATED = ("is", "ais")
+FLAG = "(k-hat!)"
+
+
+def trust_section(results: pd.DataFrame) -> list[str]:
+    """``report.md``'s "How far to trust these numbers": each flagged estimate with its k-hat
+    share and what to do, and each cell where IS and AIS disagree by more than two of their
+    combined Monte Carlo standard errors (the lower one is then the one to doubt: both are
+    stochastic lower bounds of log p(x) in expectation)."""
+    ok = results[results["status"] == "ok"]
+    lines = []
+    for _, r in ok.iterrows():
+        if str(r.get("is_flagged")) == "True":  # a bool, numpy's or read back from CSV
+            lines.append(
+                f"- {FLAG} {r['cell']} seed {r['seed']}: IS's Pareto k-hat exceeds its "
+                f"threshold on {r['is_khat_share']:.0%} of the test points (max "
+                f"{r['is_khat_max']:.2f}); the IS estimate is unreliable: take AIS or a "
+                "better proposal"
+            )
+        if pd.notna(r.get("test_ll_is")) and pd.notna(r.get("test_ll_ais")):
+            gap = r["test_ll_ais"] - r["test_ll_is"]
+            errors = [r.get(f"test_ll_{e}_mcse") for e in ESTIMATED]
+            se = sum(float(v) ** 2 for v in errors if v is not None and pd.notna(v)) ** 0.5
+            if abs(gap) > 2 * se:
+                lower = "IS" if gap > 0 else "AIS"
+                lines.append(
+                    f"- {r['cell']} seed {r['seed']}: IS ({r['test_ll_is']:.2f}) and AIS "
+                    f"({r['test_ll_ais']:.2f}) disagree by {abs(gap):.2f} nats, more than "
+                    f"twice their Monte Carlo standard error ({se:.3f}); {lower} is the lower"
+                )
+    if not lines:
+        return []
+    head = [
+        "## How far to trust these numbers",
+        "",
+        f"{FLAG} marks an estimate whose Pareto k-hat flags it in at least one seed.",
+        "",
+    ]
+    return head + lines + [""]
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -167,6 +221,7 @@ def write_report(config: dict, results: pd.DataFrame, out: Path) -> Path:
         markdown_table(table) if not table.empty else "(no finished runs)",
         "",
     ]
+    lines += trust_section(results)
     lines += reference_section(config.get("reference") or {}, results)
     failed = results[results["status"] != "ok"]
     if not failed.empty:

@@ -133,15 +133,15 @@ class RunTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, out: str | Path | None, evaluations: dict, status: str = "FINISHED") -> None:
-        """Final metrics (every estimate by key) and the run directory's files as artifacts;
-        then close the run."""
+        """Final metrics (every estimate by key, its k-hat flag as 0/1) and the run
+        directory's files as artifacts; then close the run."""
         from mlflow.entities import Metric
 
         metrics = [
             Metric(f"{key}/{name}", number, 0, 0)
             for key, result in evaluations.items()
             for name, value in result.items()
-            if (number := _number(value)) is not None
+            if (number := _number(int(value) if isinstance(value, bool) else value)) is not None
         ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)

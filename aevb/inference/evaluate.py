@@ -34,6 +34,7 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywid
 from aevb.data.dataset import Dataset, as_dataset
 from aevb.devices import chunk_elements, device_of, fork_devices, to_device
 from aevb.errors import ObjectiveError
+from aevb.inference import psis
 from aevb.inference.programs import sample_sites, trace_pair
 from aevb.models.base import check_dataset, hooks, scored_data
 
@@ -114,12 +115,28 @@ def log_weights(model, guide, args: tuple, num_samples: int, max_plate_nesting: 
 
 @dataclass
 class Bounds:
-    """Per-datapoint estimates from one set of k draws per datapoint."""
+    """Per-datapoint estimates from one set of k draws per datapoint, and how far the IS-k
+    one can be trusted (:mod:`aevb.inference.psis`)."""
 
     elbo: torch.Tensor  # [N] mean of the log weights
     log_likelihood: torch.Tensor  # [N] log mean exp of the log weights (IS-k)
     num_samples: int
     seconds: float
+    khat: torch.Tensor | None = None  # [N] Pareto k-hat of the log weights
+    ess: torch.Tensor | None = None  # [N] importance-sampling effective sample size
+    mc_variance: torch.Tensor | None = None  # [N] Monte Carlo variance of log_likelihood
+
+    def trust(self, flag_share: float) -> dict:
+        """The trust keys of the IS-k estimate (:func:`aevb.inference.psis.summary`)."""
+        assert self.khat is not None and self.ess is not None and self.mc_variance is not None
+        return psis.summary(
+            self.log_likelihood,
+            self.khat,
+            self.mc_variance,
+            self.ess,
+            self.num_samples,
+            flag_share,
+        )
 
 
 def bounds(
@@ -163,7 +180,7 @@ def bounds(
     batch_size = max(1, min(batch_size, len(ds)))
     elements = chunk_elements(device, MAX_ELEMENTS)
     chunk = max(1, min(num_samples, elements // (batch_size * x_size)))
-    elbos, lls = [], []
+    parts: list[tuple[torch.Tensor, ...]] = []
     start = time.perf_counter()
     shown = dict(unit="sample", unit_scale=True, desc=f"IS-{num_samples}", leave=False)
     bar = tqdm(total=len(ds) * num_samples, disable=not progress, **shown)
@@ -171,28 +188,28 @@ def bounds(
         torch.manual_seed(seed)
         for args in ds.batches(batch_size, labels=labels):
             args = to_device(args, device)
-            elbo, ll = _batch_bounds(model, guide, args, num_samples, chunk, max_plate_nesting)
+            parts.append(_batch_bounds(model, guide, args, num_samples, chunk, max_plate_nesting))
             bar.update(num_samples * args[0].shape[0])
-            elbos.append(elbo)
-            lls.append(ll)
     bar.close()
-    elbo_all, ll_all = torch.cat(elbos).cpu(), torch.cat(lls).cpu()
-    return Bounds(elbo_all, ll_all, num_samples, time.perf_counter() - start)
+    elbo_all, ll_all, khat, ess, var = (torch.cat(column).cpu() for column in zip(*parts))
+    return Bounds(elbo_all, ll_all, num_samples, time.perf_counter() - start, khat, ess, var)
 
 
 def _batch_bounds(model, guide, args: tuple, num_samples: int, chunk: int, nesting: int):
-    """(ELBO, IS-k) of one batch [B] each, from ``num_samples`` draws taken ``chunk`` at a
-    time (the log-sum-exp of the chunks' log-sum-exps is the whole one's)."""
-    lse_parts, w_sum = [], args[0].new_zeros(args[0].shape[0])
+    """(ELBO, IS-k, k-hat, ESS, Monte Carlo variance of IS-k) of one batch, [B] each, from
+    ``num_samples`` draws taken ``chunk`` at a time; the batch's log weights [k, B] are kept
+    for the diagnostics (k-hat needs them all)."""
+    chunks = []
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        w = log_weights(model, guide, args, k, nesting)
-        lse_parts.append(torch.logsumexp(w, 0))
-        w_sum += w.sum(0)
+        chunks.append(log_weights(model, guide, args, k, nesting))
         done += k
-    lse = torch.logsumexp(torch.stack(lse_parts), 0) - math.log(num_samples)
-    return w_sum / num_samples, lse
+    w = torch.cat(chunks)
+    lse = torch.logsumexp(w, 0) - math.log(num_samples)
+    cpu = w.detach().cpu()
+    diagnostics = (psis.pareto_khat(cpu), psis.importance_ess(cpu), psis.log_mean_variance(cpu))
+    return (w.sum(0) / num_samples, lse, *diagnostics)
 
 
 def log_likelihood(model, guide, data, num_samples: int = 5000, **kwargs) -> torch.Tensor:

@@ -26,7 +26,7 @@ from aevb.data.dataset import as_dataset
 from aevb.devices import move, resolve_device
 from aevb.errors import ConfigError
 from aevb.inference import evaluate as ev
-from aevb.inference import rundir
+from aevb.inference import psis, rundir
 from aevb.inference.estimators import ESTIMATORS, EstimateTask
 from aevb.inference.record import Run
 from aevb.models.base import hooks
@@ -118,6 +118,7 @@ def evaluate_run(
     progress: bool = False,
     ais_temperatures: int = 500,
     device: str | torch.device = "cpu",
+    khat_share: float = psis.FLAG_SHARE,
 ) -> dict:
     """Evaluate a run directory on its test set; return the DESIGN.md keys (nats/datapoint).
 
@@ -126,7 +127,9 @@ def evaluate_run(
     ``ais`` (annealed importance sampling from the prior with ``num_samples`` chains and
     ``ais_temperatures`` temperatures, :mod:`aevb.inference.estimators.ais`; needs no guide).
     ``test`` overrides the test set recorded in the run's ``config.json`` (``data_spec``).
-    ``device`` is where the estimators run, whichever device trained the run.
+    ``device`` is where the estimators run, whichever device trained the run. An IS estimate
+    also reports how far it can be trusted (:mod:`aevb.inference.psis`): it is ``flagged``
+    when more than ``khat_share`` of the test points have a Pareto k-hat above the threshold.
     """
     chosen = lookup(ESTIMATORS, estimator, "estimator")
     run = load_run(run_dir, device)
@@ -138,7 +141,16 @@ def evaluate_run(
         b = ev.bounds(model, guide, test, k, batch_size=batch_size, seed=seed, progress=progress)
         units = ev.active_units(guide, test, labels=hooks(model).uses_labels)
     task = EstimateTask(
-        model, guide, test, num_samples, seed, batch_size, ais_temperatures, device, progress
+        model,
+        guide,
+        test,
+        num_samples,
+        seed,
+        batch_size,
+        ais_temperatures,
+        device,
+        progress,
+        khat_share,
     )
     ll, extra_keys = chosen.estimate(task, b)
     result = {

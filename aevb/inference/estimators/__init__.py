@@ -26,6 +26,7 @@ import torch
 
 from aevb.devices import fork_devices, resolve_device
 from aevb.errors import ConfigError
+from aevb.inference import psis
 from aevb.inference.evaluate import Bounds
 from aevb.registry import put
 
@@ -44,6 +45,9 @@ class EstimateTask:
     ais_temperatures: int = 500
     device: str | torch.device = "cpu"
     progress: bool = False
+    #: an IS estimate is flagged when more than this share of the test points have a k-hat
+    #: above the threshold (:func:`aevb.inference.psis.summary`)
+    khat_share: float = psis.FLAG_SHARE
 
 
 class Estimator(Protocol):
@@ -76,8 +80,10 @@ class ImportanceSampling:
         return num_samples
 
     def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
-        """The pass's IS-k mean; no extra keys."""
-        return float(bounds.log_likelihood.mean()), {}
+        """The pass's IS-k mean, and how far it can be trusted: its standard errors over
+        datapoints and by Monte Carlo, the Pareto k-hat summary and a flag
+        (:mod:`aevb.inference.psis`)."""
+        return float(bounds.log_likelihood.mean()), bounds.trust(task.khat_share)
 
 
 class AnnealedImportanceSampling:
@@ -100,8 +106,14 @@ class AnnealedImportanceSampling:
             torch.manual_seed(task.seed)
             config = AISConfig(num_temperatures=task.ais_temperatures, num_chains=task.num_samples)
             a = ais_dataset(task.model, task.test, config, batch_size=task.batch_size)
+        mcse = float(a.stderr.pow(2).sum().sqrt() / len(task.test))
+        n = a.log_likelihood.numel()
         extra = {
-            "test_log_likelihood_stderr": float(a.stderr.pow(2).sum().sqrt() / len(task.test)),
+            "test_log_likelihood_stderr": mcse,  # the name of aevb <= 0.1's records
+            "test_log_likelihood_mcse": mcse,
+            "test_log_likelihood_se": float(a.log_likelihood.double().std() / n**0.5)
+            if n > 1
+            else float("nan"),
             "ais_temperatures": task.ais_temperatures,
             "ais_accept_prob": a.accept_prob,
         }
