@@ -394,6 +394,11 @@ def headline(result: dict) -> str:
         share, limit = result["khat_share_over_threshold"], result["khat_threshold"]
         line += f"; k-hat > {limit:.2f} on {share:.0%} of the points"
         line += " [FLAGGED]" if result.get("flagged") else ""
+    if "bdmc_gap" in result:
+        line += (
+            f"; BDMC sandwich [{result['bdmc_lower']:.3f}, {result['bdmc_upper']:.3f}], gap "
+            f"{result['bdmc_gap']:.3f} nats on {result['bdmc_points']} simulated points"
+        )
     return line
 
 

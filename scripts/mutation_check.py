@@ -720,6 +720,15 @@ MUTANTS = [
         '"test_log_likelihood_mcse": float(mc_variance.double().sum().sqrt() / math.sqrt(n)),',
         ("tests/test_psis.py",),
     ),
+    Mutant(
+        "bdmc-reverse-from-the-prior",
+        "estimator",
+        "reverse AIS started from a prior draw instead of the exact z that simulated x",
+        "aevb/inference/estimators/bdmc.py",
+        "        exact = Latents(model, (x,)).flatten(values)\n",
+        "        exact = Latents(model, (x,)).prior_draw((x,))\n",
+        ("tests/test_bdmc.py",),
+    ),
 ]
 
 

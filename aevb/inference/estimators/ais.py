@@ -162,8 +162,15 @@ def ais(
     config: AISConfig | None = None,
     step_sizes: torch.Tensor | None = None,
     jit: bool | None = None,
+    start: torch.Tensor | None = None,
+    reverse: bool = False,
 ) -> AISResult:
     """AIS estimates of log p(x_i) for the minibatch ``args`` (e.g. ``(x,)``) of ``model``.
+
+    With ``reverse``, the chains start at ``start`` [B, D] (unconstrained, e.g. the z that
+    simulated x: an exact posterior draw) and anneal from beta = 1 down to 0; their weights
+    estimate 1 / p(x) without bias, so the returned -log mean w is a stochastic *upper*
+    bound of log p(x) (reverse AIS, the upper half of BDMC, :mod:`.bdmc`).
 
     :param step_sizes: a fixed step-size schedule [T, B] (temperature t, datapoint i) for the
         chains; None (the default) adapts one in a pilot pass with one chain per datapoint.
@@ -187,6 +194,10 @@ def ais(
     cfg = config or AISConfig()
     b, c = args[0].shape[0], cfg.num_chains
     betas = sigmoid_schedule(cfg.num_temperatures, cfg.schedule_sharpness)
+    if reverse:
+        if start is None:
+            raise ConfigError("reverse AIS starts from exact posterior draws: give start")
+        betas = betas.flip(0)
     hmc = BatchedHMC(num_steps=cfg.num_steps, target_accept_prob=cfg.target_accept_prob)
     pilot = step_sizes is None
     if step_sizes is not None and tuple(step_sizes.shape) != (cfg.num_temperatures, b):
@@ -199,7 +210,7 @@ def ais(
     p = int(pilot)
     rep = tuple(_repeat(a, c + p) for a in args)
     latents = Latents(model, rep, jit=jit)
-    u = latents.prior_draw(rep)
+    u = latents.prior_draw(rep) if start is None else _repeat(start.to(rep[0]), c + p)
     if jit is None and use_compiled(model, rep, u):
         latents.jit = True
     evaluations = 0
@@ -211,6 +222,7 @@ def ais(
     log_w, accept, moves = _anneal(latents, rep, betas, hmc, u, schedule, b)
     log_w = log_w[p * b :].reshape(c, b)
     est = torch.logsumexp(log_w, 0) - math.log(c)
+    est = -est if reverse else est  # -log of the mean of 1 / p(x)'s estimates
     if bool(log_w.isnan().any()) or not bool(torch.isfinite(est).all()):
         raise _not_finite(model, args, est)
     w = torch.exp(log_w - log_w.max(0).values)  # [C, B], stable
