@@ -191,8 +191,8 @@ MUTANTS = [
         "estimator",
         "ELBO over chunks divided by the last chunk's size",
         EV,
-        "    return (w.sum(0) / num_samples, lse, *diagnostics)\n",
-        "    return (w.sum(0) / k, lse, *diagnostics)\n",
+        "    return (w.sum(0) / num_samples, lse, khat, ess, var)\n",
+        "    return (w.sum(0) / k, lse, khat, ess, var)\n",
         ("tests/test_bounds.py", "tests/test_vrnn.py"),
     ),
     Mutant(

@@ -207,9 +207,15 @@ def _batch_bounds(model, guide, args: tuple, num_samples: int, chunk: int, nesti
         done += k
     w = torch.cat(chunks)
     lse = torch.logsumexp(w, 0) - math.log(num_samples)
-    cpu = w.detach().cpu()
-    diagnostics = (psis.pareto_khat(cpu), psis.importance_ess(cpu), psis.log_mean_variance(cpu))
-    return (w.sum(0) / num_samples, lse, *diagnostics)
+    d = w.detach()
+    # k-hat needs every draw on the CPU; below MIN_SAMPLES (the per-epoch test ELBO's one
+    # draw) there is no tail to fit, and nothing is copied
+    enough = num_samples >= psis.MIN_SAMPLES
+    khat = (
+        psis.pareto_khat(d.cpu()) if enough else torch.full((d.shape[1],), math.nan, device="cpu")
+    )
+    ess, var = psis.importance_ess(d).cpu(), psis.log_mean_variance(d).cpu()
+    return (w.sum(0) / num_samples, lse, khat, ess, var)
 
 
 def log_likelihood(model, guide, data, num_samples: int = 5000, **kwargs) -> torch.Tensor:

@@ -193,21 +193,11 @@ def ais(
     """
     cfg = config or AISConfig()
     b, c = args[0].shape[0], cfg.num_chains
-    betas = sigmoid_schedule(cfg.num_temperatures, cfg.schedule_sharpness)
-    if reverse:
-        if start is None:
-            raise ConfigError("reverse AIS starts from exact posterior draws: give start")
-        betas = betas.flip(0)
+    betas = _betas(cfg, b, step_sizes, start, reverse)
     hmc = BatchedHMC(num_steps=cfg.num_steps, target_accept_prob=cfg.target_accept_prob)
-    pilot = step_sizes is None
-    if step_sizes is not None and tuple(step_sizes.shape) != (cfg.num_temperatures, b):
-        raise ConfigError(
-            f"step_sizes must have shape [num_temperatures, B] = "
-            f"[{cfg.num_temperatures}, {b}], got {list(step_sizes.shape)}"
-        )
     # rows, chain-major: with a pilot, block 0 is the pilot (one chain per datapoint, adapting
     # the schedule; its weights are dropped) and blocks 1..C the chains on that schedule
-    p = int(pilot)
+    p = int(step_sizes is None)
     rep = tuple(_repeat(a, c + p) for a in args)
     latents = Latents(model, rep, jit=jit)
     u = latents.prior_draw(rep) if start is None else _repeat(start.to(rep[0]), c + p)
@@ -220,14 +210,38 @@ def ais(
     else:
         schedule = step_sizes.to(u).repeat(1, c)  # [T, C * B], chain-major like rep
     log_w, accept, moves = _anneal(latents, rep, betas, hmc, u, schedule, b)
-    log_w = log_w[p * b :].reshape(c, b)
-    est = torch.logsumexp(log_w, 0) - math.log(c)
-    est = -est if reverse else est  # -log of the mean of 1 / p(x)'s estimates
-    if bool(log_w.isnan().any()) or not bool(torch.isfinite(est).all()):
+    est, stderr = _estimate(log_w[p * b :].reshape(c, b), reverse)
+    if not bool(torch.isfinite(est).all()):
         raise _not_finite(model, args, est)
+    return AISResult(est.float(), stderr.float(), accept, evaluations + moves)
+
+
+def _betas(cfg: AISConfig, b: int, step_sizes, start, reverse: bool) -> torch.Tensor:
+    """The temperatures (descending for reverse AIS), once the arguments are checked."""
+    betas = sigmoid_schedule(cfg.num_temperatures, cfg.schedule_sharpness)
+    if step_sizes is not None and tuple(step_sizes.shape) != (cfg.num_temperatures, b):
+        raise ConfigError(
+            f"step_sizes must have shape [num_temperatures, B] = "
+            f"[{cfg.num_temperatures}, {b}], got {list(step_sizes.shape)}"
+        )
+    if not reverse:
+        return betas
+    if start is None:
+        raise ConfigError("reverse AIS starts from exact posterior draws: give start")
+    return betas.flip(0)
+
+
+def _estimate(log_w: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log of the mean weight [B], its delta-method standard error [B]) of log weights
+    [C, B]; for reverse AIS, whose weights estimate 1 / p(x), minus that log. A NaN weight
+    makes the estimate NaN."""
+    c, b = log_w.shape
+    est = torch.logsumexp(log_w, 0) - math.log(c)
+    est = -est if reverse else est
+    est = torch.where(log_w.isnan().any(0), torch.full_like(est, math.nan), est)
     w = torch.exp(log_w - log_w.max(0).values)  # [C, B], stable
     stderr = w.std(0) / (math.sqrt(c) * w.mean(0)) if c > 1 else w.new_full((b,), math.nan)
-    return AISResult(est.float(), stderr.float(), accept, evaluations + moves)
+    return est, stderr
 
 
 def _anneal(latents, rep: tuple, betas, hmc: BatchedHMC, u, eps, b: int):
