@@ -416,10 +416,23 @@ def cmd_compare(args) -> None:
         address=args.address,
         track=args.track,
     )
+    if not args.quiet:
+        print_rankings(results)
     failed = int((results["status"] != "ok").sum())
     if failed:
         where = Path(results.attrs.get("out", ".")) / "results.csv"
         raise RunsFailed(f"{failed} of {len(results)} runs failed; see {where}")
+
+
+def print_rankings(results) -> None:
+    """The grid's cells ranked per estimator, each against the next with a paired standard
+    error and whether the difference is resolved (as ``report.md`` shows them)."""
+    from aevb.experiments.report import blank_missing, rankings
+
+    for estimator, table in rankings(results).items():
+        if len(table) > 1:
+            print(f"\nranked by {'the test ELBO' if estimator == 'elbo' else estimator}:")
+            print(blank_missing(table).to_string())
 
 
 def cmd_demo(args) -> None:

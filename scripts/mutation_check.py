@@ -729,6 +729,24 @@ MUTANTS = [
         "        exact = Latents(model, (x,)).prior_draw((x,))\n",
         ("tests/test_bdmc.py",),
     ),
+    Mutant(
+        "comparison-ignores-pairing",
+        "estimator",
+        "two cells compared with each cell's own standard error though they scored the same points",
+        "aevb/experiments/paired.py",
+        "    if len(found) == 2 * len(seeds) and len(",
+        "    if False and len(",
+        ("tests/test_paired.py",),
+    ),
+    Mutant(
+        "paired-se-from-each-side",
+        "estimator",
+        "the paired standard error taken from each cell's own spread instead of the differences'",
+        "aevb/experiments/paired.py",
+        "    se_points = float(d.mean(0).std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan\n",
+        "    se_points = float(math.hypot(np.std(a, ddof=1), np.std(b, ddof=1)) / math.sqrt(n))\n",
+        ("tests/test_paired.py",),
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ KEYS = {
     "num_samples",
     "estimator",
     "num_test",
+    "test_points",
     "active_units",
     "seconds",
 }

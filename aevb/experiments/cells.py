@@ -117,6 +117,12 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         row["test_elbo"] = result["test_elbo"]
         row[f"test_ll_{estimator}"] = result["test_log_likelihood"]
         row[f"{estimator}_samples"] = k
+        row["num_test"] = result.get("num_test")
+        # where the per-point values are (pointwise.npz) and which points they score, for
+        # paired comparisons (aevb.experiments.paired); the test ELBO is the last key's
+        points = result.get("test_points")
+        row[f"{estimator}_key"], row[f"{estimator}_points"] = key, points
+        row["elbo_key"], row["elbo_points"] = key, points
         if "test_log_likelihood_stderr" in result:
             row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
         row.update(trust_columns(estimator, result))

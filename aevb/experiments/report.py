@@ -103,6 +103,57 @@ def trust_section(results: pd.DataFrame) -> list[str]:
     return head + lines + [""]
 
 
+def ranked_estimators(results: pd.DataFrame) -> list[str]:
+    """The estimators a grid's cells are ranked by: AIS and IS where they ran, else the
+    test ELBO."""
+    ok = results[results["status"] == "ok"]
+    found = [e for e in ("ais", "is") if f"test_ll_{e}" in ok and ok[f"test_ll_{e}"].notna().any()]
+    return found or (["elbo"] if "test_elbo" in ok and ok["test_elbo"].notna().any() else [])
+
+
+def rankings(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per estimator, the cells ranked best first, each against the next with a paired
+    standard error (:func:`aevb.experiments.paired.ranking`); a cell whose estimate k-hat
+    flags in any seed carries the flag mark."""
+    from aevb.experiments.paired import ranking
+
+    ok = results[results["status"] == "ok"]
+    tables = {}
+    for estimator in ranked_estimators(results):
+        table = ranking(results, estimator)
+        flag = f"{estimator}_flagged"
+        if flag in ok and not table.empty:
+            flagged = set(ok.loc[ok[flag].astype(str) == "True", "cell"])
+            table["cell"] = [c + (f" {FLAG}" if c in flagged else "") for c in table["cell"]]
+        tables[estimator] = table
+    return tables
+
+
+def ranking_section(results: pd.DataFrame) -> list[str]:
+    """``report.md``'s "Which differences are resolved": the rankings, and how to read them."""
+    tables = {e: t for e, t in rankings(results).items() if len(t) > 1}
+    if not tables:
+        return []
+    lines = [
+        "## Which differences are resolved",
+        "",
+        "Each cell against the next one down, on the same test points: the difference of "
+        "their means, its standard error (paired over test points where both runs kept their "
+        "per-point estimates, with the spread between seeds where there are several seeds) "
+        "and the verdict: *not resolved* where the difference is under two standard errors.",
+        "",
+    ]
+    for estimator, table in tables.items():
+        title = "test ELBO" if estimator == "elbo" else f"{estimator.upper()} estimate"
+        lines += [f"### Ranked by the {title}", "", markdown_table(blank_missing(table)), ""]
+    return lines
+
+
+def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its missing values shown blank (a ranking's last row has no next)."""
+    return frame.astype(object).where(frame.notna(), "")
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A pandas frame as a GitHub-flavoured markdown table."""
     header = "| " + " | ".join([frame.index.name or ""] + list(frame.columns)) + " |"
@@ -221,6 +272,7 @@ def write_report(config: dict, results: pd.DataFrame, out: Path) -> Path:
         markdown_table(table) if not table.empty else "(no finished runs)",
         "",
     ]
+    lines += ranking_section(results)
     lines += trust_section(results)
     lines += reference_section(config.get("reference") or {}, results)
     failed = results[results["status"] != "ok"]

@@ -13,6 +13,8 @@ A run directory holds::
                             with an OS lock for as long as it trains (:func:`lock`)
     proposal_history.csv    Monte Carlo EM: the epochs that fitted its proposal q(z|x)
     evaluation.json         ``aevb evaluate`` results, one entry per estimator and k
+    pointwise.npz           their values per test point (``KEY.elbo``, ``KEY.log_likelihood``
+                            arrays [N]), for paired comparisons of runs
 
 Every file is written through :func:`atomic_write` (a temporary file, flushed to disk, and a
 rename), so a run stopped at any moment -- even killed while writing -- leaves the previous
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -48,6 +51,7 @@ HISTORY = "history.csv"
 CONFIG = "config.json"
 PROPOSAL_HISTORY = "proposal_history.csv"
 EVALUATION = "evaluation.json"
+POINTWISE = "pointwise.npz"
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -366,12 +370,49 @@ def write_proposal(run_dir: Path, params: Any, modules: list, history: pd.DataFr
 
 
 def record_evaluation(run_dir: str | Path, key: str, result: dict) -> dict:
-    """Add ``result`` under ``key`` (e.g. ``is-1000``) to ``evaluation.json``; return them all."""
+    """Add ``result`` under ``key`` (e.g. ``is-1000``) to ``evaluation.json``; return them all.
+    Its values per test point (``result.pointwise``, a dict of arrays, where it has one: an
+    :class:`aevb.inference.saved.Estimate`) go to ``pointwise.npz`` under ``KEY.NAME``,
+    written first, so that an estimate in ``evaluation.json`` always has its points beside
+    it."""
+    pointwise = getattr(result, "pointwise", None)
+    if pointwise:
+        _record_pointwise(Path(run_dir), key, pointwise)
     path = Path(run_dir) / EVALUATION
     saved = read_evaluations(run_dir)
-    saved[key] = result
+    saved[key] = dict(result)
     atomic_write(path, lambda p: p.write_text(json.dumps(saved, indent=2)))
     return saved
+
+
+def _record_pointwise(run_dir: Path, key: str, arrays: dict) -> None:
+    kept = {k: v for k, v in _read_npz(run_dir / POINTWISE).items() if not k.startswith(key + ".")}
+    kept.update({f"{key}.{name}": np.asarray(values) for name, values in arrays.items()})
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+            np.savez(f, **kept)
+
+    atomic_write(run_dir / POINTWISE, write)
+
+
+def _read_npz(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is unreadable ({exc}); delete it and evaluate again") from exc
+
+
+def read_pointwise(run_dir: str | Path, key: str) -> dict:
+    """The per-test-point values recorded for evaluation ``key`` (``{"elbo": array,
+    "log_likelihood": array}``, numpy [N]); empty for a run evaluated before aevb recorded
+    them, or by an estimator that gives means only."""
+    prefix = key + "."
+    found = _read_npz(Path(run_dir) / POINTWISE)
+    return {k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)}
 
 
 def read_evaluations(run_dir: str | Path) -> dict:

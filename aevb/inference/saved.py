@@ -14,6 +14,7 @@ them again:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -153,18 +154,44 @@ def evaluate_run(
         khat_share,
     )
     ll, extra_keys = chosen.estimate(task, b)
-    result = {
-        "test_elbo": float(b.elbo.mean()),
-        "test_log_likelihood": ll,
-        "num_samples": num_samples,
-        "estimator": estimator,
-        "num_test": len(test),
-        "active_units": units,
-        **extra_keys,
-        **_known_metrics(model, guide, test, record),
-    }
+    per_point = ll if isinstance(ll, torch.Tensor) else None
+    result = Estimate(
+        {
+            "test_elbo": float(b.elbo.mean()),
+            "test_log_likelihood": float(ll.mean()) if per_point is not None else float(ll),
+            "num_samples": num_samples,
+            "estimator": estimator,
+            "num_test": len(test),
+            "test_points": points_digest(test),
+            "active_units": units,
+            **extra_keys,
+            **_known_metrics(model, guide, test, record),
+        }
+    )
     result["seconds"] = time.perf_counter() - start
+    result.pointwise = {"elbo": b.elbo.detach().cpu().double().numpy()}
+    if per_point is not None:
+        result.pointwise["log_likelihood"] = per_point.detach().cpu().double().numpy()
     return result
+
+
+class Estimate(dict):
+    """An evaluation's result keys (a dict, as ``evaluation.json`` records them) and, in
+    :attr:`pointwise`, its values per test point: ``elbo`` and, from an estimator that gives
+    them, ``log_likelihood`` (numpy arrays [N], in the test set's order), which
+    :func:`aevb.inference.rundir.record_evaluation` keeps beside ``evaluation.json``."""
+
+    pointwise: dict
+
+
+def points_digest(test) -> str:
+    """A short fingerprint of a test set's datapoints (SHA-1 of their values and shape):
+    two evaluations with the same digest scored the same points in the same order, so their
+    per-point estimates can be compared pairwise."""
+    x = test.x.detach().cpu().contiguous()
+    h = hashlib.sha1(str(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _recorded_test(record: dict, run_dir):

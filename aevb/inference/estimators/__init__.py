@@ -5,7 +5,9 @@ command read.
 Every evaluation makes one importance-sampling pass with the run's guide
 (:func:`aevb.inference.evaluate.bounds`), which gives the test ELBO; an estimator says how
 many draws per datapoint that pass takes (:meth:`Estimator.elbo_samples`) and turns it, or
-its own computation, into its log-likelihood per datapoint and the extra keys it reports::
+its own computation, into its log-likelihood per datapoint and the extra keys it reports
+(the per-datapoint values are kept in the run directory, so that two runs scored on the same
+test points are compared pairwise: :mod:`aevb.experiments.paired`)::
 
     is    IS-k with the run's guide as proposal: the pass's own k = num_samples draws
           (Burda et al. 2015)
@@ -62,9 +64,10 @@ class Estimator(Protocol):
         """Draws per datapoint of the importance-sampling pass that gives the test ELBO."""
         ...
 
-    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
-        """``(log-likelihood, extra result keys)``: the mean over the test set of the
-        estimator's log p(x) (nats per datapoint) and the keys it adds to the result."""
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[torch.Tensor | float, dict]:
+        """``(log-likelihood, extra result keys)``: the estimator's log p(x) per test point,
+        a tensor [N] (nats), and the keys it adds to the result. A float (the mean over the
+        test set) is accepted too; comparisons with such an estimate are then unpaired."""
         ...
 
 
@@ -79,11 +82,11 @@ class ImportanceSampling:
         """The IS pass takes the estimator's own k draws per datapoint."""
         return num_samples
 
-    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
-        """The pass's IS-k mean, and how far it can be trusted: its standard errors over
-        datapoints and by Monte Carlo, the Pareto k-hat summary and a flag
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[torch.Tensor, dict]:
+        """The pass's IS-k per datapoint, and how far it can be trusted: its standard errors
+        over datapoints and by Monte Carlo, the Pareto k-hat summary and a flag
         (:mod:`aevb.inference.psis`)."""
-        return float(bounds.log_likelihood.mean()), bounds.trust(task.khat_share)
+        return bounds.log_likelihood, bounds.trust(task.khat_share)
 
 
 class AnnealedImportanceSampling:
@@ -98,8 +101,8 @@ class AnnealedImportanceSampling:
         """AIS needs no guide: the ELBO pass takes one draw per datapoint."""
         return 1
 
-    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
-        """AIS's mean log p(x) and its standard error, temperatures and acceptance."""
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[torch.Tensor, dict]:
+        """AIS's log p(x) per datapoint and its standard errors, temperatures and acceptance."""
         from aevb.inference.estimators.ais import AISConfig, ais_dataset
 
         with torch.random.fork_rng(devices=fork_devices(resolve_device(task.device))):
@@ -117,7 +120,7 @@ class AnnealedImportanceSampling:
             "ais_temperatures": task.ais_temperatures,
             "ais_accept_prob": a.accept_prob,
         }
-        return float(a.log_likelihood.mean()), extra
+        return a.log_likelihood, extra
 
 
 class BidirectionalMonteCarlo(AnnealedImportanceSampling):
@@ -125,8 +128,8 @@ class BidirectionalMonteCarlo(AnnealedImportanceSampling):
     with the same schedule on as many points simulated from the model
     (:mod:`aevb.inference.estimators.bdmc`); three times AIS's cost."""
 
-    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[float, dict]:
-        """AIS's estimate and keys, and the sandwich's: ``bdmc_lower``, ``bdmc_upper`` (means
+    def estimate(self, task: EstimateTask, bounds: Bounds) -> tuple[torch.Tensor, dict]:
+        """AIS's estimates and keys, and the sandwich's: ``bdmc_lower``, ``bdmc_upper`` (means
         over the simulated points), ``bdmc_gap`` and ``bdmc_points``."""
         from aevb.inference.estimators.ais import AISConfig
         from aevb.inference.estimators.bdmc import bdmc
