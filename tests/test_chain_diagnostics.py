@@ -1,0 +1,123 @@
+"""How well chains mix, as the ecosystem writes it (:mod:`aevb.inference.diagnostics`):
+rank-normalised split R-hat and bulk and tail ESS equal ArviZ's on a known layout, they tell
+mixed chains from stuck ones, and every MCEM epoch reports them."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from arviz_stats.base import array_stats
+
+from aevb.inference import diagnostics
+from aevb.inference.diagnostics import EpochChainDiagnostics, chain_diagnostics
+
+
+def _ar1(shape, rho, seed=0) -> np.ndarray:
+    """Draws [chain, draw, *rest] of AR(1) chains x_t = rho x_{t-1} + sqrt(1 - rho^2) e_t
+    (stationary N(0, 1), started at stationarity)."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(shape)
+    x = np.empty(shape)
+    x[:, 0] = e[:, 0]
+    for t in range(1, shape[1]):
+        x[:, t] = rho * x[:, t - 1] + math.sqrt(1 - rho**2) * e[:, t]
+    return x
+
+
+@pytest.fixture(scope="module")
+def draws() -> np.ndarray:
+    """[chain 4, draw 300, datapoint 3, latent 2]; chain 1 sits one sd higher (a
+    disagreement that R-hat sees), and the chains are autocorrelated (ESS < 1200)."""
+    x = _ar1((4, 300, 3, 2), rho=0.6)
+    x[1] += 1.0
+    return x
+
+
+def test_rhat_and_ess_are_arvizs_on_the_chain_draw_layout(draws):
+    """Every number is arviz_stats' own on the [chain, draw, ...] layout, the axes may be
+    named anywhere, and reading the draw axis as the chain axis gives other numbers."""
+    ours = chain_diagnostics(draws, chain_axis=0, draw_axis=1)
+    x = np.moveaxis(draws, (0, 1), (-2, -1))  # arviz_stats' own defaults: chain -2, draw -1
+    expected = {
+        "rhat": array_stats.rhat(x, method="rank"),
+        "ess_bulk": array_stats.ess(x, method="bulk"),
+        "ess_tail": array_stats.ess(x, method="tail", prob=(0.05, 0.95)),
+    }
+    for key, value in expected.items():
+        assert ours[key].shape == (3, 2)
+        np.testing.assert_allclose(ours[key], value, rtol=1e-12, err_msg=key)
+    moved = chain_diagnostics(np.moveaxis(draws, (0, 1), (2, 0)), chain_axis=2, draw_axis=0)
+    for key in expected:
+        np.testing.assert_allclose(moved[key], ours[key], rtol=1e-12)
+    swapped = chain_diagnostics(draws.swapaxes(0, 1))  # 300 "chains" of 4 "draws"
+    assert not np.allclose(swapped["rhat"], ours["rhat"], rtol=0.01)
+    assert not np.allclose(swapped["ess_bulk"], ours["ess_bulk"], rtol=0.1)
+    assert (ours["rhat"] > 1.01).all()  # the shifted chain
+    assert (ours["ess_bulk"] < 0.5 * 1200).all()  # rho = 0.6: ESS ~ N (1 - rho) / (1 + rho)
+
+
+def test_the_single_chain_rhat_is_the_split_of_its_halves():
+    """One chain has ArviZ's split R-hat of its two halves: the same computation
+    (:func:`~aevb.inference.diagnostics.rank_rhat_of_split`) is ArviZ's rank R-hat on the
+    halves of several chains; a chain whose second half drifts fails, and fewer than 8
+    draws have no R-hat."""
+    x = _ar1((3, 101, 4), rho=0.3, seed=1)
+    split = diagnostics.split_halves(x)
+    assert split.shape == (6, 50, 4)
+    np.testing.assert_allclose(
+        diagnostics.rank_rhat_of_split(split), array_stats.rhat(x, 0, 1, method="rank")
+    )
+    one = _ar1((1, 2000, 3), rho=0.3, seed=2)
+    assert (chain_diagnostics(one)["rhat"] < 1.01).all()
+    drifting = one.copy()
+    drifting[:, 1000:] += 1.0
+    assert (chain_diagnostics(drifting)["rhat"] > 1.1).all()
+    assert np.isnan(chain_diagnostics(one[:, :7])["rhat"]).all()
+    assert np.isfinite(chain_diagnostics(one[:, :8])["rhat"]).all()
+    assert np.isfinite(chain_diagnostics(one[:, :4])["ess_bulk"]).all()  # ESS: 4 draws
+
+
+def test_well_mixed_chains_pass_and_a_shifted_chain_fails():
+    rng = np.random.default_rng(3)
+    iid = rng.standard_normal((4, 1000, 5))
+    mixed = chain_diagnostics(iid)
+    assert (mixed["rhat"] < 1.01).all()
+    # iid draws are worth about as many independent ones: 4000 (sd of the estimate ~ 5%)
+    assert ((mixed["ess_bulk"] > 3000) & (mixed["ess_bulk"] < 5000)).all()
+    assert ((mixed["ess_tail"] > 2500) & (mixed["ess_tail"] < 5500)).all()
+    shifted = iid.copy()
+    shifted[2] += 2.0  # one chain two posterior sds away from the others
+    assert (chain_diagnostics(shifted)["rhat"] > 1.1).all()
+    scaled = iid.copy()
+    scaled[2] *= 3.0  # same centre, three times as wide: only the folded R-hat sees it
+    assert (chain_diagnostics(scaled)["rhat"] > 1.1).all()
+
+
+def test_the_summary_counts_a_chain_that_never_moved_as_unmixed():
+    x = np.random.default_rng(4).standard_normal((1, 40, 4, 2))
+    x[0, :, 1, 0] = 0.5  # datapoint 1's first latent never moved
+    found = diagnostics.summarise(chain_diagnostics(x))
+    assert found["rhat_max"] == math.inf and found["rhat_share_over_1_01"] >= 1 / 8
+    few = diagnostics.summarise(chain_diagnostics(x[:, :6]), rhat_defined=False)
+    assert math.isnan(few["rhat_max"]) and math.isnan(few["rhat_share_over_1_01"])
+    assert math.isfinite(few["ess_bulk"])  # 6 draws have an ESS
+
+
+def test_epoch_diagnostics_take_the_first_datapoints_and_survive_a_checkpoint():
+    """The accumulator keeps the datapoints with index below ``points`` only, and its state
+    (a checkpoint written mid-epoch) gives the same summary after a round trip."""
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(8, 6, 2, generator=g)  # [S, B, D]
+    acc = EpochChainDiagnostics(draws=8, points=3)
+    acc.add(samples, torch.tensor([5, 0, 9, 2, 1, 7]))
+    assert len(acc.values["rhat"]) == 3  # datapoints 0, 2, 1
+    direct = chain_diagnostics(samples[:, [1, 3, 4]].unsqueeze(0))
+    np.testing.assert_allclose(np.array(acc.values["rhat"]), direct["rhat"])
+    again = EpochChainDiagnostics(draws=8, points=3)
+    again.load_state_dict(acc.state_dict())
+    assert again.summary() == acc.summary()
+    assert set(acc.summary()) == set(EpochChainDiagnostics.COLUMNS)
+    short = EpochChainDiagnostics(draws=1)
+    short.add(samples[:1], torch.arange(6))
+    assert all(math.isnan(v) for v in short.summary().values())
