@@ -1,6 +1,7 @@
 """How well chains mix, as the ecosystem writes it (:mod:`aevb.inference.diagnostics`):
 rank-normalised split R-hat and bulk and tail ESS equal ArviZ's on a known layout, they tell
-mixed chains from stuck ones, and every MCEM epoch reports them."""
+mixed chains from stuck ones, every MCEM epoch reports them, and posterior draws become an
+ArviZ ``InferenceData`` that survives netCDF (:mod:`aevb.inference.posterior`)."""
 
 import math
 
@@ -13,6 +14,7 @@ from arviz_stats.base import array_stats
 from aevb import data, inference, models
 from aevb.inference import diagnostics
 from aevb.inference.diagnostics import EpochChainDiagnostics, chain_diagnostics
+from aevb.inference.samplers.hmc import ChainState
 
 
 def _ar1(shape, rho, seed=0) -> np.ndarray:
@@ -151,3 +153,59 @@ def test_every_mcem_epoch_reports_rhat_and_ess_and_resumes_them_exactly(tmp_path
     np.testing.assert_array_equal(resumed[columns].to_numpy(), straight[columns].to_numpy())
     one = fit(None, 1, num_samples=1)
     assert one[columns].isna().all().all()
+
+
+def _coded_state(chains=3, draws=5, points=4, dim=2) -> ChainState:
+    """Draws whose value says where they belong: 1000 c + 10 s + i + 0.1 d for chain c,
+    draw s, datapoint i, latent d, in the sampler's rows c * N + i."""
+    c, s, i, d = np.meshgrid(
+        np.arange(chains), np.arange(draws), np.arange(points), np.arange(dim), indexing="ij"
+    )
+    coded = torch.from_numpy(1000.0 * c + 10 * s + i + 0.1 * d)  # [C, S, N, D]
+    samples = coded.transpose(0, 1).reshape(draws, chains * points, dim)
+    probs = samples[..., 0] / 1e4  # [S, C * N]: the code of latent 0, scaled
+    step = torch.arange(chains * points, dtype=torch.float64) + 1
+    return ChainState(samples, samples[-1], step, probs.mean(0), {"accept_probs": probs})
+
+
+def test_inference_data_has_arvizs_dims_and_round_trips_through_netcdf(tmp_path):
+    az = pytest.importorskip("arviz")
+    from aevb.inference.posterior import from_chain_state
+
+    idata = from_chain_state(_coded_state(), chains=3)
+    u = idata.posterior["u"]
+    assert u.dims == ("chain", "draw", "datapoint", "latent_dim") and u.shape == (3, 5, 4, 2)
+    assert float(u.sel(chain=2, draw=3, datapoint=1, latent_dim=1)) == pytest.approx(2031.1)
+    rate = idata.sample_stats["acceptance_rate"]
+    assert rate.dims == ("chain", "draw", "datapoint")
+    assert float(rate.sel(chain=1, draw=4, datapoint=3)) == pytest.approx(0.1043)
+    step = idata.sample_stats["step_size"]
+    assert float(step.sel(chain=1, draw=0, datapoint=2)) == 1 * 4 + 2 + 1  # row c * N + i
+    path = tmp_path / "posterior.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    assert back.posterior["u"].dims == u.dims
+    np.testing.assert_array_equal(back.posterior["u"].values, u.values)
+    np.testing.assert_array_equal(back.sample_stats["step_size"].values, step.values)
+    # ArviZ's own R-hat and ESS of the saved draws are ours
+    noisy = _ar1((3, 40, 4, 2), rho=0.5, seed=5)
+    idata = az.from_dict(posterior={"u": noisy}, dims={"u": ["datapoint", "latent_dim"]})
+    ours = chain_diagnostics(noisy)
+    np.testing.assert_allclose(az.rhat(idata)["u"].values, ours["rhat"], rtol=1e-12)
+    np.testing.assert_allclose(az.ess(idata, method="tail")["u"].values, ours["ess_tail"])
+
+
+def test_pyros_kernels_are_converted_by_az_from_pyro(tmp_path):
+    az = pytest.importorskip("arviz")
+    from aevb.inference.posterior import PosteriorConfig, sample_posterior
+
+    _, test = data.load("fa-synthetic")
+    cfg = PosteriorConfig(points=3, chains=2, draws=6, warmup=5, sampler="nuts")
+    idata = sample_posterior(data.fa_truth(), (test.x[:3],), cfg)
+    assert idata.posterior["u"].shape == (2, 6, 3, 2)
+    stats = idata.sample_stats
+    assert stats["diverging"].dims == ("chain", "draw") and stats["diverging"].dtype == bool
+    assert stats["step_size"].shape == (2, 6) and stats["mean_accept_prob"].dims == ("chain",)
+    assert (stats["mean_accept_prob"] > 0).all()
+    idata.to_netcdf(str(tmp_path / "p.nc"))
+    assert az.from_netcdf(str(tmp_path / "p.nc")).posterior["u"].shape == (2, 6, 3, 2)

@@ -66,8 +66,9 @@ def chain_diagnostics(samples, chain_axis: int = 0, draw_axis: int = 1) -> dict[
     :param samples: draws (a tensor or an array) with a chain axis and a draw axis, e.g.
         [chain, draw, datapoint, latent_dim] with the defaults.
     :returns: ``{"rhat", "ess_bulk", "ess_tail"}``, each an array of the remaining axes
-        (float64); NaN where there are too few draws: fewer than :data:`MIN_DRAWS` per chain,
-        or, for R-hat of a single chain, fewer than 2 * :data:`MIN_DRAWS`.
+        (float64, computed in the draws' own precision, as ArviZ does); NaN where there are
+        too few draws: fewer than :data:`MIN_DRAWS` per chain, or, for R-hat of a single
+        chain, fewer than 2 * :data:`MIN_DRAWS`.
 
     See the module docstring for the definitions (Vehtari et al. 2021). With two or more
     chains every number is ``arviz_stats.base.array_stats``' own; with one, R-hat compares
@@ -102,9 +103,14 @@ def chain_diagnostics(samples, chain_axis: int = 0, draw_axis: int = 1) -> dict[
 
 
 def _as_array(samples) -> np.ndarray:
+    """The draws as an array in their own precision (float32 or float64; anything else as
+    float64): ArviZ folds and ranks float32 draws in float32, so a saved file of float32
+    draws gets the same numbers from ``az.rhat`` as from here."""
     if isinstance(samples, torch.Tensor):
-        return samples.detach().cpu().double().numpy()
-    return np.asarray(samples, dtype=float)
+        t = samples.detach().cpu()
+        return (t if t.dtype in (torch.float32, torch.float64) else t.double()).numpy()
+    x = np.asarray(samples)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 def split_halves(x: np.ndarray) -> np.ndarray:
@@ -259,19 +265,13 @@ def measure_ess(
     chains of each datapoint and latent dimension, summarised by :func:`summarise`:
 
     - ``ess_bulk``, ``ess_tail``: the median over datapoints of the worst latent dimension's
-      bulk / tail ESS, pooled over the datapoint's chains;
-    - ``ess_per_datapoint_median``: the same as ``ess_bulk``, and the figure of merit
-      ``ess_per_second_per_datapoint`` is it divided by the timed seconds (per datapoint,
-      because an E-step needs every datapoint's chain to move): **bulk** ESS, the number of
-      independent draws the chains are worth for a posterior mean;
+      bulk / tail ESS, pooled over the datapoint's chains; ``ess_per_datapoint_median`` is
+      ``ess_bulk``, and the figure of merit ``ess_per_second_per_datapoint`` is it over the
+      timed seconds: **bulk** ESS, what the chains are worth for a posterior mean (per
+      datapoint, because an E-step needs every datapoint's chain to move);
     - ``rhat_median``, ``rhat_max`` and ``rhat_fraction_below_1_01``: rank-normalised
       split-R-hat over every datapoint and latent dimension (one chain: its two halves), and
       the share below Vehtari et al.'s 1.01.
-
-    References:
-        Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), Rank-normalization, folding,
-        and localization: an improved R-hat for assessing convergence of MCMC.
-        Gelman, Carlin, Stern, Dunson, Vehtari & Rubin (2013), Bayesian Data Analysis, 3rd ed.
     """
     if chains < 1:
         raise ConfigError(f"chains: must be >= 1, got {chains}")

@@ -13,6 +13,8 @@ A run directory holds::
                             with an OS lock for as long as it trains (:func:`lock`)
     proposal_history.csv    Monte Carlo EM: the epochs that fitted its proposal q(z|x)
     evaluation.json         ``aevb evaluate`` results, one entry per estimator and k
+    posterior.nc            ``aevb evaluate --posterior``: posterior draws of the first test
+                            points as ArviZ InferenceData (:mod:`.posterior`)
 
 Every file is written through :func:`atomic_write` (a temporary file, flushed to disk, and a
 rename), so a run stopped at any moment -- even killed while writing -- leaves the previous
@@ -48,6 +50,9 @@ HISTORY = "history.csv"
 CONFIG = "config.json"
 PROPOSAL_HISTORY = "proposal_history.csv"
 EVALUATION = "evaluation.json"
+#: posterior draws of the first test points, ArviZ InferenceData as netCDF
+#: (:mod:`aevb.inference.posterior`)
+POSTERIOR = "posterior.nc"
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -363,6 +368,14 @@ def write_proposal(run_dir: Path, params: Any, modules: list, history: pd.DataFr
     state["proposal_history"] = history.to_dict("records")
     write_checkpoint(run_dir, state)
     atomic_write(run_dir / PROPOSAL_HISTORY, lambda p: history.to_csv(p, index=False))
+
+
+def write_posterior(run_dir: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write the run's ``posterior.nc`` with ``write(path)`` (e.g. ``InferenceData.to_netcdf``)
+    atomically (:func:`atomic_write`); returns its path."""
+    path = Path(run_dir) / POSTERIOR
+    atomic_write(path, write)
+    return path
 
 
 def record_evaluation(run_dir: str | Path, key: str, result: dict) -> dict:
