@@ -115,16 +115,19 @@ def test_epoch_diagnostics_take_the_first_datapoints_and_survive_a_checkpoint():
     samples = torch.randn(8, 6, 2, generator=g)  # [S, B, D]
     acc = EpochChainDiagnostics(draws=8, points=3)
     acc.add(samples, torch.tensor([5, 0, 9, 2, 1, 7]))
-    assert len(acc.values["rhat"]) == 3  # datapoints 0, 2, 1
-    direct = chain_diagnostics(samples[:, [1, 3, 4]].unsqueeze(0))
-    np.testing.assert_allclose(np.array(acc.values["rhat"]), direct["rhat"])
+    acc.add(samples[:, :2], torch.tensor([3, 4]))  # none of the first three
+    kept = acc.draws_kept()
+    assert kept is not None and torch.equal(kept, samples[:, [1, 3, 4]])  # datapoints 0, 2, 1
+    direct = diagnostics.summarise(chain_diagnostics(samples[:, [1, 3, 4]].unsqueeze(0)))
+    assert acc.summary() == {key: direct[key] for key in EpochChainDiagnostics.COLUMNS}
     again = EpochChainDiagnostics(draws=8, points=3)
     again.load_state_dict(acc.state_dict())
     assert again.summary() == acc.summary()
-    assert set(acc.summary()) == set(EpochChainDiagnostics.COLUMNS)
+    acc.reset()
+    assert all(math.isnan(v) for v in acc.summary().values())
     short = EpochChainDiagnostics(draws=1)
     short.add(samples[:1], torch.arange(6))
-    assert all(math.isnan(v) for v in short.summary().values())
+    assert short.draws_kept() is None
 
 
 def test_every_mcem_epoch_reports_rhat_and_ess_and_resumes_them_exactly(tmp_path):

@@ -182,25 +182,27 @@ def _median_of_worst(ess: np.ndarray) -> float:
     return float(np.nanmedian(worst))
 
 
-#: MCEM diagnoses the E-step chains of the training datapoints with index below this: enough
-#: for a median and a maximum, and ArviZ's per-coordinate cost (~0.5 ms) stays a small part
-#: of an epoch (the datapoints are the same every epoch, so the rows compare)
-DIAGNOSED_POINTS = 64
+#: MCEM diagnoses the E-step chains of the training datapoints with index below this (the
+#: same ones every epoch, so the rows compare): enough for a median and a maximum, while
+#: ArviZ's ~0.4 ms per coordinate stays a small part of an epoch (FA, 2 latents: ~25 ms)
+DIAGNOSED_POINTS = 32
 
 
 class EpochChainDiagnostics:
     """R-hat and ESS of an MCEM E-step's kept draws, collected over one epoch.
 
     Each E-step keeps ``draws`` transitions of one chain per datapoint (Pyro's kernels: one
-    joint chain, whose coordinates are each datapoint's); :meth:`add` diagnoses those of the
+    joint chain, whose coordinates are each datapoint's); :meth:`add` keeps those of the
     training datapoints with index below ``points`` (:data:`DIAGNOSED_POINTS`), each visited
-    once an epoch, by :func:`chain_diagnostics` on the one chain (split-R-hat from its two
-    halves). :meth:`summary` gives the epoch's history columns (:func:`summarise`):
-    ``rhat_max``, ``rhat_share_over_1_01``, ``ess_bulk`` and ``ess_tail``. They are NaN when an
-    E-step keeps too few draws: R-hat needs 8 (two halves of ArviZ's minimum of 4), ESS 4;
-    MCEM's default of one draw per E-step (Kingma & Welling's) leaves nothing to diagnose.
-    The draws diagnosed are those of one visit, at one theta: they say whether the chain
-    mixes within an E-step, not across the epochs in which theta moves.
+    once an epoch, and :meth:`summary` diagnoses them in one call of
+    :func:`chain_diagnostics` (one chain per datapoint: split-R-hat from its two halves),
+    giving the epoch's history columns (:func:`summarise`): ``rhat_max``,
+    ``rhat_share_over_1_01``, ``ess_bulk`` and ``ess_tail``. They are NaN when an E-step
+    keeps too few draws: R-hat needs 8 (two halves of ArviZ's minimum of 4), ESS 4; MCEM's
+    default of one draw per E-step (Kingma & Welling's) leaves nothing to diagnose and costs
+    nothing. The draws diagnosed are those of one visit, at one theta: they say whether a
+    chain mixes within an E-step, not across the epochs in which theta moves; with few draws
+    R-hat is noisy (8 iid draws give R-hat over 1.01 more often than not).
     """
 
     #: the history columns of :meth:`summary`
@@ -208,38 +210,42 @@ class EpochChainDiagnostics:
 
     def __init__(self, draws: int, points: int = DIAGNOSED_POINTS):
         self.draws, self.points = draws, points
-        self.values: dict[str, list] = {}
+        self.kept: list[torch.Tensor] = []
         self.reset()
 
     def reset(self) -> None:
-        """Forget the epoch's values."""
-        self.values = {"rhat": [], "ess_bulk": [], "ess_tail": []}
+        """Forget the epoch's draws."""
+        self.kept = []
 
     def add(self, samples: torch.Tensor, index: torch.Tensor) -> None:
-        """Diagnose the kept draws [S, B, D] of the minibatch's datapoints ``index`` [B]."""
+        """Keep the draws [S, B, D] of the minibatch's datapoints ``index`` [B] that are
+        diagnosed (a copy on the CPU)."""
         if samples.shape[0] < MIN_DRAWS:
             return
         keep = index < self.points
-        if not bool(keep.any()):
-            return
-        diag = chain_diagnostics(samples[:, keep].unsqueeze(0))  # [1 chain, S, b, D]
-        for key, rows in self.values.items():
-            rows.extend(diag[key].tolist())
+        if bool(keep.any()):
+            self.kept.append(samples[:, keep].detach().cpu())
+
+    def draws_kept(self) -> torch.Tensor | None:
+        """The epoch's kept draws [S, datapoints, D] (None before any)."""
+        return torch.cat(self.kept, dim=1) if self.kept else None
 
     def summary(self) -> dict[str, float]:
         """The epoch's history columns (see the class docstring)."""
-        arrays = {key: np.asarray(rows, dtype=float) for key, rows in self.values.items()}
-        out = summarise(arrays, rhat_defined=has_rhat(1, self.draws))
+        kept = self.draws_kept()
+        if kept is None:
+            return {key: float("nan") for key in self.COLUMNS}
+        diag = chain_diagnostics(kept.unsqueeze(0))  # [1 chain, S, datapoints, D]
+        out = summarise(diag, rhat_defined=has_rhat(1, self.draws))
         return {key: out[key] for key in self.COLUMNS}
 
     def state_dict(self) -> dict:
-        """The epoch's values so far (plain lists: a checkpoint written mid-epoch continues
-        them)."""
-        return {key: [list(row) for row in rows] for key, rows in self.values.items()}
+        """The epoch's draws so far (a checkpoint written mid-epoch continues them)."""
+        return {"draws": self.draws_kept()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output."""
-        self.values = {key: [list(row) for row in state[key]] for key in self.values}
+        self.kept = [] if state["draws"] is None else [state["draws"].cpu()]
 
 
 def measure_ess(
