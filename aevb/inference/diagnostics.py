@@ -12,7 +12,7 @@ For draws theta_cs of a scalar, c = 1..M chains of N draws each (Vehtari et al. 
   they sample different regions.
 - **rank-normalised**: R-hat is computed on z = Phi^-1((r - 3/8) / (S + 1/4)), r the rank of a
   draw among all S = 2Mn (Blom's offsets), so it exists for heavy tails; and again on the
-  draws folded about their median, |theta - median|, which catches chains that agree on
+  draws folded about their median, ``|theta - median|``, which catches chains that agree on
   location but not on scale. The reported R-hat is the larger of the two; Vehtari et al.
   advise trusting the chains only below **1.01**.
 - **bulk ESS**: the effective sample size (Geyer's initial monotone sequence over the
