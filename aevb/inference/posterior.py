@@ -108,11 +108,14 @@ def _coords(num_points: int, dim: int) -> dict[str, np.ndarray]:
 
 
 def from_chain_state(state: ChainState, chains: int) -> Any:
-    """The ``arviz.InferenceData`` of draws made by :func:`~aevb.inference.diagnostics.
-    sample_chains`: ``state.samples`` [draws, chains * N, D] with chain-major rows c * N + i
-    (chain c of test point i) becomes ``posterior.u`` (chain, draw, datapoint, latent_dim);
-    ``sample_stats`` holds ``acceptance_rate`` (where the sampler records each transition's,
-    ``diagnostics["accept_probs"]``) and ``step_size``, each (chain, draw, datapoint)."""
+    """The ``arviz.InferenceData`` of draws made by
+    :func:`~aevb.inference.diagnostics.sample_chains`.
+
+    ``state.samples`` [draws, chains * N, D], chain-major rows c * N + i (chain c of test
+    point i), becomes ``posterior.u`` (chain, draw, datapoint, latent_dim); ``sample_stats``
+    holds ``step_size`` and, where the sampler records each transition's Metropolis
+    probability (``diagnostics["accept_probs"]``), ``acceptance_rate``, both (chain, draw,
+    datapoint)."""
     az = import_arviz()
     draws, rows, dim = state.samples.shape
     if rows % chains:
