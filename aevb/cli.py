@@ -11,6 +11,9 @@ from pathlib import Path
 
 from aevb.devices import check_device_name
 from aevb.errors import AevbError, ConfigError, RunInterrupted, RunsFailed
+from aevb.inference import rundir
+from aevb.inference.diagnostics import RHAT_GOOD
+from aevb.inference.posterior import PosteriorConfig
 from aevb.registry import import_extensions
 from aevb.settings import declared, describe, of
 from aevb.spec import (
@@ -22,6 +25,10 @@ from aevb.spec import (
     hidden_sizes,
     inference_specs,
 )
+
+#: ``aevb evaluate``'s options of a :class:`~aevb.inference.posterior.PosteriorConfig` setting
+#: are ``--posterior-`` and its name
+POSTERIOR_PREFIX = "posterior_"
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -233,6 +240,17 @@ def _evaluate_parser(sub) -> None:
     for f in declared(EvaluationSpec).values():
         _add_setting(e, f.name, f, recipe=False, text=said.get(f.name))
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument(
+        "--posterior",
+        action="store_true",
+        help=f"instead of an estimate: sample the posterior of the first test points and save "
+        f"it in RUN_DIR as {rundir.POSTERIOR} (ArviZ InferenceData; pip install "
+        "'aevb[arviz]'), then print its split R-hat and bulk and tail ESS (--seed and "
+        "--device apply; the options below say what is sampled)",
+    )
+    group = e.add_argument_group("--posterior")
+    for f in declared(PosteriorConfig).values():
+        _add_setting(group, POSTERIOR_PREFIX + f.name, f, recipe=False)
     e.add_argument("--quiet", action="store_true")
     _add_device(e)
     e.set_defaults(func=cmd_evaluate)
@@ -358,7 +376,8 @@ def cmd_run(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    """``aevb evaluate RUN``: IS or AIS estimates on the run's test set (DESIGN.md keys)."""
+    """``aevb evaluate RUN``: IS or AIS estimates on the run's test set (DESIGN.md keys);
+    with ``--posterior``, posterior draws instead (:func:`cmd_posterior`)."""
     from aevb import runs
 
     try:
@@ -367,6 +386,8 @@ def cmd_evaluate(args) -> dict:
     except ConfigError as exc:
         path, sep, rest = str(exc).partition(": ")
         raise ConfigError(f"--{path.replace('_', '-')}: {rest}" if sep else str(exc)) from None
+    if args.posterior:
+        return cmd_posterior(args, evaluation.seed)
     result = runs.evaluate(
         args.run_dir,
         evaluation,
@@ -382,6 +403,47 @@ def cmd_evaluate(args) -> dict:
     if result.get("flagged"):
         print(f"aevb: warning: {result['advice']}", file=sys.stderr)
     return result
+
+
+def cmd_posterior(args, seed: int) -> dict:
+    """``aevb evaluate RUN --posterior``: posterior draws of the run's first test points,
+    saved as ``posterior.nc`` in RUN (:func:`aevb.runs.posterior`); prints where, and the
+    draws' R-hat and ESS (a warning when R-hat is 1.01 or more somewhere)."""
+    from aevb import runs
+
+    given = {key: getattr(args, POSTERIOR_PREFIX + key) for key in declared(PosteriorConfig)}
+    try:
+        config = PosteriorConfig(**{k: v for k, v in given.items() if v is not None})
+    except ConfigError as exc:
+        path, sep, rest = str(exc).partition(": ")
+        option = "--" + (POSTERIOR_PREFIX + path).replace("_", "-")
+        raise ConfigError(f"{option}: {rest}" if sep else str(exc)) from None
+    result = runs.posterior(args.run_dir, config, seed=seed, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"wrote {result['path']}: {result['points']} test points, {result['chains']} "
+            f"chains x {result['draws']} draws ({result['sampler']}, {result['seconds']:.1f} s)"
+        )
+        print(mixing_line(result))
+    if not result["rhat_max"] < RHAT_GOOD:
+        print(
+            f"aevb: warning: split R-hat is {RHAT_GOOD} or more on "
+            f"{result['rhat_share_over_1_01']:.0%} of the coordinates: the chains have not "
+            "mixed; sample longer (--posterior-warmup, --posterior-draws)",
+            file=sys.stderr,
+        )
+    return result
+
+
+def mixing_line(result: dict) -> str:
+    """One line of R-hat and ESS (:func:`aevb.inference.diagnostics.summarise`'s keys)."""
+    return (
+        f"split R-hat max {result['rhat_max']:.3f} ({result['rhat_share_over_1_01']:.0%} of the "
+        f"coordinates at or over {RHAT_GOOD}); ESS, the median over test points of the worst "
+        f"latent dimension: bulk {result['ess_bulk']:.0f}, tail {result['ess_tail']:.0f}"
+    )
 
 
 def headline(result: dict) -> str:

@@ -10,6 +10,9 @@ This is the one place that turns a spec into a run; the command line (``aevb tra
                               recorded in ``out/evaluation.json``
     run(spec, out)         -> dict: train (or resume) until done, then every estimate of
                               ``spec.evaluation`` not yet recorded
+    posterior(out, cfg)    -> dict: posterior draws of the first test points, saved as
+                              ``out/posterior.nc`` (ArviZ InferenceData), with their R-hat
+                              and ESS
 
 A model's recipe (FA's batch 32, lr 1e-2, 35 epochs; the GMVAE's ``enum``) is applied once,
 by :func:`aevb.inference.fit` and :func:`aevb.inference.mcem_fit`, to every setting the spec
@@ -39,6 +42,7 @@ from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError, RunDirError
 from aevb.inference import rundir
 from aevb.inference.method import METHODS, Method, run_method
+from aevb.inference.posterior import PosteriorConfig, save_posterior
 from aevb.inference.record import Run
 from aevb.inference.saved import evaluate_run
 from aevb.models import likelihoods
@@ -295,6 +299,15 @@ def evaluate(
     return result
 
 
+def posterior(
+    out: str | Path, config: PosteriorConfig | None = None, *, seed: int = 0, device: str = "cpu"
+) -> dict:
+    """Sample the posterior of ``out``'s first test points (``config``, seed ``seed``, on
+    ``device``) and save it as ``out/posterior.nc``; returns its path and the draws' R-hat
+    and ESS (:func:`aevb.inference.posterior.save_posterior`)."""
+    return save_posterior(out, config, seed=seed, device=device)
+
+
 def run(
     spec: RunSpec, out: str | Path, *, progress: bool | None = False, epoch_callback=None
 ) -> dict:
@@ -321,6 +334,7 @@ __all__ = [
     "imports",
     "method_of",
     "model_class",
+    "posterior",
     "resolved_config",
     "resolve",
     "run",

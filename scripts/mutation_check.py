@@ -721,6 +721,15 @@ MUTANTS = [
         ("tests/test_psis.py",),
     ),
     Mutant(
+        "rhat-chain-draw-swapped",
+        "sampler",
+        "R-hat and bulk/tail ESS read the chain axis as draws and the draw axis as chains",
+        "aevb/inference/diagnostics.py",
+        "    x = np.moveaxis(x, (chain_axis, draw_axis), (0, 1))\n",
+        "    x = np.moveaxis(x, (draw_axis, chain_axis), (0, 1))\n",
+        ("tests/test_chain_diagnostics.py",),
+    ),
+    Mutant(
         "bdmc-reverse-from-the-prior",
         "estimator",
         "reverse AIS started from a prior draw instead of the exact z that simulated x",

@@ -242,3 +242,65 @@ def test_resume_refuses_changed_settings_and_lists_them(tmp_path, capsys):
     # the same settings with a longer run continue
     assert main([*base, "--epochs", "2", "--resume"]) == 0
     assert (out / "history.csv").read_text().count("\n") == 3
+
+
+@pytest.fixture(scope="module")
+def fa_run(tmp_path_factory):
+    """A factor-analysis run trained for one epoch on 64 points (16 test points)."""
+    out = tmp_path_factory.mktemp("fa") / "run"
+    argv = ["train", "fa", "--data", "fa-synthetic", "--subset", "64", "--test-subset", "16"]
+    assert main([*argv, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_evaluate_posterior_saves_arviz_inference_data(fa_run, capsys):
+    """``aevb evaluate RUN --posterior`` samples the first test points' posterior and saves
+    it as ``posterior.nc``: ArviZ's dims at the requested sizes, the same draws again for the
+    same seed, and the R-hat it prints is ArviZ's of the saved draws. It makes no estimate."""
+    az = pytest.importorskip("arviz")
+    argv = ["evaluate", str(fa_run), "--posterior", "--posterior-points", "3", "--seed", "1"]
+    argv += ["--posterior-chains", "2", "--posterior-draws", "30", "--posterior-warmup", "20"]
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    saved = fa_run / "posterior.nc"
+    assert result["path"] == str(saved) and result["sampler"] == "batched-hmc"
+    assert (result["points"], result["chains"], result["draws"]) == (3, 2, 30)
+    idata = az.from_netcdf(str(saved))
+    u = idata.posterior["u"]
+    assert u.dims == ("chain", "draw", "datapoint", "latent_dim") and u.shape == (2, 30, 3, 2)
+    assert idata.sample_stats["acceptance_rate"].shape == (2, 30, 3)
+    assert idata.posterior.attrs["seed"] == 1
+    assert result["rhat_max"] == pytest.approx(float(az.rhat(idata)["u"].max()))
+    first = u.values.copy()
+    assert not (fa_run / "evaluation.json").exists()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {saved}: 3 test points, 2 chains x 30 draws" in printed
+    assert "split R-hat max" in printed and "bulk" in printed and "tail" in printed
+    np.testing.assert_array_equal(az.from_netcdf(str(saved)).posterior["u"].values, first)
+    assert main([*argv, "--posterior-draws", "2"]) == 2
+    assert "--posterior-draws: must be >= 4, got 2" in capsys.readouterr().err
+
+
+def test_evaluate_posterior_without_arviz_says_how_to_install_it(
+    fa_run, tmp_path, capsys, monkeypatch
+):
+    run = tmp_path / "run"
+    shutil.copytree(fa_run, run)
+    (run / "posterior.nc").unlink(missing_ok=True)
+    monkeypatch.setitem(sys.modules, "arviz", None)  # `import arviz` raises ImportError
+    assert main(["evaluate", str(run), "--posterior"]) == 2
+    assert "pip install 'aevb[arviz]'" in capsys.readouterr().err
+    assert not (run / "posterior.nc").exists()
+
+
+def test_the_package_imports_without_arviz():
+    """ArviZ (the legacy package) is an optional extra: nothing imports it on import."""
+    code = (
+        "import sys; sys.modules['arviz'] = None\n"
+        "import aevb.cli, aevb.runs, aevb.inference.posterior, aevb.inference.diagnostics\n"
+        "assert aevb.cli.build_parser() is not None"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

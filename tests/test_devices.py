@@ -1,6 +1,7 @@
 """Devices: every public path on every device present (CUDA visibly skipped without one), a
 hygiene check that needs no GPU, and checkpoints that load whatever device wrote them."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ from aevb import data, devices, guides, inference, models, runs
 from aevb.errors import ConfigError
 from aevb.inference import rundir, saved
 from aevb.inference.estimators.ais import AISConfig, ais_dataset
+from aevb.inference.posterior import PosteriorConfig
 from aevb.spec import RunSpec
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -110,6 +112,7 @@ def _main_paths(device: str, tmp_path: Path) -> dict:
     out["fa"] = fa
     for sampler in ("batched-hmc", "hmc", "nuts"):
         opts = {"sampler": sampler, "proposal_epochs": 1, "epochs": 1, "device": device}
+        opts["num_samples"] = 4  # enough draws for the E-step chains' ESS
         fitted = inference.mcem_fit(
             models.build("fa"), None, train.subset(32), test=test.subset(8), **opts
         )
@@ -123,6 +126,9 @@ def _main_paths(device: str, tmp_path: Path) -> dict:
     out["ais_run"] = saved.evaluate_run(
         tmp_path / "run", 2, "ais", ais_temperatures=3, device=device
     )
+    if importlib.util.find_spec("arviz") is not None:  # the optional posterior export
+        small = PosteriorConfig(points=2, chains=2, draws=4, warmup=2)
+        out["posterior"] = runs.posterior(tmp_path / "run", small, device=device)
     return out
 
 
@@ -171,6 +177,7 @@ def test_every_main_path_runs_on_the_device(device, tmp_path):
         assert torch.isfinite(torch.tensor(run.history["test_elbo"].to_numpy())).all()
     for run in got["fits"][-3:]:  # MCEM: its proposal fitted afterwards, on the device too
         assert list(run.extra["proposal_history"]["epoch"]) == [1]
+        assert math.isfinite(run.history["ess_bulk"].iloc[0])  # its chains' ESS
     for b, name in zip(got["bounds"], SMALL):  # results come back to the CPU, one per point
         for values in (b.elbo, b.log_likelihood):
             assert values.device.type == "cpu" and values.shape == (24,), name
@@ -193,6 +200,8 @@ def test_every_main_path_runs_on_the_device(device, tmp_path):
         assert result["test_log_evidence_exact"] == pytest.approx(exact, rel=1e-5)
         assert math.isfinite(result["test_elbo"])
         assert result["test_log_likelihood"] <= exact + 0.5
+    if "posterior" in got:  # posterior draws of 2 test points, saved from the device
+        assert got["posterior"]["points"] == 2 and math.isfinite(got["posterior"]["ess_bulk"])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -37,6 +37,7 @@ import torch
 from aevb.data.dataset import Dataset
 from aevb.errors import ConfigError
 from aevb.inference import rundir
+from aevb.inference.diagnostics import EpochChainDiagnostics
 from aevb.inference.loop import LoopConfig, apply_gradients
 from aevb.inference.method import Method, RunOptions, launch, prepare, register, run_method
 from aevb.inference.objectives import OBJECTIVES
@@ -127,6 +128,8 @@ class MCEMAlgorithm:
         self.u = torch.empty(0, device="cpu")
         #: per-datapoint (batched-hmc) or shared step sizes, visit marks, running means
         self.chains = ChainState()
+        #: R-hat and ESS of the E-steps' kept draws (the first training datapoints')
+        self.mixing = EpochChainDiagnostics(cfg.num_samples)
         #: batched-hmc: a shared log-scale on every chain's step size, moved after each
         #: E-step by the batch's mean acceptance. theta changes between two visits of a
         #: datapoint (one epoch apart); the shared scale follows it every step, the
@@ -138,6 +141,7 @@ class MCEMAlgorithm:
 
     def _reset_counters(self) -> None:
         self.chains.reset_counters()
+        self.mixing.reset()
         self._e_seconds = 0.0
         self._m_seconds = 0.0
         self._divergences = 0
@@ -195,8 +199,9 @@ class MCEMAlgorithm:
             chains.step_size = state.step_size.reshape(1)
         chains.record(state)
         self._divergences += int(state.diagnostics.get("divergences", 0))
+        self._e_seconds += time.perf_counter() - t0
+        self.mixing.add(state.samples.detach(), index)  # R-hat, ESS: in neither step's seconds
         t1 = time.perf_counter()
-        self._e_seconds += t1 - t0
 
         samples = state.samples.detach()
         self.optim.set_lr(self.lr_at(self.t))
@@ -218,9 +223,12 @@ class MCEMAlgorithm:
         return self.cfg.lr * self.cfg.lr_decay**frac
 
     def epoch_diagnostics(self) -> dict:
-        """Mean acceptance, step size and E/M-step seconds of the epoch (then reset)."""
+        """Mean acceptance, step size, the E-step chains' R-hat and ESS
+        (:class:`~aevb.inference.diagnostics.EpochChainDiagnostics`) and E/M-step seconds of
+        the epoch (then reset)."""
         row = {
             **self.chains.means(),
+            **self.mixing.summary(),
             "e_step_seconds": self._e_seconds,
             "m_step_seconds": self._m_seconds,
         }
@@ -243,6 +251,7 @@ class MCEMAlgorithm:
                 "eps": list(self.chains.eps),
                 "divergences": self._divergences,
                 "seconds": (self._e_seconds, self._m_seconds),
+                "mixing": self.mixing.state_dict(),
             },
         }
 
@@ -258,6 +267,8 @@ class MCEMAlgorithm:
             self.chains.acc, self.chains.eps = list(running["acc"]), list(running["eps"])
             self._divergences = running["divergences"]
             self._e_seconds, self._m_seconds = running["seconds"]
+            if "mixing" in running:  # (checkpoints before R-hat and ESS have none)
+                self.mixing.load_state_dict(running["mixing"])
 
 
 class MCEM(Method):
@@ -341,7 +352,13 @@ def fit(model, guide=None, train=None, **kwargs) -> Run:
 
     The history's ``train_loss`` is -log p_theta(x, z) per datapoint at the E-step's draws
     (before the M-step); it also records the mean acceptance probability, step size and the
-    seconds spent in E- and M-steps per epoch.
+    seconds spent in E- and M-steps per epoch, and how well the E-step's chains mix, as
+    ArviZ computes it (Vehtari et al. 2021): ``rhat_max`` and ``rhat_share_over_1_01``
+    (rank-normalised split-R-hat of each datapoint's draws in one E-step, over the first
+    training datapoints and every latent dimension), ``ess_bulk`` and ``ess_tail`` (the
+    median over those datapoints of the worst dimension's ESS);
+    see :class:`~aevb.inference.diagnostics.EpochChainDiagnostics`. They need ``num_samples``
+    >= 8 draws per E-step (ESS: >= 4) and are NaN with fewer, as with the default of one.
 
     Example:
         >>> from aevb import data, inference, models

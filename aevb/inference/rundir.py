@@ -15,6 +15,8 @@ A run directory holds::
     evaluation.json         ``aevb evaluate`` results, one entry per estimator and k
     pointwise.npz           their values per test point (``KEY.elbo``, ``KEY.log_likelihood``
                             arrays [N]), for paired comparisons of runs
+    posterior.nc            ``aevb evaluate --posterior``: posterior draws of the first test
+                            points as ArviZ InferenceData (:mod:`.posterior`)
 
 Every file is written through :func:`atomic_write` (a temporary file, flushed to disk, and a
 rename), so a run stopped at any moment -- even killed while writing -- leaves the previous
@@ -52,6 +54,9 @@ CONFIG = "config.json"
 PROPOSAL_HISTORY = "proposal_history.csv"
 EVALUATION = "evaluation.json"
 POINTWISE = "pointwise.npz"
+#: posterior draws of the first test points, ArviZ InferenceData as netCDF
+#: (:mod:`aevb.inference.posterior`)
+POSTERIOR = "posterior.nc"
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -367,6 +372,14 @@ def write_proposal(run_dir: Path, params: Any, modules: list, history: pd.DataFr
     state["proposal_history"] = history.to_dict("records")
     write_checkpoint(run_dir, state)
     atomic_write(run_dir / PROPOSAL_HISTORY, lambda p: history.to_csv(p, index=False))
+
+
+def write_posterior(run_dir: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write the run's ``posterior.nc`` with ``write(path)`` (e.g. ``InferenceData.to_netcdf``)
+    atomically (:func:`atomic_write`); returns its path."""
+    path = Path(run_dir) / POSTERIOR
+    atomic_write(path, write)
+    return path
 
 
 def record_evaluation(run_dir: str | Path, key: str, result: dict) -> dict:

@@ -135,7 +135,7 @@ def evaluate_run(
     chosen = lookup(ESTIMATORS, estimator, "estimator")
     run = load_run(run_dir, device)
     model, guide, record = run.model, run.guide, run.config
-    test = as_dataset(_recorded_test(record, run_dir) if test is None else test).subset(subset)
+    test = as_dataset(recorded_test(record, run_dir) if test is None else test).subset(subset)
     start = time.perf_counter()
     k = chosen.elbo_samples(num_samples)
     with AdoptModules():  # a user's pyro.module networks take the checkpoint's values
@@ -194,7 +194,7 @@ def points_digest(test) -> str:
     return h.hexdigest()[:16]
 
 
-def _recorded_test(record: dict, run_dir):
+def recorded_test(record: dict, run_dir):
     """The test set a run's ``config.json`` records (``data_spec``), loaded again."""
     from aevb import data
 

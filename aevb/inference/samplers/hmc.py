@@ -38,6 +38,9 @@ class ChainState:
     step_size: torch.Tensor
     #: mean Metropolis acceptance probability per datapoint [B] (shared for Pyro's kernels)
     accept_prob: torch.Tensor
+    #: what else the sampler saw: ``accept_rate`` (the share of kept transitions accepted);
+    #: batched-hmc: ``accept_probs`` [S, B] (each kept transition's Metropolis probability),
+    #: ``start_potential`` and ``potential`` [B]; Pyro's kernels: ``divergences``
     diagnostics: dict
     #: the diagonal of the inverse mass matrix per datapoint [B, D] (None: identity)
     inv_mass: torch.Tensor | None = None
@@ -133,14 +136,16 @@ class BatchedHMC:
                 samples.append(u)
                 probs.append(a)
                 accepted += acc.float()
+        accept_probs = torch.stack(probs)
         return ChainState(
             torch.stack(samples),
             u,
             eps,
-            torch.stack(probs).mean(0),
+            accept_probs.mean(0),
             # U [B] at the start and at the last state (vi-mcmc's refine_gain is their difference)
             {
                 "accept_rate": float(accepted.mean() / num_samples),
+                "accept_probs": accept_probs,  # [S, B]: each kept transition's probability
                 "start_potential": start_potential,
                 "potential": U,
             },

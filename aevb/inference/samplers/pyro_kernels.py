@@ -104,18 +104,23 @@ class PyroKernelSampler:
         """The given step size: Pyro adapts its shared one during warm-up."""
         return step_size
 
-    def sample(
+    def adaptation(self, warmup_steps: int, adapt: bool) -> tuple[bool, bool]:
+        """(adapt the step size, adapt the mass matrix) for a call with ``warmup_steps``."""
+        adapt = adapt and warmup_steps > 0
+        return adapt, adapt and self.adapt_mass and warmup_steps >= self.mass_warmup
+
+    def run_mcmc(
         self, latents, args, u, step_size, num_samples, warmup_steps=0, adapt=True, inv_mass=None
-    ) -> ChainState:
-        """See :class:`~aevb.inference.samplers.Sampler`; ``inv_mass`` [B, D] continues an
-        adapted mass matrix."""
+    ) -> MCMC:
+        """The finished ``pyro.infer.MCMC`` run that :meth:`sample` reads (one chain on
+        U(u) = sum_i U_i(u_i), its draws under the site name ``"u"``); ArviZ's
+        ``az.from_pyro`` converts it (:mod:`aevb.inference.posterior`)."""
 
         def potential_fn(params):
             return -latents.log_joint(params["u"], args).sum()
 
+        adapt, adapt_mass = self.adaptation(warmup_steps, adapt)
         eps = float(step_size.reshape(-1)[0])
-        adapt = adapt and warmup_steps > 0
-        adapt_mass = adapt and self.adapt_mass and warmup_steps >= self.mass_warmup
         kernel = self.kernel(potential_fn, eps, adapt=adapt, adapt_mass=adapt_mass)
         if inv_mass is not None:
             kernel.given_inv_mass = inv_mass.reshape(-1)
@@ -128,6 +133,18 @@ class PyroKernelSampler:
         )
         with poutine.block():  # Pyro's MCMC draws its own sites; keep them out of any trace
             mcmc.run()
+        return mcmc
+
+    def sample(
+        self, latents, args, u, step_size, num_samples, warmup_steps=0, adapt=True, inv_mass=None
+    ) -> ChainState:
+        """See :class:`~aevb.inference.samplers.Sampler`; ``inv_mass`` [B, D] continues an
+        adapted mass matrix."""
+        mcmc = self.run_mcmc(
+            latents, args, u, step_size, num_samples, warmup_steps, adapt, inv_mass
+        )
+        kernel = mcmc.kernel
+        adapt, adapt_mass = self.adaptation(warmup_steps, adapt)
         samples = mcmc.get_samples()["u"]  # [S, B, D]
         # the kernel's own diagnostics (MCMC.diagnostics() also computes R-hat and ESS,
         # which need >= 4 draws; an MCEM E-step may take one)
