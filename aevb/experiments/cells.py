@@ -109,6 +109,9 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
     for key in ("accept_prob", "step_size", "divergences", "refine_gain"):
         if key in history:
             row[key] = float(history[key].mean())
+    for key in ("rhat_max", "ess_bulk", "ess_tail"):  # MCEM's E-step chains, at the end
+        if key in history:
+            row[key] = float(last[key])
     if "test_error" in history:  # M2's classification error, on the run's whole test set
         row["test_error"] = float(last["test_error"])
     row["labels"] = (record.get("data_spec") or {}).get("labels")

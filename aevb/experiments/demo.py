@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from aevb import data, inference, plots, runs
+from aevb.inference import psis
 from aevb.spec import RunSpec
 
 #: The three estimators the demo compares, each an objective's name and its particle count.
@@ -26,12 +27,16 @@ def _summary(run, label: str, test, scored, is_samples: int, quiet: bool) -> dic
         run.model, run.guide, scored, is_samples, progress=not quiet and sys.stderr.isatty()
     )
     h = run.history
+    trust = b.trust(psis.FLAG_SHARE)
+    share = f"{trust['khat_share_over_threshold']:.0%}" + (" (k-hat!)" if trust["flagged"] else "")
     return {
         "objective": label,
         "epochs": int(h["epoch"].iloc[-1]),
         "sec/epoch": float(h["epoch_seconds"].mean()),
         "test ELBO": float(h["test_elbo"].iloc[-1]),
         f"IS-{is_samples} log p(x)": float(b.log_likelihood.mean()),
+        "se": trust["test_log_likelihood_se"],
+        "k-hat over threshold": share,
         "active units": inference.active_units(run.guide, test),
     }
 
@@ -77,7 +82,9 @@ def run_demo(
     print(
         f"\nVAE 784-200-200-50, dynamically binarised MNIST, batch 20, Adam 1e-3, seed 0.\n"
         f"test ELBO on all {len(test)} test images (1 draw each); IS-{is_samples} on the first "
-        f"{len(scored)}; nats per image.\n"
+        f"{len(scored)}, its standard error over those images and the share of them whose "
+        f"Pareto k-hat is over the threshold ({psis.khat_threshold(is_samples):.2f} at "
+        f"IS-{is_samples}; flagged over {psis.FLAG_SHARE:.0%}); nats per image.\n"
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(

@@ -32,6 +32,8 @@ METRICS = (
     "seconds_per_epoch",
     "samples_per_second",
     "accept_prob",
+    "rhat_max",
+    "ess_bulk",
     "refine_gain",
 )
 
