@@ -154,22 +154,26 @@ def evaluate_run(
         khat_share,
     )
     ll, extra_keys = chosen.estimate(task, b)
-    per_point = ll if isinstance(ll, torch.Tensor) else None
-    result = Estimate(
-        {
-            "test_elbo": float(b.elbo.mean()),
-            "test_log_likelihood": float(ll.mean()) if per_point is not None else float(ll),
-            "num_samples": num_samples,
-            "estimator": estimator,
-            "num_test": len(test),
-            "test_points": points_digest(test),
-            "active_units": units,
-            **extra_keys,
-            **_known_metrics(model, guide, test, record),
-        }
+    result = _estimate(ll, b.elbo)
+    result.update(
+        num_samples=num_samples,
+        estimator=estimator,
+        num_test=len(test),
+        test_points=points_digest(test),
+        active_units=units,
     )
+    result.update({**extra_keys, **_known_metrics(model, guide, test, record)})
     result["seconds"] = time.perf_counter() - start
-    result.pointwise = {"elbo": b.elbo.detach().cpu().double().numpy()}
+    return result
+
+
+def _estimate(ll: torch.Tensor | float, elbo: torch.Tensor) -> Estimate:
+    """The means of an estimator's log-likelihood (per point, or a mean already) and of the
+    test ELBO, with their per-point values kept in ``pointwise``."""
+    per_point = ll if isinstance(ll, torch.Tensor) else None
+    mean = float(per_point.mean()) if per_point is not None else float(ll)
+    result = Estimate(test_elbo=float(elbo.mean()), test_log_likelihood=mean)
+    result.pointwise = {"elbo": elbo.detach().cpu().double().numpy()}
     if per_point is not None:
         result.pointwise["log_likelihood"] = per_point.detach().cpu().double().numpy()
     return result
