@@ -72,6 +72,7 @@ from aevb.inference.objectives.jit import (
     jit_renyi,
     jit_trace,
 )
+from aevb.inference.objectives.mcvae import continuous_latents, make_a_mcvae, make_l_mcvae
 from aevb.inference.objectives.rws import make_rws
 from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
 from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
@@ -130,6 +131,14 @@ def _dreg_needs_reparameterised(alpha: float | None) -> str | None:
         "DReG turns the score term into a path term through z, which a discrete or other "
         "non-reparameterised site does not have. Use enum, trace, renyi with alpha != 0, or a "
         "relaxed (reparameterised) distribution"
+    )
+
+
+def _mcvae_needs_reparameterised(alpha: float | None) -> str | None:
+    return (
+        "the Monte Carlo VAEs start their Langevin/MALA moves from a reparameterised draw of "
+        "q(z|x) and differentiate through them; a discrete or other non-reparameterised site "
+        "has no such draw. Use enum, trace or rws, or a relaxed (reparameterised) distribution"
     )
 
 
@@ -203,6 +212,21 @@ OBJECTIVES: dict[str, Objective] = {
         True,
         "reweighted wake-sleep: iwae's decoder gradient, q trained on the inclusive KL",
         default_particles=5,
+    ),
+    "l-mcvae": Objective(
+        make_l_mcvae,
+        True,
+        "Langevin Monte Carlo VAE: K=5 annealed ULA steps in the weight (Thin et al. 2021)",
+        refuses_score_function=_mcvae_needs_reparameterised,
+        check=continuous_latents,
+    ),
+    "a-mcvae": Objective(
+        make_a_mcvae,
+        True,
+        "AIS Monte Carlo VAE: K=3 annealed MALA steps, score term for the accept/reject "
+        "decisions (Thin et al. 2021)",
+        refuses_score_function=_mcvae_needs_reparameterised,
+        check=continuous_latents,
     ),
     "stl": Objective(
         make_stl,
