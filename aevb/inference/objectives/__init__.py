@@ -2,7 +2,8 @@
 
 This package's ``__init__`` holds the registry (:data:`OBJECTIVES`) and the checks that refuse
 a (model, guide) pair an objective would train wrongly; its modules hold aevb's own ELBOs
-(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.enum_meanfield`, :mod:`.semisupervised`) and
+(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.mcvae`, :mod:`.enum_meanfield`,
+:mod:`.semisupervised`) and
 the compiled forms (:mod:`.jit`).
 
 ==========  ===========================================  =====================================
@@ -30,6 +31,11 @@ classification term 0.1 N E_labelled[-log q(y|x)] for a model whose label is obs
 datapoints (:mod:`aevb.inference.objectives.semisupervised`). ``rws`` is reweighted wake-sleep
 (:mod:`aevb.inference.objectives.rws`): the IWAE bound's value and decoder gradient, the guide
 trained on the inclusive KL(p||q); valid with discrete guide sites.
+``l-mcvae`` and ``a-mcvae`` are the Monte Carlo VAEs of Thin et al. (2021)
+(:mod:`aevb.inference.objectives.mcvae`): K annealed unadjusted Langevin steps (L-MCVAE, the
+ULA kernel as its own reverse kernel) or MALA steps (A-MCVAE, the AIS weight with a score
+term for the accept/reject decisions) from q's reparameterised draw, inside the weight of an
+importance-weighted bound; continuous latents only.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
