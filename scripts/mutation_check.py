@@ -55,6 +55,8 @@ T_M2 = ("tests/test_m2.py",)
 MJ = "docs/_ext/offline_mathjax.py"
 T_NB = "tests/test_notebooks.py::test_notebook_executes_with_its_solutions"
 T_USER = "tests/test_user_programs.py"
+MCVAE = "aevb/inference/objectives/mcvae.py"
+T_MCVAE = ("tests/test_mcvae.py",)
 
 MUTANTS = [
     Mutant(
@@ -511,6 +513,42 @@ MUTANTS = [
         "+ (normalised * q).sum()",
         "- (normalised * q).sum()",
         ("tests/test_rws.py",),
+    ),
+    Mutant(
+        "mcvae-missing-reverse-kernel",
+        "objective",
+        "L-MCVAE's weight without the reverse kernel L_k (only -log M_k)",
+        MCVAE,
+        "    log_ratio = log_l - log_m\n",
+        "    log_ratio = -log_m\n",
+        T_MCVAE,
+    ),
+    Mutant(
+        "mcvae-beta-off-by-one",
+        "objective",
+        "L-MCVAE's k-th step targets pi_{k-1} (the beta schedule shifted by one)",
+        MCVAE,
+        "        for beta in schedule[1:]:\n",
+        "        for beta in schedule[:-1]:\n",
+        T_MCVAE,
+    ),
+    Mutant(
+        "mcvae-ula-noise-scale",
+        "objective",
+        "ULA's noise sqrt(eta) instead of sqrt(2 eta) (the kernel no longer the one scored)",
+        MCVAE,
+        "math.sqrt(2.0 * eta) * torch.randn_like(start.u)",
+        "math.sqrt(eta) * torch.randn_like(start.u)",
+        T_MCVAE,
+    ),
+    Mutant(
+        "mcvae-ais-increment-beta-not-its-step",
+        "objective",
+        "A-MCVAE's increment weighted by beta_k instead of beta_k - beta_{k-1}",
+        MCVAE,
+        "log_w + (schedule[k] - schedule[k - 1]) * (point.log_p",
+        "log_w + schedule[k] * (point.log_p",
+        T_MCVAE,
     ),
     Mutant(
         "iaf-same-order-every-step",

@@ -2,7 +2,8 @@
 
 This package's ``__init__`` holds the registry (:data:`OBJECTIVES`) and the checks that refuse
 a (model, guide) pair an objective would train wrongly; its modules hold aevb's own ELBOs
-(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.enum_meanfield`, :mod:`.semisupervised`) and
+(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.mcvae`, :mod:`.enum_meanfield`,
+:mod:`.semisupervised`) and
 the compiled forms (:mod:`.jit`).
 
 ==========  ===========================================  =====================================
@@ -30,6 +31,11 @@ classification term 0.1 N E_labelled[-log q(y|x)] for a model whose label is obs
 datapoints (:mod:`aevb.inference.objectives.semisupervised`). ``rws`` is reweighted wake-sleep
 (:mod:`aevb.inference.objectives.rws`): the IWAE bound's value and decoder gradient, the guide
 trained on the inclusive KL(p||q); valid with discrete guide sites.
+``l-mcvae`` and ``a-mcvae`` are the Monte Carlo VAEs of Thin et al. (2021)
+(:mod:`aevb.inference.objectives.mcvae`): K annealed unadjusted Langevin steps (L-MCVAE, the
+ULA kernel as its own reverse kernel) or MALA steps (A-MCVAE, the AIS weight with a score
+term for the accept/reject decisions) from q's reparameterised draw, inside the weight of an
+importance-weighted bound; continuous latents only.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
@@ -72,6 +78,7 @@ from aevb.inference.objectives.jit import (
     jit_renyi,
     jit_trace,
 )
+from aevb.inference.objectives.mcvae import continuous_latents, make_a_mcvae, make_l_mcvae
 from aevb.inference.objectives.rws import make_rws
 from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
 from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
@@ -130,6 +137,14 @@ def _dreg_needs_reparameterised(alpha: float | None) -> str | None:
         "DReG turns the score term into a path term through z, which a discrete or other "
         "non-reparameterised site does not have. Use enum, trace, renyi with alpha != 0, or a "
         "relaxed (reparameterised) distribution"
+    )
+
+
+def _mcvae_needs_reparameterised(alpha: float | None) -> str | None:
+    return (
+        "the Monte Carlo VAEs start their Langevin/MALA moves from a reparameterised draw of "
+        "q(z|x) and differentiate through them; a discrete or other non-reparameterised site "
+        "has no such draw. Use enum, trace or rws, or a relaxed (reparameterised) distribution"
     )
 
 
@@ -203,6 +218,21 @@ OBJECTIVES: dict[str, Objective] = {
         True,
         "reweighted wake-sleep: iwae's decoder gradient, q trained on the inclusive KL",
         default_particles=5,
+    ),
+    "l-mcvae": Objective(
+        make_l_mcvae,
+        True,
+        "Langevin Monte Carlo VAE: K=5 annealed ULA steps in the weight (Thin et al. 2021)",
+        refuses_score_function=_mcvae_needs_reparameterised,
+        check=continuous_latents,
+    ),
+    "a-mcvae": Objective(
+        make_a_mcvae,
+        True,
+        "AIS Monte Carlo VAE: K=3 annealed MALA steps, score term for the accept/reject "
+        "decisions (Thin et al. 2021)",
+        refuses_score_function=_mcvae_needs_reparameterised,
+        check=continuous_latents,
     ),
     "stl": Objective(
         make_stl,

@@ -1,0 +1,305 @@
+"""Monte Carlo VAEs (aevb.inference.objectives.mcvae) on factor analysis, whose evidence and
+posterior are exact: L-MCVAE's bound is below log p(x) and tightens with K at a fixed poor
+encoder; K = 0 is the IWAE bound of the same draws; the reverse kernel and the whole weight
+equal a brute-force Gaussian evaluation; with q the exact posterior, every AIS increment of
+A-MCVAE is (beta_k - beta_{k-1}) log p(x). Then training: inference.fit, a user's own program
+with a constrained latent, and the command line."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from aevb import inference
+from aevb.errors import ObjectiveError
+from aevb.inference.objectives import check_compatible, make_objective
+from aevb.inference.objectives.mcvae import (
+    MALAMCVAE_ELBO,
+    LangevinMCVAE_ELBO,
+    MCVAEConfig,
+    Target,
+    betas,
+    leave_one_out,
+    ula_log_density,
+)
+
+
+def _poor_encoder(fa):
+    """FA in float64 with q(z|x) the exact posterior's mean and twice its scale."""
+    truth, guide, x, V, L = fa
+    truth.double(), guide.double()
+    with torch.no_grad():
+        guide.set_parameters(V.double(), 2.0 * L.double())
+    return truth, guide, x
+
+
+def _bounds(elbo, truth, guide, x, repeats):
+    """``repeats`` draws of the bound summed over the batch."""
+    return torch.tensor([-elbo.loss(truth, guide, x) for _ in range(repeats)], dtype=x.dtype)
+
+
+def test_l_mcvae_is_below_the_evidence_and_tightens_as_k_grows(fa):
+    truth, guide, x = _poor_encoder(fa)
+    exact = float(truth.log_evidence(x).sum().detach())
+    repeats, means, ses = 50, {}, {}
+    pyro.set_rng_seed(0)
+    for steps in (0, 3, 15):
+        cfg = MCVAEConfig(steps=steps, step_size=0.05, adapt_gain=0.0)
+        b = _bounds(LangevinMCVAE_ELBO(1, cfg), truth, guide, x, repeats)
+        means[steps], ses[steps] = float(b.mean()), float(b.std() / math.sqrt(repeats))
+    print({k: (round(means[k], 2), round(ses[k], 2)) for k in means}, "exact", round(exact, 2))
+    for steps in means:  # a valid bound: at most 3 standard errors above the evidence
+        assert means[steps] <= exact + 3 * ses[steps]
+    for lo, hi in ((0, 3), (3, 15)):  # independent draws: the gain is > 3 standard errors
+        assert means[hi] - means[lo] > 3 * math.hypot(ses[hi], ses[lo])
+    assert means[15] < exact  # and still short of it at K = 15
+
+
+def test_with_no_steps_the_bound_is_iwae_on_the_same_draws(fa):
+    truth, guide, x = _poor_encoder(fa)
+    for k in (1, 5):
+        pyro.set_rng_seed(7)
+        plain = make_objective("iwae" if k > 1 else "trace", k).loss(truth, guide, x)
+        pyro.set_rng_seed(7)
+        ours = LangevinMCVAE_ELBO(k, MCVAEConfig(steps=0)).loss(truth, guide, x)
+        assert ours == pytest.approx(plain, rel=1e-10)
+
+
+def test_the_ula_density_is_the_gaussian_transition():
+    g = torch.Generator().manual_seed(0)
+    u0, u1, grad = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    eta = 0.07
+    cov = 2 * eta * torch.eye(3, dtype=torch.float64)
+    brute = dist.MultivariateNormal(u0 + eta * grad, covariance_matrix=cov).log_prob(u1)
+    torch.testing.assert_close(ula_log_density(u0, u1, grad, eta), brute, rtol=1e-12, atol=0)
+
+
+def _fa_log_densities(truth, guide, x, u):
+    """Closed forms: log q(u|x) under the linear-Gaussian guide, log N(u; 0, I) +
+    log N(x; W u, diag sigma^2); the rows of u are particle-major copies of x's rows."""
+    xs = x.repeat(u.shape[0] // x.shape[0], 1)
+    q = dist.MultivariateNormal(xs @ guide.V.detach().T, scale_tril=guide.scale_tril.detach())
+    prior = dist.Normal(torch.zeros_like(u), 1.0).log_prob(u).sum(-1)
+    lik = dist.Normal(u @ truth.W.T, truth.sigma).log_prob(xs).sum(-1)
+    return q.log_prob(u), prior + lik
+
+
+def test_the_l_mcvae_weight_equals_a_brute_force_evaluation(fa):
+    """Two annealed ULA steps written out with torch.distributions on the same draws:
+    log w = log p(x, u_2) - log q(u_0) + sum_k log N(u_{k-1}; u_k + eta g_k(u_k), 2 eta I)
+    - log N(u_k; u_{k-1} + eta g_k(u_{k-1}), 2 eta I), g_k = grad log q^(1-b_k) p^(b_k)."""
+    truth, guide, x = _poor_encoder(fa)
+    x = x[:6]
+    eta, steps = 0.05, 2
+    elbo = LangevinMCVAE_ELBO(3, MCVAEConfig(steps=steps, step_size=eta))
+    pyro.set_rng_seed(11)
+    target = Target(truth, guide, (x,), 3)
+    log_w, _, _ = elbo.log_weights(target, create_graph=False)
+
+    def grad_log_pi(u, beta):
+        u = u.detach().requires_grad_(True)
+        lq, lp = _fa_log_densities(truth, guide, x, u)
+        return torch.autograd.grad(((1 - beta) * lq + beta * lp).sum(), u)[0]
+
+    pyro.set_rng_seed(11)
+    u = Target(truth, guide, (x,), 3).draw().detach()
+    expected = -_fa_log_densities(truth, guide, x, u)[0]
+    cov = 2 * eta * torch.eye(2, dtype=x.dtype)
+    for beta in (0.5, 1.0):  # beta_k = k / K
+        forward = u + eta * grad_log_pi(u, beta)
+        new = forward + math.sqrt(2 * eta) * torch.randn_like(u)
+        back = new + eta * grad_log_pi(new, beta)
+        expected = expected + dist.MultivariateNormal(back, covariance_matrix=cov).log_prob(u)
+        expected = expected - dist.MultivariateNormal(forward, covariance_matrix=cov).log_prob(new)
+        u = new
+    expected = expected + _fa_log_densities(truth, guide, x, u)[1]
+    torch.testing.assert_close(log_w.detach(), expected.detach(), rtol=1e-10, atol=1e-9)
+
+
+def test_a_mcvae_increments_are_beta_steps_of_the_evidence_at_the_exact_posterior(fa):
+    """q = p(z|x): log p(x, z) - log q(z|x) = log p(x) at every z, so each increment is
+    (beta_k - beta_{k-1}) log p(x) and the weight is log p(x), whatever MALA accepted."""
+    truth, guide, x, _, _ = fa
+    truth.double(), guide.double()
+    V, L = truth.exact_posterior_parameters()  # in float64
+    with torch.no_grad():
+        guide.set_parameters(V, L)
+    elbo = MALAMCVAE_ELBO(4, MCVAEConfig(steps=3, step_size=0.01))
+    pyro.set_rng_seed(2)
+    target = Target(truth, guide, (x,), 4)
+    log_w, log_decisions, accept = elbo.log_weights(target, create_graph=False)
+    exact = truth.log_evidence(x).repeat(4)
+    torch.testing.assert_close(log_w.detach(), exact, rtol=1e-10, atol=1e-9)
+    assert betas(4) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert accept.shape == (3, 200) and 0.2 < float(accept.mean()) < 1.0
+    assert bool(torch.isfinite(log_decisions).all())
+
+
+def test_a_mcvae_is_below_the_evidence_at_a_poor_encoder(fa):
+    truth, guide, x = _poor_encoder(fa)
+    exact = float(truth.log_evidence(x).sum().detach())
+    pyro.set_rng_seed(3)
+    repeats = 20
+    b0 = _bounds(MALAMCVAE_ELBO(1, MCVAEConfig(steps=0)), truth, guide, x, repeats)
+    cfg = MCVAEConfig(steps=5, step_size=0.1, adapt_gain=0.0)
+    b5 = _bounds(MALAMCVAE_ELBO(1, cfg), truth, guide, x, repeats)
+    se5 = float(b5.std() / math.sqrt(repeats))
+    se0 = float(b0.std() / math.sqrt(repeats))
+    assert float(b5.mean()) <= exact + 3 * se5
+    assert float(b5.mean()) - float(b0.mean()) > 3 * math.hypot(se0, se5)
+
+
+def test_the_leave_one_out_baseline_replaces_one_weight_by_the_others_geometric_mean():
+    log_w = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    e = math.exp
+    expected = torch.tensor(
+        [
+            math.log((e(2.0) + e(1.0) + e(3.0)) / 3),  # w_0 replaced by exp((1 + 3) / 2)
+            math.log((e(0.0) + e(1.5) + e(3.0)) / 3),
+            math.log((e(0.0) + e(1.0) + e(0.5)) / 3),
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(leave_one_out(log_w).squeeze(-1), expected)
+    assert float(leave_one_out(log_w[:1]).abs().max()) == 0.0
+
+
+def test_the_step_size_moves_towards_the_target_acceptance(fa):
+    truth, guide, x = _poor_encoder(fa)
+    elbo = LangevinMCVAE_ELBO(1, MCVAEConfig(steps=2, step_size=2.0, adapt_gain=0.5))
+    pyro.set_rng_seed(0)
+    elbo.loss_and_grads(truth, guide, x)
+    assert elbo.accept_prob < 0.8 and elbo.step_size < 2.0  # too big: shrinks
+    elbo = LangevinMCVAE_ELBO(1, MCVAEConfig(steps=2, step_size=1e-4, adapt_gain=0.5))
+    elbo.loss_and_grads(truth, guide, x)
+    assert elbo.accept_prob > 0.8 and elbo.step_size > 1e-4  # too small: grows
+
+
+def test_discrete_latents_and_a_guide_missing_a_latent_are_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(y, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(0.0, 1.0))
+
+    x = torch.randn(4)
+    for name in ("l-mcvae", "a-mcvae"):
+        with pytest.raises(ObjectiveError, match="need continuous latents.*'y' is discrete"):
+            check_compatible(name, model, guide, x)
+
+    def model2(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + u, 1.0), obs=x)
+
+    def guide2(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ObjectiveError, match="exactly the model's latents"):
+        check_compatible("l-mcvae", model2, guide2, x)
+
+
+@pytest.mark.parametrize("objective", ["l-mcvae", "a-mcvae"])
+def test_fit_trains_fa_and_the_bound_improves(objective):
+    from aevb import data
+
+    pyro.clear_param_store()
+    train, _ = data.load("fa-synthetic")
+    model = data.fa_truth()
+    run = inference.fit(
+        model,
+        None,
+        train.x[:256],
+        objective,
+        epochs=4,
+        batch_size=64,
+        seed=0,
+        lr=3e-2,
+        progress=False,
+    )
+    losses = run.history["train_loss"].to_numpy()
+    assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
+
+
+def test_a_users_own_program_trains():
+    """Plain Pyro functions, as the README's own-model example writes them: a Laplace prior
+    (docs/examples/my_models.py), networks captured in closures."""
+    w = torch.randn(2, 3)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            zeros = x.new_zeros(2)
+            z = pyro.sample("z", dist.Laplace(zeros, torch.ones_like(zeros)).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        out = encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            scale = torch.nn.functional.softplus(out[..., 2:])
+            pyro.sample("z", dist.Normal(out[..., :2], scale).to_event(1))
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    decoder, encoder = torch.nn.Linear(2, 3), torch.nn.Linear(3, 4)
+    x = torch.randn(128, 2) @ w + 0.3 * torch.randn(128, 3)
+    run = inference.fit(
+        model,
+        guide,
+        x,
+        "l-mcvae",
+        particles=2,
+        epochs=3,
+        batch_size=32,
+        seed=0,
+        lr=3e-2,
+        progress=False,
+    )
+    losses = run.history["train_loss"].to_numpy()
+    assert losses[-1] < losses[0] and all(math.isfinite(v) for v in losses)
+
+
+def test_a_positive_latent_moves_on_its_logarithm_and_the_bound_holds():
+    """s ~ LogNormal(0, 1), x | s ~ LogNormal(log s, 1): log x ~ N(0, 2), so
+    p(x) = N(log x; 0, 2) / x exactly. The moves run on u = log s with the Jacobian in both
+    densities; the bound stays below log p(x) and improves on the ELBO's."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            s = pyro.sample("s", dist.LogNormal(torch.zeros_like(x), 1.0))
+            pyro.sample("x", dist.LogNormal(s.log(), 1.0), obs=x)
+
+    def guide(x):  # the exact posterior of log s is N(log x / 2, 1/2): this one is too wide
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("s", dist.LogNormal(0.5 * x.log(), 1.5))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.exp(math.sqrt(2.0) * torch.randn(100, generator=g, dtype=torch.float64))
+    exact = float((dist.Normal(0.0, math.sqrt(2.0)).log_prob(x.log()) - x.log()).sum())
+    pyro.set_rng_seed(0)
+    repeats, found = 30, {}
+    for steps in (0, 5):
+        cfg = MCVAEConfig(steps=steps, step_size=0.1, adapt_gain=0.0)
+        b = _bounds(LangevinMCVAE_ELBO(1, cfg), model, guide, x, repeats)
+        found[steps] = (float(b.mean()), float(b.std() / math.sqrt(repeats)))
+    print(found, "exact", round(exact, 2))
+    for mean, se in found.values():
+        assert mean <= exact + 3 * se
+    assert found[5][0] - found[0][0] > 3 * math.hypot(found[0][1], found[5][1])
+
+
+def test_the_command_line_trains_fa_with_l_mcvae(tmp_path):
+    from aevb.cli import main
+
+    out = tmp_path / "fa"
+    argv = ["train", "fa", "--data", "fa-synthetic", "--objective", "l-mcvae", "--epochs", "1"]
+    assert main([*argv, "--seed", "0", "--out", str(out), "--quiet"]) == 0
+    assert (out / "history.csv").exists()
