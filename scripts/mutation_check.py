@@ -794,6 +794,18 @@ MUTANTS = [
         "    se_points = float(math.hypot(np.std(a, ddof=1), np.std(b, ddof=1)) / math.sqrt(n))\n",
         ("tests/test_paired.py",),
     ),
+    Mutant(
+        "mcvae-step-size-not-resumed",
+        "faults",
+        "a resumed Monte Carlo VAE run restarts its adapted step size from the setting",
+        "aevb/inference/svi.py",
+        '        if "objective" in state:\n',
+        "        if False:\n",
+        (
+            "tests/test_faults.py::"
+            "test_a_signal_mid_epoch_checkpoints_and_the_resumed_run_is_bit_identical",
+        ),
+    ),
 ]
 
 

@@ -65,6 +65,8 @@ def _fit(spec: RunSpec, out, **kw):
 
 SPECS = {
     "svi": {**FA, "objective": "iwae", "particles": 3, "epochs": 3},
+    # an objective with state of its own: the Monte Carlo VAE's adapted step size
+    "svi-mcvae": {**FA, "objective": "l-mcvae", "particles": 2, "epochs": 3},
     "mcem": {**FA, "inference": "mcem", "proposal_epochs": 0, "epochs": 3},
     "vi-mcmc": {**FA, "inference": "vi-mcmc", "mcmc_steps": 2, "leapfrog_steps": 3, "epochs": 3},
 }

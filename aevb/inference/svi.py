@@ -239,16 +239,24 @@ class SVIAlgorithm:
                 )
 
     def epoch_diagnostics(self) -> dict:
-        """The learning rate, when it follows a schedule."""
-        return {"lr": self.lr} if self.cfg.lr_schedule != "constant" else {}
+        """The learning rate, when it follows a schedule, and what an objective with state
+        of its own reports (the Monte Carlo VAEs' step size and acceptance)."""
+        row = {"lr": self.lr} if self.cfg.lr_schedule != "constant" else {}
+        own = getattr(self.eager or self.elbo, "epoch_diagnostics", None)
+        return {**row, **own()} if own is not None else row
 
     def state_dict(self) -> dict:
-        """The optimiser state for the checkpoint."""
-        return {"optim": self.optim.state_dict()}
+        """The optimiser state for the checkpoint, and the objective's own where it has one
+        (an adapted step size): a resumed run continues exactly."""
+        state = {"optim": self.optim.state_dict()}
+        own = getattr(self.elbo, "state_dict", None)
+        return {**state, "objective": own()} if own is not None else state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the optimiser state before the first step."""
+        """Restore the optimiser (and objective) state before the first step."""
         self.optim.load_state_dict(state["optim"])
+        if "objective" in state:
+            self.elbo.load_state_dict(state["objective"])
 
 
 class SVI(ObjectiveMethod):

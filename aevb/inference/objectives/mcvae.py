@@ -270,6 +270,18 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("the Monte Carlo VAEs run their own traces (Target)")
 
+    def state_dict(self) -> dict:
+        """The adapted step size (and the last acceptance), for the run's checkpoint."""
+        return {"step_size": self.step_size, "accept_prob": self.accept_prob}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's step size."""
+        self.step_size, self.accept_prob = state["step_size"], state["accept_prob"]
+
+    def epoch_diagnostics(self) -> dict:
+        """``step_size`` and ``accept_prob`` of the last training step, for history.csv."""
+        return {"step_size": self.step_size, "accept_prob": self.accept_prob}
+
     def log_weights(self, target: Target, create_graph: bool):
         """(log w [N], log P of the accept/reject decisions [N] or None, acceptance
         probabilities [steps, N] detached) for one run of the particles."""
