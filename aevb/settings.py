@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
@@ -190,6 +191,12 @@ def check_fields(obj, path: str = "") -> None:
         check(of(f), getattr(obj, name), f"{path}.{name}" if path else name)
 
 
+def close_keys(key: str, valid) -> str:
+    """``"; did you mean a, b?"`` for the valid keys closest to a misspelt ``key``."""
+    close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def describe(f: Field, recipe: bool = False) -> str:
     """The help text of a setting: its ``help``, its registry's names and its default
     (``unset`` where it is None; with ``recipe``: "the model's recipe, else" first)."""
@@ -213,6 +220,7 @@ def describe(f: Field, recipe: bool = False) -> str:
 __all__ = [
     "Setting",
     "check",
+    "close_keys",
     "check_fields",
     "declared",
     "default_of",

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
@@ -67,7 +66,7 @@ from aevb.inference.estimators import ESTIMATORS
 from aevb.inference.loop import LoopConfig
 from aevb.inference.method import METHODS
 from aevb.registry import check_config_values, lookup
-from aevb.settings import Setting, check, declared, default_of, of, setting
+from aevb.settings import Setting, check, close_keys, declared, default_of, of, setting
 
 # ------------------------------------------------------------------ value checks
 
@@ -89,12 +88,6 @@ def _frozen(value):
     if isinstance(value, Mapping):
         return {str(k): _frozen(v) for k, v in value.items()}
     return value
-
-
-def close_keys(key: str, valid) -> str:
-    """``"; did you mean a, b?"`` for the valid keys closest to a misspelt ``key``."""
-    close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def unknown_key(key: str, valid, path: str = "") -> ConfigError:

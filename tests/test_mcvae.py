@@ -303,3 +303,30 @@ def test_the_command_line_trains_fa_with_l_mcvae(tmp_path):
     argv = ["train", "fa", "--data", "fa-synthetic", "--objective", "l-mcvae", "--epochs", "1"]
     assert main([*argv, "--seed", "0", "--out", str(out), "--quiet"]) == 0
     assert (out / "history.csv").exists()
+
+
+def test_the_objectives_own_settings_come_from_a_spec_and_are_checked(tmp_path):
+    """``objective_options`` (a spec file's or grid's table) reaches the objective: K and eta
+    recorded in the run, a name the objective does not have refused with the close ones."""
+    from aevb import runs
+    from aevb.errors import ConfigError
+    from aevb.inference import rundir
+    from aevb.inference.objectives import make_objective
+    from aevb.spec import RunSpec
+
+    flat = {"model": "fa", "data": "fa-synthetic", "subset": 64, "test_subset": 20}
+    flat |= {"objective": "a-mcvae", "epochs": 1}
+    elbo = make_objective("a-mcvae", 1, None, 1, {"step_size": 0.02})
+    assert (elbo.config.steps, elbo.config.step_size) == (3, 0.02)  # a-mcvae's own K = 3
+    spec = RunSpec.from_flat({**flat, "objective_options": {"steps": 2, "adapt_gain": 0.0}})
+    runs.train(spec, tmp_path / "run", progress=False, figures=False)
+    fit = rundir.read_config(tmp_path / "run")["fit"]
+    assert fit["objective_options"] == {"steps": 2, "adapt_gain": 0.0}
+    history = rundir.read_history(tmp_path / "run")
+    assert history["step_size"].iloc[-1] == 0.01  # gain 0: eta stays at its setting
+    with pytest.raises(ConfigError, match="has no option 'stpes'; did you mean steps"):
+        RunSpec.from_flat({**flat, "objective_options": {"stpes": 2}})
+    with pytest.raises(ConfigError, match="steps: must be >= 0"):
+        RunSpec.from_flat({**flat, "objective_options": {"steps": -1}})
+    with pytest.raises(ConfigError, match="'trace' has no options of its own"):
+        RunSpec.from_flat({**flat, "objective": "trace", "objective_options": {"steps": 2}})

@@ -89,5 +89,8 @@ def test_upgrade_record_moves_old_mcem_sampler_settings():
     new = rundir.upgrade_record(old)
     assert new["fit"] == {"sampler": "hmc", "sampler_options": {"num_steps": 20}}
     assert rundir.upgrade_record(new) == new
-    svi = {"inference": "svi", "fit": {"objective": "trace"}}
+    svi = {"inference": "svi", "fit": {"objective": "trace", "objective_options": {}}}
     assert rundir.upgrade_record(svi) == svi
+    # an objective recorded before objectives had options of their own has none
+    older = {"inference": "svi", "fit": {"objective": "trace"}}
+    assert rundir.upgrade_record(older) == svi

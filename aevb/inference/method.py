@@ -32,7 +32,7 @@ from aevb.data.dataset import Dataset, as_dataset
 from aevb.errors import ConfigError
 from aevb.inference import loop
 from aevb.inference.loop import Algorithm, LoopConfig
-from aevb.inference.objectives import OBJECTIVES, check_alpha
+from aevb.inference.objectives import OBJECTIVES, check_alpha, objective_options
 from aevb.inference.record import Run, describe, make_record
 from aevb.models.base import recipe
 from aevb.registry import lookup, put
@@ -131,6 +131,8 @@ class ObjectiveMethod(Method):
     def check_spec(self, settings: dict, where: str) -> None:
         if settings.get("objective") is not None:
             check_alpha(settings["objective"], settings.get("alpha"), f"{where}.alpha")
+            options = dict(settings.get("objective_options") or {})
+            objective_options(settings["objective"], options, f"{where}.objective_options")
 
 
 #: inference methods by name (:func:`register` adds one)
@@ -166,6 +168,12 @@ class ObjectiveConfig(LoopConfig):
     alpha: float | None = setting(
         None, kind=float, help="the Renyi alpha (the renyi objective only)", unset="none"
     )
+    objective_options: dict = setting(
+        default_factory=dict,
+        help="the objective's own settings, for one that has them (l-mcvae, a-mcvae: steps, "
+        "step_size, target_accept_prob, adapt_gain); set in a spec file or grid",
+        unset="the objective's",
+    )
 
 
 def objective_settings(settings: dict, default: str) -> dict:
@@ -174,6 +182,7 @@ def objective_settings(settings: dict, default: str) -> dict:
     objective = settings.get("objective") or default
     lookup(OBJECTIVES, objective, "objective")
     check_alpha(objective, settings.get("alpha"))
+    objective_options(objective, dict(settings.get("objective_options") or {}))
     settings = {**settings, "objective": objective}
     if settings.get("particles") is None:
         settings["particles"] = OBJECTIVES[objective].default_particles

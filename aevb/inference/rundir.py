@@ -443,10 +443,13 @@ def upgrade_record(record: dict) -> dict:
     """A run record of an older version in today's form (for comparing on resume): an MCEM
     record's sampler settings move into ``sampler_options`` and its spec's nested sampler
     table becomes ``sampler`` and ``sampler_options``; ``num_particles`` is ``particles``; a
-    vi-mcmc record's ``sampler_options = {"num_steps": n}`` is ``leapfrog_steps = n``."""
+    vi-mcmc record's ``sampler_options = {"num_steps": n}`` is ``leapfrog_steps = n``; an
+    objective recorded before objectives had options of their own has none."""
     fit = dict(record.get("fit", {}))
     if "num_particles" in fit:
         fit["particles"] = fit.pop("num_particles")
+    if "objective" in fit:
+        fit.setdefault("objective_options", {})
     if record.get("inference") == "vi-mcmc":
         fit = upgrade_vimcmc_settings(fit, OLD_LEAPFROG_STEPS)
     if record.get("inference") == "mcem" and "sampler_options" not in fit:

@@ -117,7 +117,9 @@ class SVIAlgorithm:
         self.elbo: Any = (
             make_jit_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
             if self.jit
-            else make_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
+            else make_objective(
+                cfg.objective, k, cfg.alpha, cfg.max_plate_nesting, cfg.objective_options
+            )
         )
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.train_guide = OBJECTIVES[cfg.objective].prepare_guide(guide)

@@ -96,7 +96,9 @@ class VIMCMCAlgorithm:
     def __init__(self, model, guide, cfg: VIMCMCConfig):
         self.model, self.guide, self.cfg = model, guide, cfg
         k = cfg.particles or OBJECTIVES[cfg.objective].default_particles
-        self.elbo: Any = make_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
+        self.elbo: Any = make_objective(
+            cfg.objective, k, cfg.alpha, cfg.max_plate_nesting, cfg.objective_options
+        )
         self.sampler = sampler_from_options("batched-hmc", leapfrog(cfg), adapt_online=True)
         self.optim = Adam(cfg.lr, cfg.betas, cfg.eps)
         self.latents: Latents | None = None

@@ -54,7 +54,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro.poutine as poutine
@@ -78,12 +78,18 @@ from aevb.inference.objectives.jit import (
     jit_renyi,
     jit_trace,
 )
-from aevb.inference.objectives.mcvae import continuous_latents, make_a_mcvae, make_l_mcvae
+from aevb.inference.objectives.mcvae import (
+    MCVAEConfig,
+    continuous_latents,
+    make_a_mcvae,
+    make_l_mcvae,
+)
 from aevb.inference.objectives.rws import make_rws
 from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
 from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
 from aevb.models.base import hooks
 from aevb.registry import lookup, put
+from aevb.settings import close_keys, declared
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,12 @@ class Objective:
     #: ``check(model_trace, guide_trace) -> why or None``: a requirement on the pair's
     #: traces (semisupervised: a partially observed site), checked before training starts
     check: Callable[[Any, Any], str | None] | None = None
+    #: the dataclass of the objective's own settings (the run's ``objective_options``,
+    #: declared with :func:`aevb.settings.setting`), whose instance ``make`` then takes as
+    #: ``config=``; None: the objective has none
+    options: type | None = None
+    #: the objective's own defaults of those settings, over the dataclass's
+    option_defaults: dict = field(default_factory=dict)
 
 
 def _no_gradient_at_alpha_zero(alpha: float | None) -> str | None:
@@ -225,6 +237,7 @@ OBJECTIVES: dict[str, Objective] = {
         "Langevin Monte Carlo VAE: K=5 annealed ULA steps in the weight (Thin et al. 2021)",
         refuses_score_function=_mcvae_needs_reparameterised,
         check=continuous_latents,
+        options=MCVAEConfig,
     ),
     "a-mcvae": Objective(
         make_a_mcvae,
@@ -233,6 +246,8 @@ OBJECTIVES: dict[str, Objective] = {
         "decisions (Thin et al. 2021)",
         refuses_score_function=_mcvae_needs_reparameterised,
         check=continuous_latents,
+        options=MCVAEConfig,
+        option_defaults={"steps": 3},
     ),
     "stl": Objective(
         make_stl,
@@ -300,13 +315,43 @@ def check_alpha(name: str, alpha: float | None, where: str = "alpha") -> None:
 
 
 def make_objective(
-    name: str, num_particles: int = 1, alpha: float | None = None, max_plate_nesting: int = 1
+    name: str,
+    num_particles: int = 1,
+    alpha: float | None = None,
+    max_plate_nesting: int = 1,
+    options: dict | None = None,
 ) -> ELBO:
-    """The Pyro ELBO instance for a registered objective name."""
+    """The Pyro ELBO instance for a registered objective name, with its own ``options``
+    (:func:`objective_options`) where it has settings of its own."""
     objective = lookup(OBJECTIVES, name, "objective")
     if num_particles < 1:
         raise ConfigError(f"num_particles must be >= 1, got {num_particles}")
-    return objective.make(num_particles, alpha, max_plate_nesting)
+    config = objective_options(name, options or {})
+    if config is None:
+        return objective.make(num_particles, alpha, max_plate_nesting)
+    return objective.make(num_particles, alpha, max_plate_nesting, config=config)  # type: ignore[call-arg]
+
+
+def objective_options(name: str, options: dict, where: str = "objective_options"):
+    """The objective's own settings: an instance of its ``options`` dataclass from its
+    ``option_defaults`` and ``options`` (each name and value checked), or None for an
+    objective without settings of its own (which then takes no options)."""
+    objective = lookup(OBJECTIVES, name, "objective")
+    if objective.options is None:
+        if options:
+            raise ConfigError(f"{where}: objective {name!r} has no options of its own")
+        return None
+    valid = declared(objective.options)
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"{where}: {name} has no option {key!r}{close_keys(key, valid)} (its "
+                f"options: {', '.join(sorted(valid))})"
+            )
+    try:
+        return objective.options(**{**objective.option_defaults, **options})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def use_jit(name: str, model, guide, jit: bool | None) -> bool:

@@ -121,17 +121,15 @@ def sampler_options(name: str) -> set[str]:
 def check_sampler_options(name: str, options, where: str = "sampler options") -> None:
     """Refuse an option that sampler ``name`` does not have (the closest ones named);
     unknown sampler names pass (they fail where the sampler is made)."""
-    import difflib
+    from aevb.settings import close_keys
 
     if name not in SAMPLERS:
         return
     valid = sampler_options(name)
     for key in options:
         if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"{where}: {name} has no option {key!r}{hint} (its options: "
+                f"{where}: {name} has no option {key!r}{close_keys(key, valid)} (its options: "
                 f"{', '.join(sorted(valid))})"
             )
 
