@@ -223,3 +223,17 @@ def test_a_user_program_runs_on_a_ray_worker(project, capsys):
     assert main(["compare", "grid.toml", "--out", "g", "--quiet"]) == 0
     results = pd.read_csv(project / "g" / "results.csv")
     assert list(results["status"]) == ["ok"], results["error"].tolist()
+
+
+@pytest.mark.parametrize("objective", ["l-mcvae", "a-mcvae"])
+def test_a_users_program_trains_under_the_monte_carlo_vaes(project, objective):
+    """``aevb train my_progs:model --guide my_progs:guide --objective l-mcvae|a-mcvae``: the
+    Langevin / MALA moves run on a user's plain Pyro functions (a Gaussian VAE with a
+    softplus scale), the loss is finite and the step size is adapted and recorded."""
+    argv = ["train", "my_progs:model", "--guide", "my_progs:guide", "--data", "x.npy"]
+    argv += ["--objective", objective, "--lr", "1e-3"]
+    assert main([*argv, *FAST[:-1], "--epochs", "2", "--quiet", "--out", "run"]) == 0
+    history = pd.read_csv(project / "run" / "history.csv")
+    assert np.isfinite(history["train_loss"]).all() and np.isfinite(history["test_elbo"]).all()
+    assert (history["step_size"] > 0).all() and history["step_size"].iloc[-1] != 0.01
+    assert history["accept_prob"].between(0, 1).all()
