@@ -76,6 +76,7 @@ def chain_diagnostics(samples, chain_axis: int = 0, draw_axis: int = 1) -> dict[
 
     Example:
         >>> import numpy as np
+        >>> from aevb.inference.diagnostics import chain_diagnostics
         >>> draws = np.random.default_rng(0).standard_normal((4, 500, 3))  # [chain, draw, 3]
         >>> out = chain_diagnostics(draws)
         >>> out["rhat"].shape, bool((out["rhat"] < 1.01).all())

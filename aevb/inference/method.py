@@ -132,7 +132,8 @@ class ObjectiveMethod(Method):
         if settings.get("objective") is not None:
             check_alpha(settings["objective"], settings.get("alpha"), f"{where}.alpha")
             options = dict(settings.get("objective_options") or {})
-            objective_options(settings["objective"], options, f"{where}.objective_options")
+            if settings["objective"] in OBJECTIVES:  # an unknown name fails where it is made
+                objective_options(settings["objective"], options, f"{where}.objective_options")
 
 
 #: inference methods by name (:func:`register` adds one)

@@ -109,7 +109,8 @@ RESUMABLE_CHANGES = (
 
 def _settings(record: dict) -> dict:
     """A run record as {dotted key: JSON value}, without what may change on resume (the
-    library versions and :data:`RESUMABLE_CHANGES`); a None value counts as not set."""
+    library versions and :data:`RESUMABLE_CHANGES`); a None value or an empty table (no
+    options: the defaults) counts as not set."""
     flat: dict = {}
 
     def walk(prefix: str, value) -> None:
@@ -118,7 +119,7 @@ def _settings(record: dict) -> dict:
         if isinstance(value, dict) and value:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        elif value is not None:
+        elif value is not None and value != {}:
             flat[prefix] = value
 
     walk("", json.loads(json.dumps({k: v for k, v in record.items() if k != "versions"})))
