@@ -116,27 +116,37 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
         row["test_error"] = float(last["test_error"])
     row["labels"] = (record.get("data_spec") or {}).get("labels")
     for key, (estimator, k) in wanted.items():
-        result = done[key]
-        row["test_elbo"] = result["test_elbo"]
-        row[f"test_ll_{estimator}"] = result["test_log_likelihood"]
-        row[f"{estimator}_samples"] = k
-        row["num_test"] = result.get("num_test")
-        # where the per-point values are (pointwise.npz) and which points they score, for
-        # paired comparisons (aevb.experiments.paired); the test ELBO is the last key's
-        points = result.get("test_points")
-        row[f"{estimator}_key"], row[f"{estimator}_points"] = key, points
-        row["elbo_key"], row["elbo_points"] = key, points
-        if "test_log_likelihood_stderr" in result:
-            row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
-        row.update(trust_columns(estimator, result))
-        row["active_units"] = result["active_units"]
-        for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
-            if extra in result:
-                row[extra] = result[extra]
+        row.update(estimate_columns(key, estimator, k, done[key]))
     exact = row.get("test_log_evidence_exact")
     if exact is not None:  # distance of every estimate from the exact evidence (FA)
         for key in ("test_elbo", "test_ll_is", "test_ll_ais"):
             if key in row:
                 row[f"{key}_minus_exact"] = row[key] - exact
     row.update({f"version_{k}": v for k, v in record.get("versions", {}).items()})
+    return row
+
+
+def estimate_columns(key: str, estimator: str, k: int, result: dict) -> dict:
+    """The ``results.csv`` columns of one recorded estimate (``evaluation.json``'s ``key``):
+    its value, samples, trust keys, the model's own metrics, and where its per-point values
+    are (``pointwise.npz``) with the digest of the points they score, for paired comparisons
+    (:mod:`aevb.experiments.paired`); the test ELBO is the last key's."""
+    points = result.get("test_points")
+    row = {
+        "test_elbo": result["test_elbo"],
+        f"test_ll_{estimator}": result["test_log_likelihood"],
+        f"{estimator}_samples": k,
+        "num_test": result.get("num_test"),
+        f"{estimator}_key": key,
+        f"{estimator}_points": points,
+        "elbo_key": key,
+        "elbo_points": points,
+    }
+    if "test_log_likelihood_stderr" in result:
+        row[f"test_ll_{estimator}_stderr"] = result["test_log_likelihood_stderr"]
+    row.update(trust_columns(estimator, result))
+    row["active_units"] = result["active_units"]
+    for extra in ("test_log_evidence_exact", "true_model_log_evidence", "cluster_accuracy"):
+        if extra in result:
+            row[extra] = result[extra]
     return row
