@@ -2,7 +2,7 @@
 
 This package's ``__init__`` holds the registry (:data:`OBJECTIVES`) and the checks that refuse
 a (model, guide) pair an objective would train wrongly; its modules hold aevb's own ELBOs
-(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.mcvae`, :mod:`.enum_meanfield`,
+(:mod:`.stl`, :mod:`.dreg`, :mod:`.rws`, :mod:`.mcvae`, :mod:`.metflow`, :mod:`.enum_meanfield`,
 :mod:`.semisupervised`) and
 the compiled forms (:mod:`.jit`).
 
@@ -35,7 +35,10 @@ trained on the inclusive KL(p||q); valid with discrete guide sites.
 (:mod:`aevb.inference.objectives.mcvae`): K annealed unadjusted Langevin steps (L-MCVAE, the
 ULA kernel as its own reverse kernel) or MALA steps (A-MCVAE, the AIS weight with a score
 term for the accept/reject decisions) from q's reparameterised draw, inside the weight of an
-importance-weighted bound; continuous latents only.
+importance-weighted bound; continuous latents only. ``metflow`` (MetFlow/MetVAE, Thin et al.
+2020; :mod:`aevb.inference.objectives.metflow`) moves q's draw by K Metropolis-Hastings steps
+whose proposals are invertible flow maps (trained with the model), scored by the ELBO on the
+extended space of the accept/reject decisions, with their score term.
 
 All use ``max_plate_nesting=1`` (the data plate) and vectorise particles when k > 1, so models
 and guides must broadcast over a leading particle dimension.
@@ -84,6 +87,7 @@ from aevb.inference.objectives.mcvae import (
     make_a_mcvae,
     make_l_mcvae,
 )
+from aevb.inference.objectives.metflow import MetFlowConfig, make_metflow
 from aevb.inference.objectives.rws import make_rws
 from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
 from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
@@ -248,6 +252,15 @@ OBJECTIVES: dict[str, Objective] = {
         check=continuous_latents,
         options=MCVAEConfig,
         option_defaults={"steps": 3},
+    ),
+    "metflow": Objective(
+        make_metflow,
+        True,
+        "MetFlow: K=3 Metropolis-Hastings steps with invertible flow proposals, the ELBO on "
+        "the extended space of the accept/reject decisions (Thin et al. 2020)",
+        refuses_score_function=_mcvae_needs_reparameterised,
+        check=continuous_latents,
+        options=MetFlowConfig,
     ),
     "stl": Objective(
         make_stl,
