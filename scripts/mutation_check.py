@@ -57,6 +57,8 @@ T_NB = "tests/test_notebooks.py::test_notebook_executes_with_its_solutions"
 T_USER = "tests/test_user_programs.py"
 MCVAE = "aevb/inference/objectives/mcvae.py"
 T_MCVAE = ("tests/test_mcvae.py",)
+METFLOW = "aevb/inference/objectives/metflow.py"
+T_METFLOW = ("tests/test_metflow.py",)
 
 MUTANTS = [
     Mutant(
@@ -549,6 +551,42 @@ MUTANTS = [
         "log_w + (schedule[k] - schedule[k - 1]) * (point.log_p",
         "log_w + schedule[k] * (point.log_p",
         T_MCVAE,
+    ),
+    Mutant(
+        "metflow-accept-without-jacobian",
+        "objective",
+        "MetFlow's accept probability without the proposal's Jacobian |det J_T|",
+        METFLOW,
+        "log_alpha = (log_p_new + ladj - log_p).clamp(max=0.0)",
+        "log_alpha = (log_p_new - log_p).clamp(max=0.0)",
+        T_METFLOW,
+    ),
+    Mutant(
+        "metflow-rejected-tracked-as-accepted",
+        "objective",
+        "MetFlow's density of a rejected move tracked as if accepted (its log-Jacobian added)",
+        METFLOW,
+        "jacobian = torch.where(accept, ladj, torch.zeros_like(ladj))",
+        "jacobian = ladj",
+        T_METFLOW,
+    ),
+    Mutant(
+        "metflow-decision-target-dropped",
+        "objective",
+        "MetFlow's weight without the decisions' target m (log p - log q_K(u_K, a | xi))",
+        METFLOW,
+        "        jacobian + log_m - log_decision,",
+        "        jacobian - log_decision,",
+        T_METFLOW,
+    ),
+    Mutant(
+        "metflow-inverse-direction-never-drawn",
+        "objective",
+        "MetFlow always proposes F, never F^{-1} (the kernel no longer leaves pi invariant)",
+        METFLOW,
+        "directions = torch.rand(steps, n, dtype=u.dtype, device=u.device) < 0.5",
+        "directions = torch.rand(steps, n, dtype=u.dtype, device=u.device) < 2.0",
+        T_METFLOW,
     ),
     Mutant(
         "iaf-same-order-every-step",
