@@ -20,6 +20,10 @@ renyi       ``RenyiELBO(alpha)``                         the Renyi alpha bound (
 enum        ``TraceEnum_ELBO``                           the ELBO with the guide's discrete
                                                          sites summed out exactly (parallel
                                                          enumeration), the rest sampled
+metflow     ``MetFlow_ELBO`` (aevb's own)                K Metropolis-Hastings steps with flow
+                                                         proposals from z ~ q; the ELBO on the
+                                                         extended space of the accept/reject
+                                                         decisions (Thin et al. 2020)
 ==========  ===========================================  =====================================
 
 ``stl`` is ``Trace_ELBO`` with log q's parameters held fixed: the ELBO's gradient without
