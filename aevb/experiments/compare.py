@@ -108,6 +108,7 @@ _LABEL_KEYS = (
     "objective",
     "particles",
     "alpha",
+    "objective_options",
     "sampler",
     "preset",
 )
@@ -256,7 +257,10 @@ def cell_label(cell: dict) -> str:
     parts = []
     for key in _LABEL_KEYS:
         value = cell.get(key)
-        if value is None or (key == "inference" and value == "svi"):
+        if value is None or value == {} or (key == "inference" and value == "svi"):
+            continue
+        if isinstance(value, dict):  # objective_options: steps5, ... in the keys' order
+            parts.extend(f"{k}{v}" for k, v in sorted(value.items()))
             continue
         prefix = _LABEL_PREFIX.get(key, "")
         parts.append(f"{prefix}{value}".replace(":", "."))  # MODULE:NAME -> MODULE.NAME
