@@ -264,6 +264,13 @@ def _compare_parser(sub) -> None:
     c.add_argument("--out", default=None, help="output folder (default runs/compare-NAME)")
     c.add_argument("--quiet", action="store_true")
     c.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="every cell's epochs (over the config's); runs scored after fewer resume, "
+        "train on and are scored again, the earlier scores kept in evaluations/epochN/",
+    )
+    c.add_argument(
         "--engine",
         default=None,
         choices=list(ENGINES),
@@ -477,6 +484,7 @@ def cmd_compare(args) -> None:
         engine=args.engine,
         address=args.address,
         track=args.track,
+        epochs=args.epochs,
     )
     if not args.quiet:
         print_rankings(results)

@@ -312,8 +312,14 @@ def run(
     spec: RunSpec, out: str | Path, *, progress: bool | None = False, epoch_callback=None
 ) -> dict:
     """Train (or resume) ``spec`` in ``out`` and make every estimate of ``spec.evaluation``
-    not yet in ``evaluation.json``; a run already evaluated is left as it is. Returns the
-    recorded estimates by key."""
+    not yet in ``evaluation.json``; a run already evaluated is left as it is, unless it was
+    evaluated after fewer epochs than ``spec`` asks for: then it trains on and is scored
+    again, its earlier estimates kept in ``evaluations/epochN/``. Returns the recorded
+    estimates by key."""
+    sched = spec.schedule
+    if sched.max_steps is None and sched.max_seconds is None:
+        if rundir.evaluated_too_early(out, sched.epochs):  # more epochs asked: score again
+            rundir.archive_evaluations(out)
     done = rundir.read_evaluations(out)
     wanted = [ev for ev in spec.evaluation if ev.key not in done]
     if not wanted and spec.evaluation:

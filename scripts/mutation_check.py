@@ -553,6 +553,35 @@ MUTANTS = [
         T_MCVAE,
     ),
     Mutant(
+        "mcvae-score-term-dropped",
+        "objective",
+        "A-MCVAE's gradient without the score term of the accept/reject decisions",
+        MCVAE,
+        "surrogate = surrogate + self.score_weight() * (signal * log_decisions).sum()",
+        "surrogate = surrogate + 0.0 * (signal * log_decisions).sum()",
+        T_MCVAE,
+    ),
+    Mutant(
+        "mcvae-mala-accept-without-proposal-correction",
+        "objective",
+        "MALA's accept probability without the proposal ratio L_k / M_k (plain Metropolis)",
+        MCVAE,
+        "log_alpha = (end.log_pi(beta) - start.log_pi(beta) + log_ratio).clamp(max=0.0)",
+        "log_alpha = (end.log_pi(beta) - start.log_pi(beta)).clamp(max=0.0)",
+        T_MCVAE,
+    ),
+    Mutant(
+        "vimcmc-encoder-fit-to-unrefined-draws",
+        "sampler",
+        "vi-mcmc's encoder_refined term evaluated at the encoder's own draws z^0, not z^K",
+        "aevb/inference/vimcmc.py",
+        "            self.refined_fit_loss(u, args).backward()",
+        "            self.refined_fit_loss(self.latents.flatten({s.name: pyro.poutine.trace("
+        "self.guide).get_trace(*args).nodes[s.name]['value'].detach() for s in "
+        "self.latents.sites}), args).backward()",
+        ("tests/test_vimcmc.py",),
+    ),
+    Mutant(
         "metflow-accept-without-jacobian",
         "objective",
         "MetFlow's accept probability without the proposal's Jacobian |det J_T|",

@@ -193,3 +193,38 @@ def test_a_bad_cell_is_refused_before_any_cell_trains(tmp_path, capsys, line, me
     err = capsys.readouterr().err
     assert message in err and "fa-iwae-k3" in err, err
     assert not out.exists() or not any(out.glob("*/checkpoint.pt"))  # nothing trained
+
+
+def test_a_cells_label_names_its_objective_options():
+    """Two cells that differ only in their objective options get different labels (a grid
+    of l-mcvae at K = 5 and 10 needs no hand-written labels); an empty table adds nothing."""
+    from aevb.experiments.compare import cell_label
+
+    cell = {"model": "vae", "objective": "l-mcvae", "objective_options": {"steps": 5}}
+    assert cell_label(cell) == "vae-l-mcvae-steps5"
+    both = {**cell, "objective_options": {"steps": 10, "learn_schedule": True}}
+    assert cell_label(both) == "vae-l-mcvae-learn_scheduleTrue-steps10"
+    assert cell_label({**cell, "objective_options": {}}) == "vae-l-mcvae"
+
+
+def test_more_epochs_train_on_and_score_again_keeping_the_earlier_scores(tmp_path):
+    """``aevb compare --epochs 3`` on a grid scored after 2 epochs: each run resumes from
+    its checkpoint, trains epoch 3 and is scored again; the 2-epoch scores stay in
+    ``evaluations/epoch2/`` beside the new ones, and results.csv says 3 epochs."""
+    grid = GRID.split('[[cells]]\nobjective = "iwae"')[0]
+    (tmp_path / "grid.toml").write_text(grid)
+    out = tmp_path / "g"
+    assert main(["compare", str(tmp_path / "grid.toml"), "--out", str(out), "--quiet"]) == 0
+    run = out / "fa-meanfield-seed0"
+    before = (run / "evaluation.json").read_text()
+    argv = ["compare", str(tmp_path / "grid.toml"), "--out", str(out), "--quiet"]
+    assert main([*argv, "--epochs", "3"]) == 0
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert (run / "evaluations" / "epoch2" / "evaluation.json").read_text() == before
+    assert (run / "evaluations" / "epoch2" / "pointwise.npz").is_file()
+    assert (run / "evaluation.json").read_text() != before
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["epochs"]) == [3]
+    assert main([*argv, "--epochs", "3"]) == 0  # nothing left to do: not scored again
+    assert not (run / "evaluations" / "epoch3").exists()

@@ -237,3 +237,22 @@ def test_a_users_program_trains_under_the_monte_carlo_vaes(project, objective):
     assert np.isfinite(history["train_loss"]).all() and np.isfinite(history["test_elbo"]).all()
     assert (history["step_size"] > 0).all() and history["step_size"].iloc[-1] != 0.01
     assert history["accept_prob"].between(0, 1).all()
+
+
+@pytest.mark.parametrize(
+    "method",
+    [["--objective", "metflow"], ["--inference", "vi-mcmc", "--encoder-refined", "1"]],
+    ids=["metflow", "vi-mcmc-refined"],
+)
+def test_a_users_program_trains_under_metflow_and_the_refined_encoder(project, method):
+    """``aevb train my_progs:model --guide my_progs:guide`` under MetFlow (flow proposals
+    made for the user's latent dimension) and under vi-mcmc with the encoder fitted to the
+    refined draws: finite losses and test ELBOs, and each method's own history columns."""
+    argv = ["train", "my_progs:model", "--guide", "my_progs:guide", "--data", "x.npy"]
+    argv += [*method, "--lr", "1e-3"]
+    assert main([*argv, *FAST[:-1], "--epochs", "2", "--quiet", "--out", "run"]) == 0
+    history = pd.read_csv(project / "run" / "history.csv")
+    assert np.isfinite(history["train_loss"]).all() and np.isfinite(history["test_elbo"]).all()
+    if "vi-mcmc" in method:
+        assert np.isfinite(history["refined_log_q"]).all()
+        assert history["accept_prob"].between(0, 1).all()

@@ -254,7 +254,7 @@ def _import_modules(modules, cells: list[dict], path: Path) -> list[str]:
 
 def cell_label(cell: dict) -> str:
     """A readable, unique-enough name: model-inference-objective-k... from the cell's keys."""
-    parts = []
+    parts: list[str] = []
     for key in _LABEL_KEYS:
         value = cell.get(key)
         if value is None or value == {} or (key == "inference" and value == "svi"):
@@ -288,16 +288,20 @@ def run_grid(
     engine: str | None = None,
     address: str | None = None,
     track: str | None = None,
+    epochs: int | None = None,
 ):
     """Run every (cell, seed) of the config on its engine (``[engine]``, or ``engine`` /
     ``address`` from the command line); write results.csv as cells finish and report.md at
     the end; return the results frame. ``device`` (e.g. ``"cuda"``) overrides every cell's;
     ``track`` (``mlflow[:URI]``, or the config's ``[tracking]``) logs every run to MLflow,
     nested under one run for the grid. Cells already evaluated are read back, not run
-    again."""
+    again. ``epochs`` overrides every cell's: runs scored after fewer epochs resume, train
+    on and are scored again (their earlier estimates kept in ``evaluations/epochN/``)."""
     config = load_config(config_path)
     if device is not None:
         config["cells"] = [{**cell, "device": device} for cell in config["cells"]]
+    if epochs is not None:
+        config["cells"] = [{**cell, "epochs": epochs} for cell in config["cells"]]
     runner = _engine(config, engine, address)
     out = Path(out or f"runs/compare-{config['name']}")
     out.mkdir(parents=True, exist_ok=True)
@@ -346,12 +350,14 @@ def _engine(config: dict, engine: str | None, address: str | None):
 
 def _already_done(tasks: list, wanted: dict) -> tuple[dict[int, dict], list]:
     """The rows of the cells already evaluated (read back from their run directories) and
-    the tasks still to run: a re-run submits nothing for the cells that are done."""
+    the tasks still to run: a re-run submits nothing for the cells that are done (a cell
+    scored after fewer epochs than it now asks for is not done)."""
     rows: dict[int, dict] = {}
     todo = []
     for task in tasks:
         done = rundir.read_evaluations(task.out)
-        if wanted and all(key in done for key in wanted):
+        longer = rundir.evaluated_too_early(task.out, task.cell.get("epochs"))
+        if wanted and all(key in done for key in wanted) and not longer:
             rows[task.index] = results_row(task.cell, task.seed, Path(task.out), done, wanted)
         else:
             todo.append(task)

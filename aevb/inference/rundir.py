@@ -434,6 +434,37 @@ def read_evaluations(run_dir: str | Path) -> dict:
     return _read_json_object(path) if path.exists() else {}
 
 
+def trained_epochs(run_dir: str | Path) -> int:
+    """The last epoch in ``history.csv`` (0 when the run has none yet)."""
+    if not (Path(run_dir) / HISTORY).is_file():
+        return 0
+    history = read_history(run_dir)
+    return int(history["epoch"].iloc[-1]) if len(history) else 0
+
+
+def evaluated_too_early(run_dir: str | Path, epochs: int | None) -> bool:
+    """Whether the run was evaluated after fewer than ``epochs`` epochs (None: the run's
+    own length), so that asking for more epochs must train on and score it again."""
+    return (
+        epochs is not None
+        and bool(read_evaluations(run_dir))
+        and 0 < trained_epochs(run_dir) < epochs
+    )
+
+
+def archive_evaluations(run_dir: str | Path) -> Path:
+    """Move ``evaluation.json`` and ``pointwise.npz`` to ``evaluations/epochN/`` (N the
+    epochs they scored), so that a run trained further is scored afresh and the earlier
+    figures are kept; returns that folder."""
+    run_dir = Path(run_dir)
+    dest = run_dir / "evaluations" / f"epoch{trained_epochs(run_dir)}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (POINTWISE, EVALUATION):  # the points first: an estimate keeps its points
+        if (run_dir / name).exists():
+            os.replace(run_dir / name, dest / name)
+    return dest
+
+
 #: Monte Carlo EM settings that older records kept beside MCEM's own, with the defaults
 #: every sampler had; they now live in ``sampler_options``
 _OLD_SAMPLER_FIELDS = {"num_steps": 10, "target_accept_prob": 0.9, "max_tree_depth": 10}

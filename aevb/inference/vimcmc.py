@@ -9,7 +9,8 @@ so any draw from p_theta(z|x) gives an unbiased gradient of the evidence itself,
 Per minibatch x_1..x_B::
 
     encoder:  one Adam step on its own objective (``trace``: the ELBO; ``iwae``: the
-              k-sample bound), gradients to the guide's parameters only;
+              k-sample bound), gradients to the guide's parameters only, plus, with
+              ``encoder_refined`` = lambda > 0, on -(lambda/B) sum_i log q_phi(z_i^K|x_i);
     refine:   z_i^0 ~ q_phi(z|x_i), then K HMC transitions per datapoint on p_theta(z|x_i)
               (:class:`~aevb.inference.samplers.hmc.BatchedHMC`: one chain, step size and
               Metropolis test per datapoint, the step size adapting towards 90% acceptance
@@ -23,6 +24,16 @@ encoder starts every chain, so its bias is corrected rather than inherited (the 
 longer pulled towards posteriors the encoder can represent, Cremer et al. 2018), while q's
 quality decides how few transitions suffice. MCEM (:mod:`aevb.inference.mcem`) is the case
 without an encoder: chains start where they stopped one epoch earlier.
+
+**The encoder's lag.** The decoder follows Fisher's identity, not the encoder's bound, so
+nothing keeps its posteriors where q can follow: in aevb's own grid at K = 5 the encoder's test
+ELBO fell every epoch while the decoder's AIS was the grid's best. ``encoder_refined`` adds
+the fit of q to the refined draws, the maximum-likelihood step of amortised MCMC (Li, Turner &
+Liu 2017): z^K is detached, so -log q_phi(z^K|x) moves q towards where HMC took its draws
+(towards KL(p_K || q) of the refined law p_K, an inclusive divergence, alongside the
+ELBO's exclusive one). The term reads q's density in the latents' unconstrained space
+(:meth:`~aevb.inference.samplers.target.Latents.guide_log_density`); the Jacobian of z = T(u)
+does not depend on phi, so its gradient is that of log q(z^K|x).
 
 The history records, per epoch, the mean acceptance probability and step size of the
 transitions and ``refine_gain``, the mean increase of log p(x, z) from z^0 to z^K per
@@ -82,6 +93,12 @@ class VIMCMCConfig(ObjectiveConfig):
         above=True,
         help="the first step size of a datapoint's chain before its one-step search",
     )
+    encoder_refined: float = setting(
+        0.0,
+        minimum=0,
+        help="lambda: the encoder's loss gains -lambda log q(z^K|x) at the refined draws "
+        "(amortised MCMC's fit of q to them); 0: the encoder learns from its objective only",
+    )
 
 
 def leapfrog(cfg: VIMCMCConfig) -> dict:
@@ -110,6 +127,7 @@ class VIMCMCAlgorithm:
     def _reset_counters(self) -> None:
         self.chains.reset_counters()
         self._gain: list[float] = []
+        self._refined_log_q: list[float] = []
         self._mcmc_seconds = 0.0
 
     def prepare(self, ds, first_batch: tuple) -> None:
@@ -160,21 +178,35 @@ class VIMCMCAlgorithm:
         assert self.latents is not None
         return -self.latents.log_joint(u, args).sum()
 
+    def refined_fit_loss(self, u: torch.Tensor, args: tuple) -> torch.Tensor:
+        """-lambda sum_i log q_phi(z_i|x_i) at the (detached) refined draws u [B, D]: the
+        encoder's fit to them (its gradient reaches the guide's parameters only)."""
+        assert self.latents is not None
+        log_q = self.latents.guide_log_density(self.guide, u, args)
+        self._refined_log_q.append(float(log_q.detach().mean()))
+        return -self.cfg.encoder_refined * log_q.sum()
+
     def step(self, args: tuple, index: torch.Tensor) -> float:
         """Encoder step, refinement, decoder step; returns the encoder's loss (summed)."""
         index = index.to(self.chains.step_size.device)
         loss = self.encoder_step(args)
-        self.decoder_loss(self.refine(args, index), args).backward()
+        u = self.refine(args, index)
+        if self.cfg.encoder_refined > 0:
+            self.refined_fit_loss(u, args).backward()
+        self.decoder_loss(u, args).backward()
         apply_gradients(self.optim, len(index), self.cfg.freeze)
         return loss
 
     def epoch_diagnostics(self) -> dict:
-        """Mean acceptance, step size, log-joint gain and seconds spent in HMC (then reset)."""
+        """Mean acceptance, step size, log-joint gain, seconds spent in HMC and (with
+        ``encoder_refined``) the mean log q(z^K|x) at the refined draws (then reset)."""
         row = {
             **self.chains.means(),
             "refine_gain": sum(self._gain) / max(len(self._gain), 1),
             "mcmc_seconds": self._mcmc_seconds,
         }
+        if self.cfg.encoder_refined > 0:
+            row["refined_log_q"] = sum(self._refined_log_q) / max(len(self._refined_log_q), 1)
         self._reset_counters()
         return row
 
@@ -184,6 +216,7 @@ class VIMCMCAlgorithm:
             "optim": self.optim.state_dict(),
             **self.chains.state_dict(),  # step_size, visited
             "epoch_diagnostics": (list(self.chains.acc), list(self.chains.eps), list(self._gain)),
+            "refined_log_q": list(self._refined_log_q),
             "mcmc_seconds": self._mcmc_seconds,
         }
 
@@ -194,6 +227,7 @@ class VIMCMCAlgorithm:
         acc, eps, gain = state["epoch_diagnostics"]
         self.chains.acc, self.chains.eps, self._gain = list(acc), list(eps), list(gain)
         self._mcmc_seconds = state["mcmc_seconds"]
+        self._refined_log_q = list(state.get("refined_log_q", []))
 
 
 class VIMCMC(ObjectiveMethod):
@@ -211,10 +245,11 @@ class VIMCMC(ObjectiveMethod):
         return VIMCMCAlgorithm(model, guide, cfg)
 
     def label(self, cfg: VIMCMCConfig) -> str:
-        return f"vi-mcmc{cfg.mcmc_steps}"
+        return f"vi-mcmc{cfg.mcmc_steps}" + ("-refined" if cfg.encoder_refined else "")
 
     def run_name(self, cfg: VIMCMCConfig) -> str:
-        return f"vi-mcmc{cfg.mcmc_steps}-{cfg.objective}{cfg.particles}"
+        refined = f"-refined{cfg.encoder_refined:g}" if cfg.encoder_refined else ""
+        return f"vi-mcmc{cfg.mcmc_steps}-{cfg.objective}{cfg.particles}{refined}"
 
     def upgrade_spec(self, settings: dict) -> dict:
         return rundir.upgrade_vimcmc_settings(settings)

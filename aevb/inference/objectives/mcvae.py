@@ -37,7 +37,15 @@ which depends on the accept/reject decisions a_k ~ Bernoulli(alpha_k) as well as
 reparameterised draws. Its gradient is the pathwise one plus the score term of the decisions,
 sum_i (L - b_i) grad sum_k log P(a_k^i), with L = log (1/n) sum_j w_j and the leave-one-out
 baseline b_i (L with w_i replaced by the geometric mean of the other weights; Mnih & Rezende
-2016), as Thin et al. (2021, sec. 4) derive; with one particle b = 0.
+2016), as Thin et al. (2021, sec. 4) derive; with one particle b = 0. ``score_warmup`` weights
+the score term up linearly over the first training steps (biased meanwhile; 0: off).
+
+**Learnt schedule** (``learn_schedule``). The increments beta_k - beta_{k-1} = softmax(c)_k of
+K free logits c (``pyro.param("mcvae_schedule_logits")``, zeros at first: the linear schedule),
+so beta stays increasing from 0 to 1. Both weights stay bounds for any such schedule, so c is
+trained on the same bound as the networks (Thin et al. 2021 learn theirs the same way, by
+the bound's gradient): through the drifts and reverse kernels (L-MCVAE), the AIS increments
+and the decisions' probabilities (A-MCVAE).
 
 **Step size.** One global eta (all latents, datapoints and steps share it; a per-latent eta
 would need its own rule for the reverse kernel's scale), adapted after every training step by
@@ -92,6 +100,17 @@ class MCVAEConfig:
     adapt_gain: float = setting(
         0.05, minimum=0, help="Robbins-Monro gain of log eta per training step (0: fixed eta)"
     )
+    score_warmup: int = setting(
+        0,
+        minimum=0,
+        help="A-MCVAE: training steps over which the decisions' score term is weighted up "
+        "linearly from 0 to 1 (a biased gradient meanwhile); 0: full weight from the start",
+    )
+    learn_schedule: bool = setting(
+        False,
+        help="train the beta schedule's increments (softmax of K logits, linear at first) "
+        "on the bound; False: beta_k = k / K",
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -100,6 +119,26 @@ class MCVAEConfig:
 def betas(steps: int) -> list[float]:
     """The linear schedule beta_k = k / K, k = 0..K (beta_0 = 0: the encoder)."""
     return [k / steps for k in range(steps + 1)] if steps else [1.0]
+
+
+#: the param-store name of the learnt schedule's logits
+SCHEDULE_LOGITS = "mcvae_schedule_logits"
+
+
+def learnt_betas(steps: int, like: torch.Tensor) -> list:
+    """beta_0 = 0, then the cumulative softmax of ``steps`` logits (a Pyro parameter, zeros
+    at first: k / steps); the last is set to exactly 1 and the others are tensors, so the
+    bound's gradient reaches the logits."""
+    if steps == 0:
+        return [1.0]
+    logits = pyro.param(SCHEDULE_LOGITS, lambda: like.new_zeros(steps))
+    if logits.shape != (steps,):
+        raise ObjectiveError(
+            f"{SCHEDULE_LOGITS}: the param store holds {tuple(logits.shape)} logits, "
+            f"expected ({steps},) for {steps} steps; clear the param store"
+        )
+    cumulative = torch.cumsum(torch.softmax(logits, 0), 0)
+    return [0.0, *cumulative[:-1].unbind(), 1.0]
 
 
 def ula_log_density(u_from, u_to, grad_from, eta: float) -> torch.Tensor:
@@ -170,21 +209,7 @@ class Target:
 
     def log_q(self, u: torch.Tensor) -> torch.Tensor:
         """log q(T(u)|x) + log|det dT/du| per row [N], by the guide conditioned on T(u)."""
-        values, ladj = self.latents.unflatten(u)
-        with poutine.block(hide_types=["sample"]), pyro.validation_enabled(False):
-            conditioned = poutine.trace(poutine.condition(self.guide, data=values))
-            trace = prune_subsample_sites(conditioned.get_trace(*self.args))
-            trace.compute_log_prob()
-        n, total = u.shape[0], ladj
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.size == n]
-            if not frames:
-                raise ObjectiveError(f"guide site {name!r} is outside the data plate")
-            lp = site["log_prob"]
-            total = total + lp.movedim(lp.dim() + int(frames[0].dim or 0), 0).reshape(n, -1).sum(-1)
-        return total
+        return self.latents.guide_log_density(self.guide, u, self.args)
 
     def point(self, u: torch.Tensor, create_graph: bool) -> Point:
         """u with its log densities and their gradients (differentiable again with
@@ -266,21 +291,40 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         self.step_size = self.config.step_size
         #: the mean acceptance probability of the last training step's moves (NaN: none yet)
         self.accept_prob = math.nan
+        #: training steps taken (the score term's warm-in counts them)
+        self.steps_taken = 0
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("the Monte Carlo VAEs run their own traces (Target)")
 
     def state_dict(self) -> dict:
-        """The adapted step size (and the last acceptance), for the run's checkpoint."""
-        return {"step_size": self.step_size, "accept_prob": self.accept_prob}
+        """The adapted step size (and the last acceptance) and the steps taken, for the
+        run's checkpoint."""
+        return {
+            "step_size": self.step_size,
+            "accept_prob": self.accept_prob,
+            "steps_taken": self.steps_taken,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a checkpoint's step size."""
+        """Continue from a checkpoint's step size (and step count)."""
         self.step_size, self.accept_prob = state["step_size"], state["accept_prob"]
+        self.steps_taken = state.get("steps_taken", 0)
+
+    def score_weight(self) -> float:
+        """The score term's weight at this step: min(1, steps taken / ``score_warmup``)."""
+        warmup = self.config.score_warmup
+        return 1.0 if warmup == 0 else min(1.0, self.steps_taken / warmup)
 
     def epoch_diagnostics(self) -> dict:
         """``step_size`` and ``accept_prob`` of the last training step, for history.csv."""
         return {"step_size": self.step_size, "accept_prob": self.accept_prob}
+
+    def schedule(self, steps: int, like: torch.Tensor) -> list:
+        """beta_0..beta_steps: linear, or learnt (``learn_schedule``)."""
+        if self.config.learn_schedule:
+            return learnt_betas(steps, like)
+        return betas(steps)
 
     def log_weights(self, target: Target, create_graph: bool):
         """(log w [N], log P of the accept/reject decisions [N] or None, acceptance
@@ -314,9 +358,10 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         if log_decisions is not None:
             # the score term of the accept/reject decisions, with VIMCO's baseline
             signal = (bound.unsqueeze(0) - leave_one_out(log_w)).detach()
-            surrogate = surrogate + (signal * log_decisions).sum()
+            surrogate = surrogate + self.score_weight() * (signal * log_decisions).sum()
         if surrogate.requires_grad:
             (-surrogate).backward()
+        self.steps_taken += 1
         self.adapt(accept)
         loss = -float(bound.detach().sum())
         warn_if_nan(loss, "loss")
@@ -349,8 +394,8 @@ class LangevinMCVAE_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
     """
 
     def log_weights(self, target: Target, create_graph: bool):
-        eta, schedule = self.step_size, betas(self.config.steps)
         point = target.point(target.draw(), create_graph)
+        eta, schedule = self.step_size, self.schedule(self.config.steps, point.u)
         log_w, accepts = -point.log_q, []
         for beta in schedule[1:]:
             point, log_ratio, log_a = ula_step(target, point, beta, eta, create_graph)
@@ -367,8 +412,8 @@ class MALAMCVAE_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
     with u_k ~ MALA(pi_k) from u_{k-1}, k = 1..K (K = 0: the ELBO's weight)."""
 
     def log_weights(self, target: Target, create_graph: bool):
-        eta, schedule = self.step_size, betas(self.config.steps + 1)
         point = target.point(target.draw(), create_graph)
+        eta, schedule = self.step_size, self.schedule(self.config.steps + 1, point.u)
         log_w = torch.zeros_like(point.log_q)
         log_decisions, accepts = torch.zeros_like(log_w), []
         for k in range(1, len(schedule)):

@@ -142,6 +142,26 @@ class Latents:
             parts.append(s.transform.inv(z).reshape(z.shape[0], -1))
         return torch.cat(parts, -1)
 
+    def guide_log_density(self, guide, u: torch.Tensor, args: tuple) -> torch.Tensor:
+        """log q(T(u)|x) + log|det dT/du| per row [B]: the guide's density of u, by the guide
+        conditioned on T(u) (Pyro's own log-density of each guide site, summed over the
+        site's elements in the row's datapoint)."""
+        values, ladj = self.unflatten(u)
+        with poutine.block(hide_types=["sample"]), pyro.validation_enabled(False):
+            conditioned = poutine.trace(poutine.condition(guide, data=values))
+            trace = prune_subsample_sites(conditioned.get_trace(*args))
+            trace.compute_log_prob()
+        n, total = u.shape[0], ladj
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.size == n]
+            if not frames:
+                raise ObjectiveError(f"guide site {name!r} is outside the data plate")
+            lp = site["log_prob"]
+            total = total + lp.movedim(lp.dim() + int(frames[0].dim or 0), 0).reshape(n, -1).sum(-1)
+        return total
+
     def prior_draw(self, args: tuple) -> torch.Tensor:
         """u [B, D] from one run of the model (z ~ p(z)): the chains' starting point."""
         with torch.no_grad(), poutine.block():
