@@ -38,7 +38,9 @@ REFUSED = {
     ("m2", "renyi-dreg"): "reparameterised",
     # Langevin and MALA moves need a reparameterised draw of every latent (a discrete y has none)
     **{
-        (name, o): "not reparameterised" for name in ("gmvae", "m2") for o in ("l-mcvae", "a-mcvae")
+        (name, o): "not reparameterised"
+        for name in ("gmvae", "m2")
+        for o in ("l-mcvae", "a-mcvae", "metflow")
     },
     **{(name, "semisupervised"): _NO_LABEL_SITE for name in SMALL if name != "m2"},
 }

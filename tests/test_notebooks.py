@@ -27,6 +27,7 @@ EXPECTED = {
     "own_model",
     "iaf",
     "m2",
+    "mcmc_vi",
 }
 
 

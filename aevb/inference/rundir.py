@@ -474,8 +474,9 @@ def upgrade_record(record: dict) -> dict:
     """A run record of an older version in today's form (for comparing on resume): an MCEM
     record's sampler settings move into ``sampler_options`` and its spec's nested sampler
     table becomes ``sampler`` and ``sampler_options``; ``num_particles`` is ``particles``; a
-    vi-mcmc record's ``sampler_options = {"num_steps": n}`` is ``leapfrog_steps = n``; an
-    objective recorded before objectives had options of their own has none."""
+    vi-mcmc record's ``sampler_options = {"num_steps": n}`` is ``leapfrog_steps = n``, and
+    one from before ``encoder_refined`` had it at 0; an objective recorded before objectives
+    had options of their own has none."""
     fit = dict(record.get("fit", {}))
     if "num_particles" in fit:
         fit["particles"] = fit.pop("num_particles")
@@ -483,6 +484,7 @@ def upgrade_record(record: dict) -> dict:
         fit.setdefault("objective_options", {})
     if record.get("inference") == "vi-mcmc":
         fit = upgrade_vimcmc_settings(fit, OLD_LEAPFROG_STEPS)
+        fit.setdefault("encoder_refined", 0.0)
     if record.get("inference") == "mcem" and "sampler_options" not in fit:
         fit = _mcem_sampler_options(fit)
     record = {**record, "fit": fit} if "fit" in record else dict(record)

@@ -107,6 +107,12 @@ class MetFlowConfig:
         help="rho, the target's probability of each accept decision (below 1): 0.5, the "
         "uniform law over the 2^K paths, which needs no knowledge of the acceptance rate",
     )
+    score_warmup: int = setting(
+        0,
+        minimum=0,
+        help="training steps over which the decisions' score term is weighted up linearly "
+        "from 0 to 1 (a biased gradient meanwhile); 0: full weight from the start",
+    )
     force_accept: bool = setting(
         False,
         help="accept every proposal (and m(1) = 1): the bound is then the flow's own ELBO; "
@@ -224,16 +230,19 @@ class MetFlow_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
         self.config = config or MetFlowConfig()
         #: the mean acceptance probability of the last training step's moves (NaN: none yet)
         self.accept_prob = math.nan
+        #: training steps taken (the score term's warm-in counts them)
+        self.steps_taken = 0
         #: the K maps F_k, made on the first call (when D is known)
         self.flows: nn.ModuleList | None = None
         self._dim: int | None = None
 
     def state_dict(self) -> dict:
-        """The last acceptance (the maps themselves live in the param store)."""
-        return {"accept_prob": self.accept_prob}
+        """The last acceptance and the steps taken (the maps live in the param store)."""
+        return {"accept_prob": self.accept_prob, "steps_taken": self.steps_taken}
 
     def load_state_dict(self, state: dict) -> None:
         self.accept_prob = state["accept_prob"]
+        self.steps_taken = state.get("steps_taken", 0)
 
     def epoch_diagnostics(self) -> dict:
         """``accept_prob`` of the last training step, for history.csv."""

@@ -1,0 +1,32 @@
+"""``scripts/results_table.py``: a grid's results.csv as the docs' small CSV (means over
+seeds, NLL = -log p(x), failed runs left out)."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import results_table  # noqa: E402
+
+
+def test_cells_are_averaged_over_seeds_and_likelihoods_become_nll():
+    results = pd.DataFrame(
+        {
+            "cell": ["a", "a", "b", "b"],
+            "status": ["ok", "ok", "ok", "failed"],
+            "epochs": [10, 10, 10, 3],
+            "seconds_per_epoch": [2.0, 4.0, 5.0, 1.0],
+            "test_elbo": [-100.0, -102.0, -99.0, float("nan")],
+            "test_ll_is": [-90.0, -92.0, -95.0, float("nan")],
+            "test_ll_ais": [-89.0, -91.0, float("nan"), float("nan")],
+        }
+    )
+    frame = results_table.table(results).set_index("cell")
+    assert list(frame.index) == ["a", "b"]
+    assert frame.loc["a", "seeds"] == 2 and frame.loc["b", "seeds"] == 1
+    assert frame.loc["a", "s/epoch"] == pytest.approx(3.0)
+    assert frame.loc["a", "NLL (IS)"] == pytest.approx(91.0)
+    assert frame.loc["a", "test ELBO"] == pytest.approx(-101.0)
+    assert frame.loc["a", "NLL (AIS)"] == pytest.approx(90.0) and frame.loc["b", "NLL (AIS)"] == ""
