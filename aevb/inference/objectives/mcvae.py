@@ -37,7 +37,10 @@ which depends on the accept/reject decisions a_k ~ Bernoulli(alpha_k) as well as
 reparameterised draws. Its gradient is the pathwise one plus the score term of the decisions,
 sum_i (L - b_i) grad sum_k log P(a_k^i), with L = log (1/n) sum_j w_j and the leave-one-out
 baseline b_i (L with w_i replaced by the geometric mean of the other weights; Mnih & Rezende
-2016), as Thin et al. (2021, sec. 4) derive; with one particle b = 0. ``score_warmup`` weights
+2016), as Thin et al. (2021, sec. 4) derive. With one particle there are no others: b is then
+the ELBO sample at the chain's start, log p_u(x, u_0) - log q_u(u_0|x), fixed before any
+decision is drawn (so the gradient stays unbiased) and sharing the ~log p(x) of the weight,
+whose hundred nats on MNIST would otherwise multiply every score. ``score_warmup`` weights
 the score term up linearly over the first training steps (biased meanwhile; 0: off).
 
 **Learnt schedule** (``learn_schedule``). The increments beta_k - beta_{k-1} = softmax(c)_k of
@@ -293,6 +296,8 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         self.accept_prob = math.nan
         #: training steps taken (the score term's warm-in counts them)
         self.steps_taken = 0
+        #: the last call's ELBO sample at each chain's start [N] (the one-particle baseline)
+        self.start_log_w: torch.Tensor | None = None
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("the Monte Carlo VAEs run their own traces (Target)")
@@ -349,6 +354,16 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         warn_if_nan(loss, "loss")
         return loss
 
+    def baseline(self, log_w: torch.Tensor) -> torch.Tensor:
+        """The score term's baseline per particle [n, B]: VIMCO's leave-one-out one with
+        several particles; with one, the ELBO sample at the chain's start,
+        log p_u(x, u_0) - log q_u(u_0|x) (``start_log_w``, set by :meth:`log_weights`), which
+        is fixed before any decision is drawn and so keeps the gradient unbiased while
+        taking out the ~log p(x) that the weight and the start share."""
+        if log_w.shape[0] > 1 or self.start_log_w is None:
+            return leave_one_out(log_w)
+        return self.start_log_w.reshape(log_w.shape)
+
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """The loss, its gradients (pathwise, plus the decisions' score term where there are
         decisions) accumulated in the parameters, then one step-size update."""
@@ -357,7 +372,7 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         surrogate = bound.sum()
         if log_decisions is not None:
             # the score term of the accept/reject decisions, with VIMCO's baseline
-            signal = (bound.unsqueeze(0) - leave_one_out(log_w)).detach()
+            signal = (bound.unsqueeze(0) - self.baseline(log_w)).detach()
             surrogate = surrogate + self.score_weight() * (signal * log_decisions).sum()
         if surrogate.requires_grad:
             (-surrogate).backward()
@@ -414,6 +429,7 @@ class MALAMCVAE_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
     def log_weights(self, target: Target, create_graph: bool):
         point = target.point(target.draw(), create_graph)
         eta, schedule = self.step_size, self.schedule(self.config.steps + 1, point.u)
+        self.start_log_w = (point.log_p - point.log_q).detach()
         log_w = torch.zeros_like(point.log_q)
         log_decisions, accepts = torch.zeros_like(log_w), []
         for k in range(1, len(schedule)):

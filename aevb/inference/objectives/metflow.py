@@ -50,7 +50,8 @@ with u_K = T_K o ... o T_1(u_0).
 
 **Gradient.** The states, the maps and (1) are differentiated pathwise; the decisions a_k ~
 Bernoulli(alpha_k) depend on the parameters, so the gradient adds their score term with the
-leave-one-out baseline, exactly as A-MCVAE does (:class:`MonteCarloVAE_ELBO`). The maps F_k
+leave-one-out baseline (with one particle: the start's ELBO sample), exactly as A-MCVAE does
+(:class:`MonteCarloVAE_ELBO`). The maps F_k
 belong to the variational family: they are made lazily (once D is known, on the latents'
 device and dtype) and registered with ``pyro.module("metflow", ...)``, so the optimiser
 trains them and checkpoints keep them. Evaluation (IS, AIS) still proposes from the guide q_0.
@@ -232,6 +233,8 @@ class MetFlow_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
         self.accept_prob = math.nan
         #: training steps taken (the score term's warm-in counts them)
         self.steps_taken = 0
+        #: the last call's ELBO sample at each chain's start [N] (the one-particle baseline)
+        self.start_log_w: torch.Tensor | None = None
         #: the K maps F_k, made on the first call (when D is known)
         self.flows: nn.ModuleList | None = None
         self._dim: int | None = None
@@ -271,6 +274,7 @@ class MetFlow_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
         flows = self.maps(u)
         log_p = target.latents.log_joint(u, target.args)
         log_w = -target.log_q(u)
+        self.start_log_w = (log_p + log_w).detach()  # the one-particle baseline
         log_decisions, accepts = torch.zeros_like(log_w), []
         n, steps = u.shape[0], len(flows)
         directions = torch.rand(steps, n, dtype=u.dtype, device=u.device) < 0.5
