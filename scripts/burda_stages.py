@@ -1,0 +1,83 @@
+"""A grid trained stage by stage on Burda et al.'s schedule, scored at every stage boundary.
+
+Burda, Grosse & Salakhutdinov (2015) train for 3^i passes at learning rate 1e-3 * 10^(-i/7),
+i = 0..7 (3,280 passes); ``lr_schedule = "burda"`` is that schedule. This script runs the
+grid to the end of stage 0, 1, ..., ``--stages`` in turn (``aevb compare --epochs``: each run
+resumes from its checkpoint, trains on, and is scored again; the earlier scores stay in
+``RUN/evaluations/epochN/``), then writes ``stages.csv`` in the grid's folder: one row per
+(cell, seed, passes) with the test ELBO, IS log-likelihood (its standard error) and the
+active units, and prints it as a Markdown table beside the paper's figures.
+
+    python scripts/burda_stages.py scripts/configs/iwae_stages.toml --stages 5 --out DIR
+
+Stop it at any time; the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from aevb.experiments.compare import run_grid
+
+#: Burda et al. (2015) Table 1, NLL after 3,280 passes (784-200-200-50, MNIST)
+PAPER = {"vae-k1": 86.76, "iwae-k5": 85.54, "iwae-k50": 84.78}
+
+
+def boundaries(stages: int) -> list[int]:
+    """The passes at which stages 0..``stages`` end: 1, 4, 13, 40, 121, 364, 1093, 3280."""
+    return [sum(3**i for i in range(j + 1)) for j in range(stages + 1)]
+
+
+def stage_rows(out: Path) -> pd.DataFrame:
+    """Every recorded score of every run in the grid folder ``out``: the archived ones
+    (``evaluations/epochN/``) and the current one (``evaluation.json`` at the run's last
+    epoch)."""
+    from aevb.inference import rundir
+
+    rows = []
+    for run in sorted(p for p in out.iterdir() if (p / "config.json").is_file()):
+        archived = sorted((run / "evaluations").glob("epoch*"))
+        found = {int(d.name[len("epoch") :]): d / "evaluation.json" for d in archived}
+        if (run / "evaluation.json").is_file():
+            found[rundir.trained_epochs(run)] = run / "evaluation.json"
+        for passes, path in sorted(found.items()):
+            for key, ev in json.loads(path.read_text()).items():
+                rows.append(
+                    {
+                        "run": run.name,
+                        "passes": passes,
+                        "estimate": key,
+                        "nll": -ev["test_log_likelihood"],
+                        "se": ev.get("test_log_likelihood_se"),
+                        "test_elbo": ev.get("test_elbo"),
+                        "active_units": ev.get("active_units"),
+                        "khat_share": ev.get("khat_share_over_0_7"),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config", help="a grid config with lr_schedule = 'burda'")
+    p.add_argument("--stages", type=int, default=5, help="the last stage i to finish (0..7)")
+    p.add_argument("--out", required=True, help="the grid's folder (outside the repository)")
+    args = p.parse_args()
+    out = Path(args.out)
+    for passes in boundaries(args.stages):
+        run_grid(args.config, out, quiet=True, epochs=passes)
+    frame = stage_rows(out)
+    frame.to_csv(out / "stages.csv", index=False)
+    print(frame.to_markdown(index=False, floatfmt=".2f"))
+    print(
+        "\nBurda et al. (2015) Table 1 after 3,280 passes: "
+        + ", ".join(f"{k} {v}" for k, v in PAPER.items())
+    )
+
+
+if __name__ == "__main__":
+    main()

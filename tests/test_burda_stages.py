@@ -1,0 +1,51 @@
+"""``scripts/burda_stages.py``: Burda et al.'s stage boundaries, and a grid trained stage by
+stage keeps every stage's scores."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import burda_stages  # noqa: E402
+
+from aevb.inference.svi import burda_lr  # noqa: E402
+
+
+def test_the_boundaries_are_burdas_and_the_schedule_changes_there():
+    """Stage i has 3^i passes (3,280 in all after stage 7), and the learning rate of the
+    pass after each boundary is the next stage's 1e-3 * 10^(-(i+1)/7)."""
+    ends = burda_stages.boundaries(7)
+    assert ends == [1, 4, 13, 40, 121, 364, 1093, 3280]
+    for i, end in enumerate(ends[:-1]):
+        assert burda_lr(1e-3, end) == 1e-3 * 10 ** (-i / 7)
+        assert burda_lr(1e-3, end + 1) == 1e-3 * 10 ** (-(i + 1) / 7)
+
+
+GRID = """
+name = "stages"
+seeds = [0]
+[defaults]
+model = "fa"
+data = "fa-synthetic"
+subset = 160
+test_subset = 40
+epochs = 1
+lr_schedule = "burda"
+[evaluate]
+is = 20
+[[cells]]
+objective = "trace"
+label = "fa-k1"
+"""
+
+
+def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monkeypatch):
+    (tmp_path / "grid.toml").write_text(GRID)
+    out = tmp_path / "g"
+    argv = ["burda_stages.py", str(tmp_path / "grid.toml"), "--stages", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    burda_stages.main()
+    frame = burda_stages.stage_rows(out)
+    assert list(frame["passes"]) == [1, 4]
+    assert (out / "fa-k1-seed0" / "evaluations" / "epoch1" / "evaluation.json").is_file()
+    assert frame["nll"].notna().all() and frame["active_units"].notna().all()
+    assert (out / "stages.csv").is_file()
