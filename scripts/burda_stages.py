@@ -2,9 +2,10 @@
 
 Burda, Grosse & Salakhutdinov (2015) train for 3^i passes at learning rate 1e-3 * 10^(-i/7),
 i = 0..7 (3,280 passes); ``lr_schedule = "burda"`` is that schedule. This script runs the
-grid to the end of stage 0, 1, ..., ``--stages`` in turn (``aevb compare --epochs``: each run
-resumes from its checkpoint, trains on, and is scored again; the earlier scores stay in
-``RUN/evaluations/epochN/``), then writes ``stages.csv`` in the grid's folder: one row per
+grid one cell after another (in the config's order), each to the end of stage 0, 1, ...,
+``--stages`` in turn (``aevb compare --epochs``: the run resumes from its checkpoint, trains
+on, and is scored again; the earlier scores stay in ``RUN/evaluations/epochN/``), so that
+the cheap cells finish first; then it writes ``stages.csv`` in the grid's folder: one row per
 (cell, seed, passes) with the test ELBO, IS log-likelihood (its standard error) and the
 active units, and prints it as a Markdown table beside the paper's figures.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aevb.experiments.compare import run_grid
+from aevb.experiments.compare import load_config, run_grid
 
 #: Burda et al. (2015) Table 1, NLL after 3,280 passes (784-200-200-50, MNIST)
 PAPER = {"vae-k1": 86.76, "iwae-k5": 85.54, "iwae-k50": 84.78}
@@ -68,8 +69,9 @@ def main() -> None:
     p.add_argument("--out", required=True, help="the grid's folder (outside the repository)")
     args = p.parse_args()
     out = Path(args.out)
-    for passes in boundaries(args.stages):
-        run_grid(args.config, out, quiet=True, epochs=passes)
+    for cell in load_config(args.config)["cells"]:
+        for passes in boundaries(args.stages):
+            run_grid(args.config, out, quiet=True, epochs=passes, only=[cell["label"]])
     frame = stage_rows(out)
     frame.to_csv(out / "stages.csv", index=False)
     print(frame.to_markdown(index=False, floatfmt=".2f"))

@@ -35,6 +35,10 @@ is = 20
 [[cells]]
 objective = "trace"
 label = "fa-k1"
+[[cells]]
+objective = "iwae"
+particles = 3
+label = "fa-k3"
 """
 
 
@@ -45,7 +49,8 @@ def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monke
     monkeypatch.setattr(sys, "argv", argv)
     burda_stages.main()
     frame = burda_stages.stage_rows(out)
-    assert list(frame["passes"]) == [1, 4]
+    assert list(frame["run"]) == ["fa-k1-seed0"] * 2 + ["fa-k3-seed0"] * 2
+    assert list(frame["passes"]) == [1, 4, 1, 4]
     assert (out / "fa-k1-seed0" / "evaluations" / "epoch1" / "evaluation.json").is_file()
     assert frame["nll"].notna().all() and frame["active_units"].notna().all()
     assert (out / "stages.csv").is_file()

@@ -228,3 +228,13 @@ def test_more_epochs_train_on_and_score_again_keeping_the_earlier_scores(tmp_pat
     assert list(results["epochs"]) == [3]
     assert main([*argv, "--epochs", "3"]) == 0  # nothing left to do: not scored again
     assert not (run / "evaluations" / "epoch3").exists()
+
+
+def test_only_runs_the_cells_named_and_refuses_an_unknown_label(tmp_path):
+    from aevb.experiments.compare import run_grid
+
+    (tmp_path / "grid.toml").write_text(GRID.split('[[cells]]\nobjective = "iwae"')[0])
+    with pytest.raises(ConfigError, match="no cell labelled"):
+        run_grid(tmp_path / "grid.toml", tmp_path / "g", quiet=True, only=["fa-nope"])
+    results = run_grid(tmp_path / "grid.toml", tmp_path / "g", quiet=True, only=["fa-meanfield"])
+    assert list(results["cell"]) == ["fa-meanfield"]

@@ -289,6 +289,7 @@ def run_grid(
     address: str | None = None,
     track: str | None = None,
     epochs: int | None = None,
+    only: list[str] | None = None,
 ):
     """Run every (cell, seed) of the config on its engine (``[engine]``, or ``engine`` /
     ``address`` from the command line); write results.csv as cells finish and report.md at
@@ -296,12 +297,18 @@ def run_grid(
     ``track`` (``mlflow[:URI]``, or the config's ``[tracking]``) logs every run to MLflow,
     nested under one run for the grid. Cells already evaluated are read back, not run
     again. ``epochs`` overrides every cell's: runs scored after fewer epochs resume, train
-    on and are scored again (their earlier estimates kept in ``evaluations/epochN/``)."""
+    on and are scored again (their earlier estimates kept in ``evaluations/epochN/``);
+    ``only`` (cell labels) runs those cells alone."""
     config = load_config(config_path)
     if device is not None:
         config["cells"] = [{**cell, "device": device} for cell in config["cells"]]
     if epochs is not None:
         config["cells"] = [{**cell, "epochs": epochs} for cell in config["cells"]]
+    if only is not None:  # these cells alone (results.csv and report.md then hold them alone)
+        unknown = sorted(set(only) - {cell["label"] for cell in config["cells"]})
+        if unknown:
+            raise ConfigError(f"{config_path}: no cell labelled {unknown}")
+        config["cells"] = [cell for cell in config["cells"] if cell["label"] in only]
     runner = _engine(config, engine, address)
     out = Path(out or f"runs/compare-{config['name']}")
     out.mkdir(parents=True, exist_ok=True)
