@@ -107,11 +107,16 @@ def test_frozen_parameters_are_not_stepped(binary_data):
     assert all(p.grad is None for p in pyro.get_param_store().values())
 
 
-COMPILED = sorted(name for name, o in OBJECTIVES.items() if o.make_jit is not None)
+#: the compiled objectives checked on a VAE here (semisupervised needs M2's partly observed
+#: label: tests/test_m2.py checks its compiled form)
+COMPILED = sorted(
+    name for name, o in OBJECTIVES.items() if o.make_jit is not None and name != "semisupervised"
+)
 
 
-def test_the_registry_compiles_trace_meanfield_stl_enum_and_the_renyi_family():
-    assert COMPILED == ["enum", "iwae", "meanfield", "renyi", "stl", "trace"]
+def test_the_registry_compiles_trace_meanfield_stl_enum_semisupervised_and_renyi():
+    everything = sorted(name for name, o in OBJECTIVES.items() if o.make_jit is not None)
+    assert everything == ["enum", "iwae", "meanfield", "renyi", "semisupervised", "stl", "trace"]
 
 
 #: the alpha each compiled objective is checked at (the Renyi family: a positive and a

@@ -55,7 +55,9 @@ names (that folder is searched first, here and on Ray workers), and a ``[trackin
 Each (cell, seed) becomes a :class:`~aevb.spec.RunSpec` (the cell's keys, the seed and the
 estimators), checked for every cell before any trains, and is run by :func:`aevb.runs.run`
 (the code ``aevb train`` and ``aevb evaluate`` run) in ``OUT/<cell label>-seed<S>``. Re-running the
-command skips cells already evaluated and resumes unfinished ones; a failing cell is recorded
+command skips cells already evaluated and resumes unfinished ones (``--epochs N``: every cell
+trains on to N epochs and is scored again, its earlier scores kept in
+``RUN/evaluations/epochN/``); a failing cell is recorded
 with its error and the grid goes on (``aevb compare`` then exits with status 1, once
 everything is written). ``results.csv`` holds one row per (cell, seed) — settings,
 seconds, throughput, bounds, model metrics, sampler diagnostics, library versions — and

@@ -42,7 +42,8 @@ class SemiSupervisedEncoder(MixtureEncoder):
 
     name = "semisupervised"
     config_class = SemiSupervisedEncoderConfig  # type: ignore[assignment]
-    jit_compatible = False  # type: ignore[assignment]
+    #: static structure (the mask is a tensor op): see :class:`aevb.models.m2.M2`
+    jit_compatible = True  # type: ignore[assignment]
 
     def __init__(self, config: SemiSupervisedEncoderConfig | None = None):
         super().__init__(config or SemiSupervisedEncoderConfig())

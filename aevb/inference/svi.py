@@ -190,6 +190,7 @@ class SVIAlgorithm:
             ds.batches(x.shape[0], shuffle=True, labels=labels, generator=g, device=x.device)
         )
         compiled = make_jit_objective(cfg.objective, self.k, cfg.alpha, cfg.max_plate_nesting)
+        compiled.bind_data(ds)
         why = compiled_matches_eager(
             compiled, self.elbo, self.train_model, self.train_guide, [first_batch, second]
         )

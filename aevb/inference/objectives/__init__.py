@@ -93,7 +93,11 @@ from aevb.inference.objectives.mcvae import (
 )
 from aevb.inference.objectives.metflow import MetFlowConfig, make_metflow
 from aevb.inference.objectives.rws import make_rws
-from aevb.inference.objectives.semisupervised import make_semisupervised, missing_label_site
+from aevb.inference.objectives.semisupervised import (
+    jit_semisupervised,
+    make_semisupervised,
+    missing_label_site,
+)
 from aevb.inference.objectives.stl import check_pathwise, jit_stl, make_stl
 from aevb.models.base import hooks
 from aevb.registry import lookup, put
@@ -295,6 +299,7 @@ OBJECTIVES: dict[str, Objective] = {
         False,
         "enum-meanfield plus Kingma et al.'s classification term on labelled data (M2)",
         lambda guide: config_enumerate(guide, "parallel", expand=True),
+        make_jit=jit_semisupervised,
         check=missing_label_site,
     ),
 }

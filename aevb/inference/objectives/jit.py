@@ -97,11 +97,23 @@ class PerSignature:
     def __init__(self, factory: Callable[[], ELBO]):
         self.factory = factory
         self.compiled: dict[tuple, Any] = {}
+        #: the training set given to :meth:`bind_data` (passed on to every compiled ELBO)
+        self.data: Any = None
+
+    def bind_data(self, ds) -> None:
+        """Pass the training set to every compiled ELBO that takes it (semisupervised's
+        weight of a labelled point), now and as each is made."""
+        self.data = ds
+        for elbo in self.compiled.values():
+            if hasattr(elbo, "bind_data"):
+                elbo.bind_data(ds)
 
     def _get(self, model, guide, args: tuple, kwargs: dict) -> Any:
         key = signature(args)
         if key not in self.compiled:
             elbo: Any = self.factory()
+            if self.data is not None and hasattr(elbo, "bind_data"):
+                elbo.bind_data(self.data)
             # Compiling runs the model and guide twice more (Pyro's param capture, then the
             # trace). Do it on a forked random stream and drop its gradients, so a run draws
             # the same numbers whether or not it compiled at this step: a resumed run

@@ -29,9 +29,12 @@ References:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
+import pyro.ops.jit
 import torch
+from pyro.infer import ELBO
 from pyro.poutine.trace_struct import Trace
 
 from aevb.errors import ObjectiveError
@@ -128,6 +131,50 @@ class SemiSupervised_ELBO(TraceEnumMeanField_ELBO):  # noqa: N801 (Pyro's naming
         parent: Any = super()
         loss, term = self._with_term(lambda: parent.loss(model, guide, *args, **kwargs))
         return float(loss) - self.weight * float(term)
+
+
+class JitSemiSupervised_ELBO(SemiSupervised_ELBO):  # noqa: N801 (Pyro's naming)
+    """The compiled form: the whole loss (enum-meanfield's and the classification term) is
+    one ``pyro.ops.jit.trace`` of the eager computation, the weight w an input of it (so
+    :meth:`bind_data` after compiling still counts). One instance holds one trace: use it
+    through :class:`~aevb.inference.objectives.jit.PerSignature` (one per batch shape)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("ignore_jit_warnings", True)
+        super().__init__(*args, **kwargs)
+        self._compiled: Any = None
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        if kwargs:
+            raise ValueError("the compiled semisupervised objective takes no keyword arguments")
+        if self._compiled is None:
+            weak = weakref.ref(self)
+
+            @pyro.ops.jit.trace(
+                ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options
+            )
+            def compiled(weight, *args):
+                elbo: Any = weak()
+                eager = lambda: TraceEnumMeanField_ELBO.differentiable_loss(  # noqa: E731
+                    elbo, model, guide, *args
+                )
+                loss, term = elbo._with_term(eager)
+                return loss - weight * term
+
+            self._compiled = compiled
+        x = args[0]
+        weight = torch.tensor(self.weight, dtype=x.dtype, device=x.device)
+        return self._compiled(weight, *args)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The loss, without gradients (the compiled graph, run under ``no_grad``)."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+
+def jit_semisupervised(k: int, nesting: int, alpha: float | None = None) -> ELBO:
+    """The registry's compiled constructor (:class:`JitSemiSupervised_ELBO`)."""
+    return JitSemiSupervised_ELBO(k, max_plate_nesting=nesting, vectorize_particles=k > 1)
 
 
 def make_semisupervised(k: int, alpha: float | None, nesting: int) -> SemiSupervised_ELBO:
