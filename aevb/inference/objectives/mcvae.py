@@ -37,10 +37,11 @@ which depends on the accept/reject decisions a_k ~ Bernoulli(alpha_k) as well as
 reparameterised draws. Its gradient is the pathwise one plus the score term of the decisions,
 sum_i (L - b_i) grad sum_k log P(a_k^i), with L = log (1/n) sum_j w_j and the leave-one-out
 baseline b_i (L with w_i replaced by the geometric mean of the other weights; Mnih & Rezende
-2016), as Thin et al. (2021, sec. 4) derive. With one particle there are no others: b is then
-the ELBO sample at the chain's start, log p_u(x, u_0) - log q_u(u_0|x), fixed before any
-decision is drawn (so the gradient stays unbiased) and sharing the ~log p(x) of the weight,
-whose hundred nats on MNIST would otherwise multiply every score. ``score_warmup`` weights
+2016), as Thin et al. (2021, sec. 4) derive. With one particle there are no others, and
+log w itself (~log p(x), a hundred nats on MNIST) would multiply every score: then each
+decision a_k's score is multiplied by log w minus what was fixed before a_k was drawn (the
+increments so far, and the remaining ones as if the chain stayed at u_{k-1}), which keeps
+its expectation (:meth:`MonteCarloVAE_ELBO.score_surrogate`). ``score_warmup`` weights
 the score term up linearly over the first training steps (biased meanwhile; 0: off).
 
 **Learnt schedule** (``learn_schedule``). The increments beta_k - beta_{k-1} = softmax(c)_k of
@@ -296,8 +297,9 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         self.accept_prob = math.nan
         #: training steps taken (the score term's warm-in counts them)
         self.steps_taken = 0
-        #: the last call's ELBO sample at each chain's start [N] (the one-particle baseline)
-        self.start_log_w: torch.Tensor | None = None
+        #: the last call's (log P(a_k) [N], offset_k [N]) per decision: the one-particle
+        #: score term's pieces (:meth:`score_surrogate`)
+        self.decision_offsets: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("the Monte Carlo VAEs run their own traces (Target)")
@@ -354,15 +356,21 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         warn_if_nan(loss, "loss")
         return loss
 
-    def baseline(self, log_w: torch.Tensor) -> torch.Tensor:
-        """The score term's baseline per particle [n, B]: VIMCO's leave-one-out one with
-        several particles; with one, the ELBO sample at the chain's start,
-        log p_u(x, u_0) - log q_u(u_0|x) (``start_log_w``, set by :meth:`log_weights`), which
-        is fixed before any decision is drawn and so keeps the gradient unbiased while
-        taking out the ~log p(x) that the weight and the start share."""
-        if log_w.shape[0] > 1 or self.start_log_w is None:
-            return leave_one_out(log_w)
-        return self.start_log_w.reshape(log_w.shape)
+    def score_surrogate(self, log_w: torch.Tensor, log_decisions: torch.Tensor, bound):
+        """sum of signal x log P(decisions), whose gradient is the score term.
+
+        Several particles: VIMCO's signal, the bound minus the leave-one-out baseline, times
+        each particle's summed log P(a). One particle: per decision k, log w minus
+        ``offsets[k]`` (recorded by :meth:`log_weights`): the part of log w fixed before a_k
+        is drawn plus a baseline that is too (what the weight's remaining terms would be if
+        the chain stayed where it is). Dropping terms that do not depend on a_k keeps each
+        score's expectation; what is left is the change a_k and later moves make, a few nats
+        where log w itself is ~log p(x) (a hundred on MNIST)."""
+        if log_w.shape[0] > 1 or not self.decision_offsets:
+            signal = (bound.unsqueeze(0) - leave_one_out(log_w)).detach()
+            return (signal * log_decisions).sum()
+        flat = log_w.reshape(-1).detach()
+        return sum(((flat - offset) * log_p).sum() for log_p, offset in self.decision_offsets)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """The loss, its gradients (pathwise, plus the decisions' score term where there are
@@ -370,10 +378,9 @@ class MonteCarloVAE_ELBO(ELBO):  # noqa: N801 (Pyro's naming)
         log_w, log_decisions, accept = self._run(model, guide, args, create_graph=True)
         bound = log_mean_exp(log_w)
         surrogate = bound.sum()
-        if log_decisions is not None:
-            # the score term of the accept/reject decisions, with VIMCO's baseline
-            signal = (bound.unsqueeze(0) - self.baseline(log_w)).detach()
-            surrogate = surrogate + self.score_weight() * (signal * log_decisions).sum()
+        if log_decisions is not None:  # the score term of the accept/reject decisions
+            score = self.score_surrogate(log_w, log_decisions, bound)
+            surrogate = surrogate + self.score_weight() * score
         if surrogate.requires_grad:
             (-surrogate).backward()
         self.steps_taken += 1
@@ -429,15 +436,19 @@ class MALAMCVAE_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
     def log_weights(self, target: Target, create_graph: bool):
         point = target.point(target.draw(), create_graph)
         eta, schedule = self.step_size, self.schedule(self.config.steps + 1, point.u)
-        self.start_log_w = (point.log_p - point.log_q).detach()
+        self.decision_offsets = []
         log_w = torch.zeros_like(point.log_q)
         log_decisions, accepts = torch.zeros_like(log_w), []
         for k in range(1, len(schedule)):
             log_w = log_w + (schedule[k] - schedule[k - 1]) * (point.log_p - point.log_q)
             if k < len(schedule) - 1:
+                # fixed before a_k: log w so far, and the remaining increments at u_{k-1}
+                stay = (1.0 - schedule[k]) * (point.log_p - point.log_q)
+                offset = (log_w + stay).detach()
                 point, log_decision, log_a = mala_step(
                     target, point, schedule[k], eta, create_graph
                 )
+                self.decision_offsets.append((log_decision, offset))
                 log_decisions = log_decisions + log_decision
                 accepts.append(log_a.exp())
         return log_w, log_decisions, torch.stack(accepts) if accepts else None

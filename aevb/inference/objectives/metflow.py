@@ -50,7 +50,8 @@ with u_K = T_K o ... o T_1(u_0).
 
 **Gradient.** The states, the maps and (1) are differentiated pathwise; the decisions a_k ~
 Bernoulli(alpha_k) depend on the parameters, so the gradient adds their score term with the
-leave-one-out baseline (with one particle: the start's ELBO sample), exactly as A-MCVAE does
+leave-one-out baseline (with one particle: per decision, log w less what was fixed before it
+and log p_u(x, u_{k-1})), as A-MCVAE does
 (:class:`MonteCarloVAE_ELBO`). The maps F_k
 belong to the variational family: they are made lazily (once D is known, on the latents'
 device and dtype) and registered with ``pyro.module("metflow", ...)``, so the optimiser
@@ -233,8 +234,8 @@ class MetFlow_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
         self.accept_prob = math.nan
         #: training steps taken (the score term's warm-in counts them)
         self.steps_taken = 0
-        #: the last call's ELBO sample at each chain's start [N] (the one-particle baseline)
-        self.start_log_w: torch.Tensor | None = None
+        #: the last call's (log P(a_k), offset_k) per decision (the one-particle score term)
+        self.decision_offsets: list[tuple[torch.Tensor, torch.Tensor]] = []
         #: the K maps F_k, made on the first call (when D is known)
         self.flows: nn.ModuleList | None = None
         self._dim: int | None = None
@@ -274,13 +275,16 @@ class MetFlow_ELBO(MonteCarloVAE_ELBO):  # noqa: N801 (Pyro's naming)
         flows = self.maps(u)
         log_p = target.latents.log_joint(u, target.args)
         log_w = -target.log_q(u)
-        self.start_log_w = (log_p + log_w).detach()  # the one-particle baseline
+        self.decision_offsets = []
         log_decisions, accepts = torch.zeros_like(log_w), []
         n, steps = u.shape[0], len(flows)
         directions = torch.rand(steps, n, dtype=u.dtype, device=u.device) < 0.5
         for k, flow in enumerate(flows):
             uniform = torch.rand(n, dtype=u.dtype, device=u.device)
+            # fixed before a_k: log w so far, and log p_u(x, u_{k-1}) (the end if it stayed)
+            offset = (log_w + log_p).detach()
             move = metflow_step(target, flow, u, log_p, directions[k], self.config, uniform)
+            self.decision_offsets.append((move.log_decision, offset))
             u, log_p = move.u, move.log_p
             log_w = log_w + move.increment
             log_decisions = log_decisions + move.log_decision
