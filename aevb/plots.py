@@ -198,6 +198,32 @@ def run_figures(
     return made
 
 
+def nll_against_passes(
+    stages: pd.DataFrame,
+    paper: dict[str, float] | None = None,
+    path: str | Path | None = None,
+    title: str = "",
+) -> Path | Figure:
+    """Test NLL (nats) against training passes, log-scaled, one line per run (``stages``:
+    columns run, passes, nll), with each cell's published figure as a dashed line of its
+    colour (``paper``: {run-name prefix: NLL}) where one is given."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    palette = sns.color_palette(n_colors=max(1, stages["run"].nunique()))
+    for colour, (run, rows) in zip(palette, stages.groupby("run", sort=False), strict=False):
+        rows = rows.sort_values("passes")
+        ax.plot(rows["passes"], rows["nll"], marker="o", color=colour, label=run)
+        for prefix, value in (paper or {}).items():
+            if run.startswith(prefix):
+                ax.axhline(value, color=colour, linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("passes over the training set")
+    ax.set_ylabel("test NLL (nats, lower is better)")
+    ax.set_title(title or "dashed: the published figure")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: str | Path | None) -> Path | Figure:
     """Write ``fig`` to ``path`` as PNG and close it; with no path, close it and return it (the
     last expression of a notebook cell then shows it once)."""

@@ -5,7 +5,8 @@ i = 0..7 (3,280 passes); ``lr_schedule = "burda"`` is that schedule. This script
 grid one cell after another (in the config's order), each to the end of stage 0, 1, ...,
 ``--stages`` in turn (``aevb compare --epochs``: the run resumes from its checkpoint, trains
 on, and is scored again; the earlier scores stay in ``RUN/evaluations/epochN/``), so that
-the cheap cells finish first; then it writes ``stages.csv`` in the grid's folder: one row per
+the cheap cells finish first; then it writes ``stages.csv`` (and the curves, ``stages.png``)
+in the grid's folder: one row per
 (cell, seed, passes) with the test ELBO, IS log-likelihood (its standard error) and the
 active units, and prints it as a Markdown table beside the paper's figures.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from aevb.experiments.compare import load_config, run_grid
+from aevb.plots import nll_against_passes
 
 #: Burda et al. (2015) Table 1, NLL after 3,280 passes (784-200-200-50, MNIST)
 PAPER = {"vae-k1": 86.76, "iwae-k5": 85.54, "iwae-k50": 84.78}
@@ -74,6 +76,10 @@ def main() -> None:
             run_grid(args.config, out, quiet=True, epochs=passes, only=[cell["label"]])
     frame = stage_rows(out)
     frame.to_csv(out / "stages.csv", index=False)
+    is_rows = frame[frame["estimate"].str.startswith("is-")]
+    if len(is_rows):
+        title = "IS NLL at the end of each of Burda et al.'s stages (dashed: their Table 1)"
+        nll_against_passes(is_rows, PAPER, out / "stages.png", title=title)
     print(frame.to_markdown(index=False, floatfmt=".2f"))
     print(
         "\nBurda et al. (2015) Table 1 after 3,280 passes: "

@@ -53,4 +53,4 @@ def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monke
     assert list(frame["passes"]) == [1, 4, 1, 4]
     assert (out / "fa-k1-seed0" / "evaluations" / "epoch1" / "evaluation.json").is_file()
     assert frame["nll"].notna().all() and frame["active_units"].notna().all()
-    assert (out / "stages.csv").is_file()
+    assert (out / "stages.csv").is_file() and (out / "stages.png").stat().st_size > 0
