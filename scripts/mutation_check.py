@@ -557,8 +557,8 @@ MUTANTS = [
         "objective",
         "A-MCVAE's gradient without the score term of the accept/reject decisions",
         MCVAE,
-        "surrogate = surrogate + self.score_weight() * (signal * log_decisions).sum()",
-        "surrogate = surrogate + 0.0 * (signal * log_decisions).sum()",
+        "surrogate = surrogate + self.score_weight() * score",
+        "surrogate = surrogate + 0.0 * score",
         T_MCVAE,
     ),
     Mutant(
