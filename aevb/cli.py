@@ -59,7 +59,7 @@ def _add_track(parser: argparse.ArgumentParser) -> None:
         "--track",
         default=None,
         metavar="mlflow[:URI]",
-        help="log to MLflow: a local mlruns/ folder, or the tracking URI given",
+        help="log to MLflow: ./mlflow.db (SQLite), or the URI, .db file or folder given",
     )
 
 

@@ -1,3 +1,9 @@
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import numpy as np
 import pyro
 import pyro.poutine as poutine
@@ -57,3 +63,51 @@ def fa():
     guide = guides.default_for(truth)
     V, L = truth.exact_posterior_parameters()
     return truth, guide, test.x[:50].double(), V.detach(), L.detach()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(server, url: str, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server not up at {url} after {seconds} s")
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    """``mlflow server`` on a SQLite store, on 127.0.0.1, as a team would start it; yields
+    (url, folder), the server logging to folder/mlflow.db and folder/artifacts."""
+    pytest.importorskip("flask", reason="the MLflow server (pip install mlflow) is not installed")
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    log = open(store / "server.log", "wb")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(server, url)
+        yield url, store
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

@@ -23,7 +23,7 @@ A config names cells (model, data, inference back-end and its settings) and seed
     num_cpus = 1
 
     [tracking]                  # optional: log every run to MLflow (or --track mlflow[:URI])
-    uri = "mlruns"
+    uri = "mlflow.db"           # a SQLite store (the default); a folder, or http://HOST:PORT
 
     [reference]                 # optional: published figures per cell label, for report.md
     source = "Burda et al. 2015, Table 1"

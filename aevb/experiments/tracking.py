@@ -1,9 +1,10 @@
 """Experiment tracking with MLflow: one MLflow run per training run, nested under its grid's.
 
-``--track mlflow`` logs to a local folder store (``mlruns/`` beside where the command runs,
-no server needed; ``mlflow ui --backend-store-uri mlruns`` shows it, with the full ``mlflow``
-package); ``--track mlflow:URI`` to any tracking URI (``http://host:5000``,
-``sqlite:///mlflow.db``, a folder). Per run:
+``--track mlflow`` logs to a local SQLite store, ``mlflow.db`` where the command runs (its
+artifacts in ``mlartifacts/`` beside it; no server needed; ``mlflow ui --backend-store-uri
+sqlite:///mlflow.db`` shows it, with the full ``mlflow`` package); ``--track mlflow:URI`` to any
+tracking URI (``http://host:5000``, ``sqlite:///path/to.db``), a path ending in ``.db``
+(a SQLite store) or a folder (a folder store). Per run:
 
 * params: the RunSpec, flattened (``model.name``, ``inference.objective``, ...), and the run
   directory;
@@ -14,9 +15,10 @@ package); ``--track mlflow:URI`` to any tracking URI (``http://host:5000``,
 * artifacts: ``config.json``, ``history.csv``, ``evaluation.json`` and the figures.
 
 The loop knows nothing of this: a :class:`RunTracker` hands it an ``epoch_callback``.
-The client is ``mlflow-skinny`` (``pip install 'aevb[mlflow]'``). MLflow 3 keeps folder
-stores in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``, which is set here for
-folder URIs only.
+The client is ``mlflow-skinny`` with ``alembic`` for SQLite stores (``pip install
+'aevb[mlflow]'``). MLflow 3 keeps folder stores in maintenance mode behind
+``MLFLOW_ALLOW_FILE_STORE``, which is set here for folder URIs only; the default store is a
+database so that MLflow's own client and UI read it without that opt-out.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from aevb.spec import RunSpec, close_keys
 #: a ``[tracking]`` table's keys
 TRACKING_KEYS = {"uri", "experiment"}
 
+#: where ``--track mlflow`` logs when given no URI (a SQLite file where the command runs)
+DEFAULT_STORE = "mlflow.db"
+
 
 @dataclass(frozen=True)
 class Tracking:
@@ -44,9 +49,19 @@ class Tracking:
 
 
 def _as_uri(where: str) -> str:
+    """A tracking URI from ``--track mlflow:WHERE``: URIs pass; a path ending in ``.db`` is a
+    SQLite store, any other path a folder store (absolute, so that workers agree)."""
     if "://" in where or where.startswith(("file:", "sqlite:", "databricks")):
         return where
-    return Path(where).resolve().as_uri()  # a folder: absolute, so workers agree
+    path = Path(where).resolve()
+    if path.suffix in (".db", ".sqlite"):
+        return f"sqlite:///{path}"
+    return path.as_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def parse_track(text: str | None, experiment: str = "aevb") -> Tracking | None:
@@ -56,7 +71,7 @@ def parse_track(text: str | None, experiment: str = "aevb") -> Tracking | None:
     kind, _, where = text.partition(":")
     if kind != "mlflow":
         raise ConfigError(f"--track: invalid choice: {text!r} (expected mlflow or mlflow:URI)")
-    return Tracking(_as_uri(where or "mlruns"), experiment)
+    return Tracking(_as_uri(where or DEFAULT_STORE), experiment)
 
 
 def tracking_from_table(table, path="") -> Tracking | None:
@@ -71,7 +86,8 @@ def tracking_from_table(table, path="") -> Tracking | None:
                 f"{path}: [tracking]: unknown key {key!r}{close_keys(key, TRACKING_KEYS)} "
                 f"(valid keys: {', '.join(sorted(TRACKING_KEYS))})"
             )
-    return Tracking(_as_uri(table.get("uri", "mlruns")), table.get("experiment", "aevb"))
+    uri = _as_uri(table.get("uri", DEFAULT_STORE))
+    return Tracking(uri, table.get("experiment", "aevb"))
 
 
 def _client(tracking: Tracking):
@@ -83,12 +99,16 @@ def _client(tracking: Tracking):
         ) from None
     if tracking.uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    database = _sqlite_path(tracking.uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking.uri)
     found = client.get_experiment_by_name(tracking.experiment)
-    experiment_id = (
-        found.experiment_id if found is not None else client.create_experiment(tracking.experiment)
-    )
-    return client, experiment_id
+    if found is not None:
+        return client, found.experiment_id
+    # a SQLite store's artifacts beside its file, not in ./mlruns of whoever created it
+    where = None if database is None else (database.parent / "mlartifacts").as_uri()
+    return client, client.create_experiment(tracking.experiment, artifact_location=where)
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -107,18 +127,44 @@ def _number(value) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _quoted(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class RunTracker:
-    """One MLflow run for one training run; :meth:`epoch` is the loop's epoch callback."""
+    """One MLflow run for one training run; :meth:`epoch` is the loop's epoch callback.
+
+    A training run that resumes (``--resume``, a Ray task retried after its worker died)
+    goes on logging into its unfinished MLflow run, the one of the same name, run directory
+    and parent still marked RUNNING, rather than leaving it RUNNING for ever beside a new one.
+    """
 
     def __init__(self, tracking: Tracking, spec: RunSpec, name: str, out: str | Path | None):
         from mlflow.entities import Param
 
         self.client, experiment_id = _client(tracking)
         tags = {"mlflow.parentRunId": tracking.parent_run_id} if tracking.parent_run_id else {}
-        self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        unfinished = self._unfinished(experiment_id, name, tracking.parent_run_id, out)
+        self.run_id = unfinished or (
+            self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        )
         params = {k: "" if v is None else str(v) for k, v in flatten(spec.to_dict()).items()}
         params["run_dir"] = str(out)
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+
+    def _unfinished(self, experiment_id, name, parent, out) -> str | None:
+        """The id of a RUNNING MLflow run of this name, run directory and parent, if any."""
+        if out is None:
+            return None
+        query = [
+            f"tags.mlflow.runName = {_quoted(name)}",
+            "attributes.status = 'RUNNING'",
+            f"params.run_dir = {_quoted(str(out))}",
+        ]
+        if parent is not None:
+            query.append(f"tags.mlflow.parentRunId = {_quoted(parent)}")
+        found = self.client.search_runs([experiment_id], " and ".join(query), max_results=1)
+        return found[0].info.run_id if found else None
 
     def epoch(self, row: dict) -> None:
         """Log an epoch's numeric history columns at step = epoch."""
