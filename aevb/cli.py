@@ -506,7 +506,7 @@ def print_rankings(results) -> None:
 
 
 def cmd_demo(args) -> None:
-    """``aevb demo``: the README's demo grid (fetch MNIST, train, score, report)."""
+    """``aevb demo``: the demo grid of ``make demo`` (fetch MNIST, train, score, report)."""
     from aevb.experiments.demo import run_demo
 
     run_demo(out=args.out, epochs=args.epochs, quiet=args.quiet, device=args.device)

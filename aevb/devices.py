@@ -44,7 +44,7 @@ def resolve_device(name: str | torch.device | None = "cpu") -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"device {name!r}: this torch ({torch.__version__}) sees no CUDA GPU; use "
-                "--device cpu, or install a CUDA build of torch (README: Running on a GPU)"
+                "--device cpu, or install a CUDA build of torch (docs/gpu.rst: Running on a GPU)"
             )
         index = device.index or 0
         if index >= torch.cuda.device_count():

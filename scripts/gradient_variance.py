@@ -18,8 +18,8 @@ on factor analysis (the true fa-synthetic model, the linear guide at its exact p
 moved off the optimum) and on the VAE (784-200-200-50, after one epoch of trace training).
 The score function's variance is orders of magnitude above the reparameterised ones. For
 IWAE, Rainforth et al. (2018) show the encoder gradient's SNR falls like 1/sqrt(k) near an
-optimum; off it, as here, the signal may still dominate (see the README for what this run
-measured).
+optimum; off it, as here, the signal may still dominate (docs/concepts/estimators.rst shows what
+this run measured).
 
     python scripts/gradient_variance.py --out runs/gradient-variance     # ~2 min on 2 cores
 

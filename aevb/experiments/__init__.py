@@ -1,2 +1,2 @@
 """Experiments over many runs: ``aevb compare`` grids (:mod:`.compare`), their reports
-(:mod:`.report`) and the README's demo (:mod:`.demo`)."""
+(:mod:`.report`) and ``make demo``'s grid (:mod:`.demo`)."""

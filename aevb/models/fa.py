@@ -60,8 +60,8 @@ class FactorAnalysis(LatentVariableModel):
     fit_defaults = {"batch_size": 32, "lr": 1e-2, "epochs": 35}
     #: Monte Carlo EM: the same for 30 epochs, the learning rate decaying to 1/10 over them
     #: (and staying there if a run is extended). With a constant lr the M-step noise kept the
-    #: exact test evidence 0.02-0.12 nats below the truth after 20 epochs (seeds 0, 1; README
-    #: "Monte Carlo EM")
+    #: exact test evidence 0.02-0.12 nats below the truth after 20 epochs (seeds 0, 1;
+    #: docs/results/mcem.rst)
     mcem_defaults = {
         "batch_size": 32,
         "lr": 1e-2,
