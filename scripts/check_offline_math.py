@@ -41,6 +41,9 @@ from pathlib import Path
 #: the pages checked by default: every tutorial, notebook and concept page that has math (the
 #: VAE tutorial, written in reStructuredText, and its MyST notebook among them)
 PAGES = ("tutorials/*.html", "notebooks/*.html", "concepts/*.html")
+#: pages without math, opened too: no CDN named, no code block wider than its box, and a
+#: screenshot (the landing page, the front pages of the manual, the results)
+PLAIN = ("index.html", "install.html", "usage.html", "catalogue.html", "results/*.html")
 DELIMITERS = ("\\[", "\\]", "\\(", "\\)")
 LOCAL_MATHJAX = "_static/mathjax/tex-chtml.js"
 WINDOW = "1280,1600"
@@ -151,14 +154,16 @@ def render(browser: str, url: str, screenshot: Path | None, profile: Path) -> st
     return done.stdout
 
 
-def check_page(built: str, rendered: str) -> list[str]:
+def check_page(built: str, rendered: str, math: bool = True) -> list[str]:
     """What is wrong with one page: ``built`` is its HTML file, ``rendered`` the DOM after
-    MathJax ran. Empty if nothing."""
+    MathJax ran. Empty if nothing. ``math=False``: a page without math, checked for a CDN and
+    for blocks wider than their box only."""
+    if not math:
+        return _cdn(built) + _overflowing(rendered)
     problems = []
     if LOCAL_MATHJAX not in built:
         problems.append(f"the page does not load {LOCAL_MATHJAX}")
-    if "cdn.jsdelivr.net" in built or "mathjax@" in built:
-        problems.append("the page still names a MathJax CDN")
+    problems += _cdn(built)
     source, dom = _Text(), _Text()
     source.feed(built)
     dom.feed(rendered)
@@ -176,13 +181,24 @@ def check_page(built: str, rendered: str) -> list[str]:
             problems.append(f"raw {d} left in the text: ...{visible[max(0, at - 40) : at + 40]!r}")
     if "MJX-TEX" not in rendered and "MJXZERO" not in rendered:
         problems.append("MathJax's CommonHTML font faces are not in the rendered page")
+    return problems + _overflowing(rendered)
+
+
+def _cdn(built: str) -> list[str]:
+    if "cdn.jsdelivr.net" in built or "mathjax@" in built:
+        return ["the page still names a MathJax CDN"]
+    return []
+
+
+def _overflowing(rendered: str) -> list[str]:
     probe = re.search(r'data-overflowing="([^"]*)"', rendered)
     if probe is None:
-        problems.append("the overflow probe did not run")
-    else:
-        for block in json.loads(html.unescape(probe.group(1))):
-            problems.append(f"wider than its box at {WINDOW.split(',')[0]} px: {block!r}")
-    return problems
+        return ["the overflow probe did not run"]
+    width = WINDOW.split(",")[0]
+    return [
+        f"wider than its box at {width} px: {b!r}"
+        for b in json.loads(html.unescape(probe.group(1)))
+    ]
 
 
 def _pages(site: Path, patterns: list[str]) -> list[str]:
@@ -199,11 +215,41 @@ def _pages(site: Path, patterns: list[str]) -> list[str]:
     return out
 
 
+def _plain_pages(site: Path, patterns: list[str]) -> list[str]:
+    """The pages the patterns name that have no math (those with math are checked in full)."""
+    out = []
+    for pattern in patterns:
+        for path in sorted(site.glob(pattern)):
+            if 'class="math' not in path.read_text():
+                out.append(str(path.relative_to(site)))
+    return out
+
+
+def _check(args, browser: str, port: int, page: str, math: bool, profile: Path) -> bool:
+    """Render one page (and its screenshot), print its line; True if it failed."""
+    shot = None
+    if args.screenshot_dir is not None:
+        args.screenshot_dir.mkdir(parents=True, exist_ok=True)
+        shot = (args.screenshot_dir / page.replace("/", "-")).with_suffix(".png")
+    built = (args.site / page).read_text()
+    rendered = render(browser, f"http://127.0.0.1:{port}/{page}", shot, profile)
+    problems = check_page(built, rendered, math)
+    n = _Text()
+    n.feed(rendered)
+    status = "FAIL" if problems else "ok"
+    what = f"{n.containers} formulas rendered by the local MathJax" if math else "no math"
+    print(f"{status}: {page}: {what}")
+    for p in problems:
+        print(f"  - {p}")
+    return bool(problems)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Check each page; print one line per page and per problem."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("site", type=Path, help="the built site (docs/_build/html)")
     parser.add_argument("--pages", nargs="*", default=list(PAGES), help="paths or globs")
+    parser.add_argument("--plain", nargs="*", default=list(PLAIN), help="pages without math")
     parser.add_argument("--screenshot-dir", type=Path)
     args = parser.parse_args(argv)
     browser = chromium()
@@ -214,21 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         with tempfile.TemporaryDirectory() as profile:
-            for page in _pages(args.site, args.pages):
-                shot = None
-                if args.screenshot_dir is not None:
-                    args.screenshot_dir.mkdir(parents=True, exist_ok=True)
-                    shot = (args.screenshot_dir / page.replace("/", "-")).with_suffix(".png")
-                built = (args.site / page).read_text()
-                rendered = render(browser, f"http://127.0.0.1:{port}/{page}", shot, Path(profile))
-                problems = check_page(built, rendered)
-                n = _Text()
-                n.feed(rendered)
-                status = "FAIL" if problems else "ok"
-                print(f"{status}: {page}: {n.containers} formulas rendered by the local MathJax")
-                for p in problems:
-                    print(f"  - {p}")
-                failed |= bool(problems)
+            pages = [(page, True) for page in _pages(args.site, args.pages)]
+            pages += [(page, False) for page in _plain_pages(args.site, args.plain)]
+            for page, math in pages:
+                failed |= _check(args, browser, port, page, math, Path(profile))
     finally:
         server.shutdown()
     return 1 if failed else 0
