@@ -11,8 +11,11 @@ in the grid's folder: one row per
 active units, and prints it as a Markdown table beside the paper's figures.
 
     python scripts/burda_stages.py scripts/configs/iwae_stages.toml --stages 5 --out DIR
+    python scripts/burda_stages.py CONFIG --out DIR --report-only --csv docs/results/iwae_stages.csv
 
-Stop it at any time; the same command resumes where it stopped.
+Stop it at any time; the same command resumes where it stopped. ``--report-only`` trains
+nothing: it writes the tables and the figure from what the folder holds (while the grid is
+still running, say); ``--csv`` also writes the IS rows as the docs' small table.
 """
 
 from __future__ import annotations
@@ -64,17 +67,41 @@ def stage_rows(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def docs_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The IS rows as the docs' table: one row per (run, passes), NLL with its standard
+    error, and the paper's figure after 3,280 passes beside each run."""
+    rows = frame[frame["estimate"].str.startswith("is-")].copy()
+    cell = rows["run"].str.replace(r"-seed\d+$", "", regex=True)
+    return pd.DataFrame(
+        {
+            "cell": cell,
+            "passes": rows["passes"],
+            "NLL (IS)": rows["nll"].round(2),
+            "se": rows["se"].round(2),
+            "test ELBO": rows["test_elbo"].round(2),
+            "active units": rows["active_units"],
+            "k-hat > 0.7": rows["khat_share"].round(2),
+            "Burda et al. @3280": cell.map(PAPER),
+        }
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config", help="a grid config with lr_schedule = 'burda'")
     p.add_argument("--stages", type=int, default=5, help="the last stage i to finish (0..7)")
     p.add_argument("--out", required=True, help="the grid's folder (outside the repository)")
+    p.add_argument("--report-only", action="store_true", help="train nothing; write the tables")
+    p.add_argument("--csv", help="also write the IS rows as a small table here (the docs')")
     args = p.parse_args()
     out = Path(args.out)
-    for cell in load_config(args.config)["cells"]:
-        for passes in boundaries(args.stages):
-            run_grid(args.config, out, quiet=True, epochs=passes, only=[cell["label"]])
+    if not args.report_only:
+        for cell in load_config(args.config)["cells"]:
+            for passes in boundaries(args.stages):
+                run_grid(args.config, out, quiet=True, epochs=passes, only=[cell["label"]])
     frame = stage_rows(out)
+    if args.csv:
+        docs_table(frame).to_csv(args.csv, index=False)
     frame.to_csv(out / "stages.csv", index=False)
     is_rows = frame[frame["estimate"].str.startswith("is-")]
     if len(is_rows):

@@ -26,18 +26,21 @@ COLUMNS = (
     ("k-hat > 0.7", "is_khat_share", 1, 2),
     ("NLL (AIS)", "test_ll_ais", -1, 2),
     ("AIS se", "test_ll_ais_se", 1, 2),
+    ("cluster accuracy", "cluster_accuracy", 1, 3),
 )
 
 
-def table(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell (the grid's order), means over the seeds of the runs that finished."""
+def table(results: pd.DataFrame, per_seed: bool = False) -> pd.DataFrame:
+    """One row per cell (the grid's order), means over the seeds of the runs that finished;
+    ``per_seed``: one row per (cell, seed) instead."""
     ok = results[results["status"] == "ok"]
     rows = []
-    for cell, runs in ok.groupby("cell", sort=False):
+    for key, runs in ok.groupby(["cell", "seed"] if per_seed else ["cell"], sort=False):
         row = {
-            "cell": cell,
+            "cell": key[0],
+            **({"seed": int(key[1])} if per_seed else {}),
             "epochs": int(runs["epochs"].max()),
-            "seeds": len(runs),
+            **({} if per_seed else {"seeds": len(runs)}),
             "s/epoch": round(float(runs["seconds_per_epoch"].mean()), 1),
         }
         for name, column, sign, decimals in COLUMNS:
@@ -52,8 +55,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("grid", help="a grid's output folder (its results.csv)")
     p.add_argument("--out", required=True, help="the CSV to write, e.g. docs/results/x.csv")
+    p.add_argument("--per-seed", action="store_true", help="one row per (cell, seed)")
     args = p.parse_args()
-    frame = table(pd.read_csv(Path(args.grid) / "results.csv"))
+    frame = table(pd.read_csv(Path(args.grid) / "results.csv"), args.per_seed)
     frame.to_csv(args.out, index=False)
     print(frame.to_string(index=False))
 

@@ -4,6 +4,8 @@ stage keeps every stage's scores."""
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import burda_stages  # noqa: E402
 
@@ -54,3 +56,13 @@ def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monke
     assert (out / "fa-k1-seed0" / "evaluations" / "epoch1" / "evaluation.json").is_file()
     assert frame["nll"].notna().all() and frame["active_units"].notna().all()
     assert (out / "stages.csv").is_file() and (out / "stages.png").stat().st_size > 0
+    # the report alone trains nothing and writes the docs' table from the same rows
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
+    table = tmp_path / "table.csv"
+    argv = [*argv, "--report-only", "--csv", str(table)]
+    monkeypatch.setattr(sys, "argv", argv)
+    burda_stages.main()
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")} == stamps
+    docs = pd.read_csv(table)
+    assert list(docs["cell"]) == ["fa-k1", "fa-k1", "fa-k3", "fa-k3"]
+    assert list(docs["NLL (IS)"]) == list(frame["nll"].round(2))

@@ -30,3 +30,21 @@ def test_cells_are_averaged_over_seeds_and_likelihoods_become_nll():
     assert frame.loc["a", "NLL (IS)"] == pytest.approx(91.0)
     assert frame.loc["a", "test ELBO"] == pytest.approx(-101.0)
     assert frame.loc["a", "NLL (AIS)"] == pytest.approx(90.0) and frame.loc["b", "NLL (AIS)"] == ""
+
+
+def test_per_seed_rows_keep_each_seed_and_its_cluster_accuracy():
+    results = pd.DataFrame(
+        {
+            "cell": ["g", "g", "g"],
+            "seed": [3, 1004, 2000],
+            "status": ["ok"] * 3,
+            "epochs": [20] * 3,
+            "seconds_per_epoch": [17.0, 18.0, 19.0],
+            "test_elbo": [-82.0, -81.6, -82.1],
+            "cluster_accuracy": [0.669, 0.6906, 0.5877],
+        }
+    )
+    frame = results_table.table(results, per_seed=True)
+    assert list(frame["seed"]) == [3, 1004, 2000]
+    assert list(frame["cluster accuracy"]) == [0.669, 0.691, 0.588]
+    assert results_table.table(results)["cluster accuracy"].iloc[0] == pytest.approx(0.649)
