@@ -25,3 +25,12 @@ def test_the_catalogue_is_the_registries_and_anchors_every_name():
     for kind, registry in catalogue.registries().items():
         for name in registry:
             assert f".. _{kind}-{name}:" in text
+
+
+def test_every_cli_command_has_an_anchor_in_the_usage_page():
+    from aevb.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
+    text = (ROOT / "docs" / "usage.rst").read_text()
+    missing = [name for name in sub.choices if f".. _cli-{name}:" not in text]
+    assert not missing, f"aevb commands without an anchor in docs/usage.rst: {missing}"

@@ -161,6 +161,22 @@ def test_the_weight_is_a_tenth_of_n_per_labelled_fraction():
     assert elbo.weight == pytest.approx(ALPHA_FRACTION * 60 / 6)
 
 
+def test_alpha_fraction_is_an_option_of_the_eager_and_the_compiled_objective():
+    """``objective_options = {alpha_fraction = f}`` sets w = f * N / N_labelled, in both forms
+    (the compiled one is what M2 trains with by default); a negative one is refused."""
+    from aevb.inference.objectives import make_jit_objective
+
+    ds = Dataset(torch.rand(60, 4), torch.arange(60) % 3).keep_labels(6, seed=0)
+    eager = make_objective("semisupervised", 1, options={"alpha_fraction": 2.3})
+    compiled = make_jit_objective("semisupervised", 1, options={"alpha_fraction": 2.3})
+    for elbo in (eager, compiled):
+        elbo.bind_data(ds)
+    assert eager.weight == pytest.approx(2.3 * 60 / 6)
+    assert compiled.factory().alpha_fraction == 2.3  # each trace's ELBO gets the option
+    with pytest.raises(ConfigError, match="alpha_fraction"):
+        make_objective("semisupervised", 1, options={"alpha_fraction": -1.0})
+
+
 def test_a_model_without_a_partly_observed_site_is_refused():
     model = models.build("vae", x_dim=4, z_dim=2, hidden=(3,))
     guide = guides.default_for(model)

@@ -115,7 +115,9 @@ class SVIAlgorithm:
         self.eager: Any = None
         self.probe_batch: tuple = ()
         self.elbo: Any = (
-            make_jit_objective(cfg.objective, k, cfg.alpha, cfg.max_plate_nesting)
+            make_jit_objective(
+                cfg.objective, k, cfg.alpha, cfg.max_plate_nesting, cfg.objective_options
+            )
             if self.jit
             else make_objective(
                 cfg.objective, k, cfg.alpha, cfg.max_plate_nesting, cfg.objective_options
@@ -189,7 +191,9 @@ class SVIAlgorithm:
         second = next(
             ds.batches(x.shape[0], shuffle=True, labels=labels, generator=g, device=x.device)
         )
-        compiled = make_jit_objective(cfg.objective, self.k, cfg.alpha, cfg.max_plate_nesting)
+        compiled = make_jit_objective(
+            cfg.objective, self.k, cfg.alpha, cfg.max_plate_nesting, cfg.objective_options
+        )
         compiled.bind_data(ds)
         why = compiled_matches_eager(
             compiled, self.elbo, self.train_model, self.train_guide, [first_batch, second]

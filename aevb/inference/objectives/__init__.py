@@ -94,6 +94,7 @@ from aevb.inference.objectives.mcvae import (
 from aevb.inference.objectives.metflow import MetFlowConfig, make_metflow
 from aevb.inference.objectives.rws import make_rws
 from aevb.inference.objectives.semisupervised import (
+    SemiSupervisedConfig,
     jit_semisupervised,
     make_semisupervised,
     missing_label_site,
@@ -301,6 +302,7 @@ OBJECTIVES: dict[str, Objective] = {
         lambda guide: config_enumerate(guide, "parallel", expand=True),
         make_jit=jit_semisupervised,
         check=missing_label_site,
+        options=SemiSupervisedConfig,
     ),
 }
 
@@ -412,17 +414,24 @@ def should_probe_jit(name: str, model, guide, jit: bool | None) -> bool:
 
 
 def make_jit_objective(
-    name: str, num_particles: int = 1, alpha: float | None = None, max_plate_nesting: int = 1
+    name: str,
+    num_particles: int = 1,
+    alpha: float | None = None,
+    max_plate_nesting: int = 1,
+    options: dict | None = None,
 ):
     """The compiled form of ``name``, one trace per argument signature (the arguments in
-    :func:`make_objective`'s order)."""
+    :func:`make_objective`'s order, ``options`` included)."""
     make = OBJECTIVES[name].make_jit
     assert make is not None
     if OBJECTIVES[name].takes_alpha:
         check_alpha(name, alpha)
     else:
         alpha = None
-    return PerSignature(lambda: make(num_particles, max_plate_nesting, alpha))
+    config = objective_options(name, options or {})
+    if config is None:
+        return PerSignature(lambda: make(num_particles, max_plate_nesting, alpha))
+    return PerSignature(lambda: make(num_particles, max_plate_nesting, alpha, config=config))  # type: ignore[call-arg]
 
 
 def check_compatible(name: str, model, guide, *args, alpha: float | None = None) -> None:

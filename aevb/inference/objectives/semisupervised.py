@@ -30,6 +30,7 @@ References:
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import pyro.ops.jit
@@ -39,9 +40,26 @@ from pyro.poutine.trace_struct import Trace
 
 from aevb.errors import ObjectiveError
 from aevb.inference.objectives.enum_meanfield import TraceEnumMeanField_ELBO
+from aevb.settings import check_fields, setting
 
 #: alpha / N of Kingma et al. (2014): alpha = 0.1 N
 ALPHA_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class SemiSupervisedConfig:
+    """The settings of the ``semisupervised`` objective."""
+
+    alpha_fraction: float = setting(
+        ALPHA_FRACTION,
+        minimum=0,
+        help="alpha / N: the classification term's weight alpha as a fraction of the training "
+        "set's size N (Kingma et al. 2014: 0.1); one labelled point weighs "
+        "alpha_fraction * N / N_labelled",
+    )
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def labelled_log_q(model_trace: Trace, guide_trace: Trace) -> torch.Tensor | None:
@@ -172,11 +190,24 @@ class JitSemiSupervised_ELBO(SemiSupervised_ELBO):  # noqa: N801 (Pyro's naming)
             return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
 
-def jit_semisupervised(k: int, nesting: int, alpha: float | None = None) -> ELBO:
+def jit_semisupervised(
+    k: int,
+    nesting: int,
+    alpha: float | None = None,
+    config: SemiSupervisedConfig | None = None,
+) -> ELBO:
     """The registry's compiled constructor (:class:`JitSemiSupervised_ELBO`)."""
-    return JitSemiSupervised_ELBO(k, max_plate_nesting=nesting, vectorize_particles=k > 1)
+    fraction = (config or SemiSupervisedConfig()).alpha_fraction
+    return JitSemiSupervised_ELBO(
+        k, max_plate_nesting=nesting, vectorize_particles=k > 1, alpha_fraction=fraction
+    )
 
 
-def make_semisupervised(k: int, alpha: float | None, nesting: int) -> SemiSupervised_ELBO:
+def make_semisupervised(
+    k: int, alpha: float | None, nesting: int, config: SemiSupervisedConfig | None = None
+) -> SemiSupervised_ELBO:
     """The registry's constructor (``alpha``, Renyi's, is not used)."""
-    return SemiSupervised_ELBO(k, max_plate_nesting=nesting, vectorize_particles=k > 1)
+    fraction = (config or SemiSupervisedConfig()).alpha_fraction
+    return SemiSupervised_ELBO(
+        k, max_plate_nesting=nesting, vectorize_particles=k > 1, alpha_fraction=fraction
+    )
