@@ -56,3 +56,24 @@ def test_every_registered_name_links_to_its_page():
             if link not in text:
                 missing.append(f"{kind} {link}")
     assert not missing, f"README.md's table lacks (scripts/catalogue.py PAGES): {missing}"
+
+
+def test_the_headline_table_is_its_results_pages():
+    """Every figure of the README's one results table is in the CSV its results page shows
+    (``docs/results/beyond_pyro.csv``), row by row, so the two cannot drift apart."""
+    import csv
+
+    source = ROOT / "docs" / "results" / "beyond_pyro.csv"
+    rows = {
+        r["cell"]: ",".join(r.values()).replace("**", "") for r in csv.DictReader(source.open())
+    }
+    lines = _lines()
+    start = lines.index("## One result")
+    table = [ln for ln in lines[start:] if ln.startswith("| ")][:20]
+    body = [ln for ln in table[1:] if not ln.startswith("|---")]
+    assert body, "no table under '## One result'"
+    for line in body:
+        cell, *values = [v.strip().replace("**", "") for v in line.strip("|").split("|")]
+        assert cell in rows, f"README row {cell!r} is not in {source.name}"
+        for value in values:
+            assert value in rows[cell], f"README {cell}: {value!r} is not in {source.name}"
