@@ -69,7 +69,7 @@ VARYING = ("train_seconds", "seconds_per_epoch", "samples_per_second", "run_dir"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -134,3 +134,25 @@ def test_a_resumed_run_logs_into_its_unfinished_mlflow_run(tmp_path):
     assert [(p.step, p.value) for p in history] == [(1, 3.0), (2, 2.0)]
     assert RunTracker(tracking, spec, "run", out).run_id != first.run_id  # FINISHED stays
     assert RunTracker(tracking, spec, "other", out).run_id != first.run_id
+
+
+def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path):
+    """A process killed between an epoch's checkpoint (history.csv with it) and its MLflow
+    log: the resumed run's tracker logs that epoch from history.csv, once."""
+    from aevb.experiments.tracking import RunTracker, parse_track
+    from aevb.spec import RunSpec
+
+    tracking = parse_track(f"mlflow:{tmp_path / 'store.db'}")
+    out = tmp_path / "run"
+    out.mkdir()
+    first = RunTracker(tracking, RunSpec(), "run", out)
+    first.epoch({"epoch": 1, "train_loss": 3.0})
+    # epoch 2 reached history.csv, then the process died before logging it
+    pd.DataFrame({"epoch": [1, 2], "step": [5, 10], "train_loss": [3.0, 2.5]}).to_csv(
+        out / "history.csv", index=False
+    )
+    second = RunTracker(tracking, RunSpec(), "run", out)
+    assert second.run_id == first.run_id
+    second.epoch({"epoch": 3, "train_loss": 2.0})
+    history = second.client.get_metric_history(second.run_id, "train_loss")
+    assert sorted((p.step, p.value) for p in history) == [(1, 3.0), (2, 2.5), (3, 2.0)]

@@ -121,7 +121,9 @@ class RayEngine:
             if self.address:
                 ray.init(address=self.address)
             else:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+                # "local": a new instance even where a stale /tmp/ray/ray_current_cluster
+                # (left by a `ray start` elsewhere) would make ray.init() try to join it
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
         try:
             yield from self._run(ray, tasks)
         finally:

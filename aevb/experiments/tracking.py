@@ -136,7 +136,9 @@ class RunTracker:
 
     A training run that resumes (``--resume``, a Ray task retried after its worker died)
     goes on logging into its unfinished MLflow run, the one of the same name, run directory
-    and parent still marked RUNNING, rather than leaving it RUNNING for ever beside a new one.
+    and parent still marked RUNNING, rather than leaving it RUNNING for ever beside a new one;
+    the epochs its run directory already holds and the MLflow run lacks (a process that died
+    between writing an epoch's checkpoint and logging it) are logged from ``history.csv``.
     """
 
     def __init__(self, tracking: Tracking, spec: RunSpec, name: str, out: str | Path | None):
@@ -151,6 +153,22 @@ class RunTracker:
         params = {k: "" if v is None else str(v) for k, v in flatten(spec.to_dict()).items()}
         params["run_dir"] = str(out)
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        if out is not None:
+            self._backfill(Path(out))
+
+    def _backfill(self, out: Path) -> None:
+        """Log the epochs of ``out/history.csv`` that this MLflow run does not have yet."""
+        from aevb.inference import rundir
+
+        if not (out / rundir.HISTORY).is_file():
+            return
+        history = rundir.read_history(out)
+        if "train_loss" not in history:
+            return
+        logged = {p.step for p in self.client.get_metric_history(self.run_id, "train_loss")}
+        for row in history.to_dict("records"):
+            if int(row["epoch"]) not in logged:
+                self.epoch(row)
 
     def _unfinished(self, experiment_id, name, parent, out) -> str | None:
         """The id of a RUNNING MLflow run of this name, run directory and parent, if any."""
