@@ -137,8 +137,8 @@ def test_a_resumed_run_logs_into_its_unfinished_mlflow_run(tmp_path):
 
 
 def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path):
-    """A process killed between an epoch's checkpoint (history.csv with it) and its MLflow
-    log: the resumed run's tracker logs that epoch from history.csv, once."""
+    """A process killed between an epoch's checkpoint and its MLflow log: the resumed run's
+    tracker logs that epoch from history.csv at its first epoch, once."""
     from aevb.experiments.tracking import RunTracker, parse_track
     from aevb.spec import RunSpec
 
@@ -147,12 +147,13 @@ def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path):
     out.mkdir()
     first = RunTracker(tracking, RunSpec(), "run", out)
     first.epoch({"epoch": 1, "train_loss": 3.0})
-    # epoch 2 reached history.csv, then the process died before logging it
-    pd.DataFrame({"epoch": [1, 2], "step": [5, 10], "train_loss": [3.0, 2.5]}).to_csv(
-        out / "history.csv", index=False
-    )
+    # epoch 2 was checkpointed, then the process died before logging it; the resumed loop
+    # writes history.csv (epochs 1-3) before its first epoch callback
     second = RunTracker(tracking, RunSpec(), "run", out)
     assert second.run_id == first.run_id
+    pd.DataFrame({"epoch": [1, 2, 3], "step": [5, 10, 15], "train_loss": [3.0, 2.5, 2.0]}).to_csv(
+        out / "history.csv", index=False
+    )
     second.epoch({"epoch": 3, "train_loss": 2.0})
     history = second.client.get_metric_history(second.run_id, "train_loss")
     assert sorted((p.step, p.value) for p in history) == [(1, 3.0), (2, 2.5), (3, 2.0)]

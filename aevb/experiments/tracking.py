@@ -153,21 +153,24 @@ class RunTracker:
         params = {k: "" if v is None else str(v) for k, v in flatten(spec.to_dict()).items()}
         params["run_dir"] = str(out)
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
-        if out is not None:
-            self._backfill(Path(out))
+        self.out = None if out is None else Path(out)
+        self.backfilled = False
 
-    def _backfill(self, out: Path) -> None:
-        """Log the epochs of ``out/history.csv`` that this MLflow run does not have yet."""
+    def _backfill(self, before: int) -> None:
+        """Log the epochs before ``before`` of the run directory's ``history.csv`` that this
+        MLflow run does not have yet (called at the first epoch: the loop has just written
+        the file, with the epochs a resumed checkpoint holds)."""
         from aevb.inference import rundir
 
-        if not (out / rundir.HISTORY).is_file():
+        self.backfilled = True
+        if self.out is None or not (self.out / rundir.HISTORY).is_file():
             return
-        history = rundir.read_history(out)
+        history = rundir.read_history(self.out)
         if "train_loss" not in history:
             return
         logged = {p.step for p in self.client.get_metric_history(self.run_id, "train_loss")}
         for row in history.to_dict("records"):
-            if int(row["epoch"]) not in logged:
+            if int(row["epoch"]) < before and int(row["epoch"]) not in logged:
                 self.epoch(row)
 
     def _unfinished(self, experiment_id, name, parent, out) -> str | None:
@@ -189,6 +192,8 @@ class RunTracker:
         from mlflow.entities import Metric
 
         step = int(row["epoch"])
+        if not self.backfilled:
+            self._backfill(step)
         metrics = [
             Metric(key, number, 0, step)
             for key, value in row.items()
