@@ -27,6 +27,7 @@ COLUMNS = (
     ("NLL (AIS)", "test_ll_ais", -1, 2),
     ("AIS se", "test_ll_ais_se", 1, 2),
     ("cluster accuracy", "cluster_accuracy", 1, 3),
+    ("test error %", "test_error", 100, 2),
 )
 
 

@@ -48,3 +48,11 @@ def test_per_seed_rows_keep_each_seed_and_its_cluster_accuracy():
     assert list(frame["seed"]) == [3, 1004, 2000]
     assert list(frame["cluster accuracy"]) == [0.669, 0.691, 0.588]
     assert results_table.table(results)["cluster accuracy"].iloc[0] == pytest.approx(0.649)
+
+
+def test_the_test_error_is_given_in_percent():
+    results = pd.DataFrame(
+        {"cell": ["m"], "seed": [0], "status": ["ok"], "epochs": [10],
+         "seconds_per_epoch": [27.5], "test_error": [0.0729]}
+    )  # fmt: skip
+    assert results_table.table(results)["test error %"].iloc[0] == pytest.approx(7.29)
