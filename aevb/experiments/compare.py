@@ -301,16 +301,7 @@ def run_grid(
     again. ``epochs`` overrides every cell's: runs scored after fewer epochs resume, train
     on and are scored again (their earlier estimates kept in ``evaluations/epochN/``);
     ``only`` (cell labels) runs those cells alone."""
-    config = load_config(config_path)
-    if device is not None:
-        config["cells"] = [{**cell, "device": device} for cell in config["cells"]]
-    if epochs is not None:
-        config["cells"] = [{**cell, "epochs": epochs} for cell in config["cells"]]
-    if only is not None:  # these cells alone (results.csv and report.md then hold them alone)
-        unknown = sorted(set(only) - {cell["label"] for cell in config["cells"]})
-        if unknown:
-            raise ConfigError(f"{config_path}: no cell labelled {unknown}")
-        config["cells"] = [cell for cell in config["cells"] if cell["label"] in only]
+    config = _overridden(load_config(config_path), config_path, device, epochs, only)
     runner = _engine(config, engine, address)
     out = Path(out or f"runs/compare-{config['name']}")
     out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +336,22 @@ def run_grid(
     write_report(config, results, out)
     results.attrs["out"] = str(out)
     return results
+
+
+def _overridden(config: dict, path, device: str | None, epochs: int | None, only) -> dict:
+    """The config with the command line's device and epochs over every cell's, and only the
+    cells labelled ``only`` (results.csv and report.md then hold them alone)."""
+    cells = config["cells"]
+    if device is not None:
+        cells = [{**cell, "device": device} for cell in cells]
+    if epochs is not None:
+        cells = [{**cell, "epochs": epochs} for cell in cells]
+    if only is not None:
+        unknown = sorted(set(only) - {cell["label"] for cell in cells})
+        if unknown:
+            raise ConfigError(f"{path}: no cell labelled {unknown}")
+        cells = [cell for cell in cells if cell["label"] in only]
+    return {**config, "cells": cells}
 
 
 def _engine(config: dict, engine: str | None, address: str | None):
