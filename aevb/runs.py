@@ -68,6 +68,8 @@ class Resolved:
     test: Dataset
     model: Any
     guide: Any
+    #: the validation split held out of the training set (``data.validation``), or None
+    valid: Dataset | None = None
 
 
 def model_class(spec: RunSpec):
@@ -118,6 +120,7 @@ def resolve(spec: RunSpec) -> Resolved:
     preset = _preset(spec)
     train, test = data.load(spec.data.source, _binarize(spec, preset))
     train, test = train.subset(spec.data.subset), test.subset(spec.data.test_subset)
+    train, valid = train.holdout(spec.data.validation)
     if spec.data.labels is not None:
         train = keep_labels(spec, train)
     pyro.set_rng_seed(spec.schedule.seed)
@@ -131,7 +134,7 @@ def resolve(spec: RunSpec) -> Resolved:
         guide = guides.build(spec.model.guide, model, **overrides)
     else:
         guide = guides.default_for(model, **overrides)
-    return Resolved(spec, train, test, model, guide)
+    return Resolved(spec, train, test, model, guide, valid)
 
 
 def keep_labels(spec: RunSpec, train: Dataset) -> Dataset:
@@ -189,6 +192,7 @@ def _meta(r: Resolved, out: str | Path | None, resume: bool) -> dict:
         "subset": spec.data.subset,
         "test_subset": spec.data.test_subset,
         "labels": spec.data.labels,
+        "validation": spec.data.validation,
     }
     meta: dict = {"data_spec": data_spec, "spec": spec.to_dict()}
     if EXTENSIONS:  # user modules that registered methods, objectives, ... (aevb --module)
@@ -249,6 +253,7 @@ def train(
     r = resolve(spec)
     common = dict(
         test=r.test,
+        validation=r.valid,
         out=out,
         resume=resume,
         progress=progress,

@@ -265,6 +265,14 @@ class DataSpec(_Spec):
         "the rest (semi-supervised models)",
         unset="all",
     )
+    validation: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="hold the last N training datapoints out as a validation set, scored after "
+        "every epoch (valid_* columns of history.csv; what schedule.patience stops on)",
+        unset="none",
+    )
 
 
 @dataclass(frozen=True)
@@ -488,6 +496,7 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "subset": ("data", "subset"),
     "test_subset": ("data", "test_subset"),
     "labels": ("data", "labels"),
+    "validation": ("data", "validation"),
 }
 
 

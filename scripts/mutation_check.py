@@ -667,7 +667,7 @@ MUTANTS = [
         "faults",
         "a resumed run's tracker does not log the checkpointed epochs its MLflow run lacks",
         "aevb/experiments/tracking.py",
-        "            if int(row[\"epoch\"]) < before and int(row[\"epoch\"]) not in logged:",
+        '            if int(row["epoch"]) < before and int(row["epoch"]) not in logged:',
         "            if False:",
         ("tests/test_tracking.py",),
     ),

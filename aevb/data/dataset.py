@@ -177,6 +177,37 @@ class Dataset:
             name=f"{self.name}[:{n}]",
         )
 
+    def holdout(self, n: int | None) -> tuple[Dataset, Dataset | None]:
+        """(the first ``len - n`` datapoints, the last ``n``): a validation split held out of
+        a training set, as Pyro's ss-vae tutorial holds out MNIST's last 10,000 training
+        images (``n`` None: the data and None).
+
+        >>> import torch
+        >>> from aevb.data import Dataset
+        >>> rest, held = Dataset(torch.rand(10, 3)).holdout(4)
+        >>> len(rest), len(held)
+        (6, 4)
+        """
+        if n is None:
+            return self, None
+        if not 1 <= n < len(self):
+            raise DataError(
+                f"{self.name}: a validation split of {n} needs 1 <= n < {len(self)} "
+                "(the training set's size)"
+            )
+        cut = len(self) - n
+
+        def part(sl: slice, tag: str) -> Dataset:
+            return replace(
+                self,
+                x=self.x[sl],
+                y=None if self.y is None else self.y[sl],
+                mask=None if self.mask is None else self.mask[sl],
+                name=f"{self.name}[{tag}]",
+            )
+
+        return part(slice(0, cut), f":{cut}"), part(slice(cut, None), f"{cut}:")
+
     def keep_labels(self, n: int, seed: int = 0) -> Dataset:
         """The same data with only ``n`` labels kept, balanced over the classes (n // C per
         class, the remainder one each to the first classes), chosen at random by ``seed``;

@@ -112,8 +112,12 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
     for key in ("rhat_max", "ess_bulk", "ess_tail"):  # MCEM's E-step chains, at the end
         if key in history:
             row[key] = float(last[key])
+    chosen = _chosen_epoch(history, fit)
+    if fit.get("patience") is not None:  # stopped early: the best validation epoch's scores
+        row["best_epoch"] = int(chosen["epoch"])
+        row[f"valid_{fit['monitor']}"] = float(chosen[f"valid_{fit['monitor']}"])
     if "test_error" in history:  # M2's classification error, on the run's whole test set
-        row["test_error"] = float(last["test_error"])
+        row["test_error"] = float(chosen["test_error"])
     row["labels"] = (record.get("data_spec") or {}).get("labels")
     for key, (estimator, k) in wanted.items():
         row.update(estimate_columns(key, estimator, k, done[key]))
@@ -124,6 +128,18 @@ def results_row(cell: dict, seed: int, out: Path, done: dict, wanted: dict) -> d
                 row[f"{key}_minus_exact"] = row[key] - exact
     row.update({f"version_{k}": v for k, v in record.get("versions", {}).items()})
     return row
+
+
+def _chosen_epoch(history, fit: dict):
+    """The history row (a pandas Series) of the parameters the run ended with: the last
+    epoch's, or for a run stopped early on a validation set its best epoch's
+    (:mod:`aevb.inference.stopping`)."""
+    from aevb.inference.stopping import best_epoch
+
+    if fit.get("patience") is None:
+        return history.iloc[-1]
+    best = best_epoch(history.to_dict("records"), fit["monitor"])
+    return history.iloc[-1] if best is None else history[history["epoch"] == best].iloc[0]
 
 
 def estimate_columns(key: str, estimator: str, k: int, result: dict) -> dict:

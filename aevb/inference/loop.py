@@ -30,7 +30,7 @@ from tqdm import tqdm  # text bars (tqdm.auto warns in a notebook without ipywid
 from aevb.data.dataset import Dataset
 from aevb.devices import describe as describe_device
 from aevb.devices import fork_devices, move, resolve_device, to_cpu
-from aevb.errors import DataError, ObjectiveError, RunInterrupted, TrainingDiverged
+from aevb.errors import ConfigError, DataError, ObjectiveError, RunInterrupted, TrainingDiverged
 from aevb.inference import evaluate as ev
 from aevb.inference import programs, rundir
 from aevb.inference.optim import Adam
@@ -43,6 +43,13 @@ from aevb.inference.record import (
     versions,
 )
 from aevb.inference.saved import load_params
+from aevb.inference.stopping import (
+    MONITORS,
+    BestState,
+    best_epoch,
+    patience_spent,
+    validation_columns,
+)
 from aevb.models.base import check_dataset, hooks
 from aevb.models.nets import AdoptModules
 from aevb.settings import check_fields, setting
@@ -93,6 +100,21 @@ class LoopConfig:
         help="stop once this many seconds of training (evaluation excluded) have passed in "
         "total, for comparisons under one wall-clock budget",
         unset="none",
+    )
+    patience: int | None = setting(
+        None,
+        kind=int,
+        minimum=1,
+        help="stop once the validation set's `monitor` has gone this many epochs without "
+        "improving, and keep the parameters of its best epoch (needs data.validation)",
+        unset="none",
+    )
+    monitor: str = setting(
+        "elbo",
+        choices=tuple(MONITORS),
+        help="what early stopping watches on the validation set: elbo, error (M2's "
+        "classification error; lower is better), cluster_accuracy (GMVAE), "
+        "log_evidence_exact (FA)",
     )
     max_plate_nesting: int = setting(
         1, minimum=1, exposed=False, help="plates the objective may nest (Pyro's)"
@@ -398,8 +420,9 @@ def _train_epoch(algorithm, model, guide, ds, cfg, done, counters, bar, callback
     return done
 
 
-def _epoch_row(algorithm, model, guide, test, cfg, done: EpochProgress, counters) -> dict:
-    """The history row of a finished epoch (with the test ELBO and the model's metrics)."""
+def _epoch_row(algorithm, model, guide, scored, cfg, done: EpochProgress, counters) -> dict:
+    """The history row of a finished epoch (with the test and validation sets' ELBO and
+    the model's metrics; ``scored``: the test set and the validation set, each or None)."""
     counters.train_seconds += done.seconds
     counters.seen += done.count
     row = {
@@ -412,9 +435,12 @@ def _epoch_row(algorithm, model, guide, test, cfg, done: EpochProgress, counters
         "datapoints": counters.seen,
         **algorithm.epoch_diagnostics(),
     }
+    test, valid = scored
     if test is not None:
         row.update(evaluate_epoch(model, guide, test, cfg))
-        set_mode(True, model, guide)
+    if valid is not None:
+        row.update(validation_columns(evaluate_epoch(model, guide, valid, cfg)))
+    set_mode(True, model, guide)
     return row
 
 
@@ -427,6 +453,7 @@ def train(
     record: dict,
     *,
     test: Dataset | None = None,
+    validation: Dataset | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     reset: bool = True,
@@ -438,20 +465,29 @@ def train(
 ) -> Run:
     """Run ``algorithm`` for ``cfg.epochs`` epochs over ``ds``; see the module docstring.
     ``callback(epoch, step, loss)`` is called after every step, ``epoch_callback(row)`` with
-    each epoch's history row once it is saved (e.g. experiment tracking).
+    each epoch's history row once it is saved (e.g. experiment tracking). ``validation``,
+    a split held out of the training set, is scored after every epoch (``valid_*``
+    columns); with ``cfg.patience`` the run stops early on it and ends with the parameters
+    of its best epoch (:mod:`.stopping`).
 
     With a run directory ``out``: the directory is locked for the duration
     (:func:`.rundir.lock`), and SIGINT / SIGTERM stop the run after the current step with a
     checkpoint from which ``resume=True`` continues bit for bit
     (:class:`~aevb.errors.RunInterrupted`)."""
-    check_data(model, ds)
-    if test is not None:
-        check_data(model, test)
+    for scored in (ds, test, validation):
+        if scored is not None:
+            check_data(model, scored)
+    if cfg.patience is not None and validation is None:
+        raise ConfigError(
+            f"schedule.patience = {cfg.patience} stops on a validation set, and there is "
+            "none: hold one out of the training set (data.validation = N, aevb train "
+            "--validation N) or pass validation= to fit"
+        )
     out_dir = output_folder(out, resume)
     with rundir.lock(out_dir), _stop_on_signals(out_dir is not None) as stop:
         return _train(
             algorithm,
-            (model, guide, ds, test),
+            (model, guide, ds, test, validation),
             cfg,
             record,
             out_dir,
@@ -483,8 +519,8 @@ def _train(
     desc,
 ) -> Run:
     """:func:`train` inside its lock and signal handlers (``data``: model, guide, the
-    training and the test set)."""
-    model, guide, ds, test = data
+    training, test and validation sets)."""
+    model, guide, ds, test, valid = data
     device = resolve_device(cfg.device)
     record = {**record, "versions": versions(), "device": describe_device(device)}
     rows, resumed = _initialise(model, guide, ds, cfg, record, out_dir, resume, reset)
@@ -492,6 +528,7 @@ def _train(
     if out_dir is not None:
         rundir.write_config(out_dir, record)
     done, counters = resume_point(rows, resumed)
+    best = BestState(out_dir if cfg.patience is not None else None)
     per_epoch = ds.num_batches(cfg.batch_size)
     bar = tqdm(
         total=max(0, (cfg.epochs - done.epoch + 1) * per_epoch - done.batches),
@@ -500,7 +537,10 @@ def _train(
         leave=False,
         desc=desc,
     )
-    while done.epoch <= cfg.epochs and not (done.batches == 0 and counters.out_of_budget(cfg)):
+    while done.epoch <= cfg.epochs and not (
+        done.batches == 0
+        and (counters.out_of_budget(cfg) or patience_spent(rows, cfg.monitor, cfg.patience))
+    ):
         done = _train_epoch(
             algorithm, model, guide, ds, cfg, done, counters, bar, callback, out_dir, stop
         )
@@ -508,13 +548,11 @@ def _train(
             partial = {**asdict(done), "step": counters.step}
             save(out_dir, record, model, guide, algorithm, rows, device, partial)
             raise _interrupted(stop.signum, done.epoch, counters.step, out_dir)
-        row = _epoch_row(algorithm, model, guide, test, cfg, done, counters)
+        row = _epoch_row(algorithm, model, guide, (test, valid), cfg, done, counters)
         rows.append(row)
-        if verbose:
-            msg = f"epoch {done.epoch}/{cfg.epochs}  loss/pt {row['train_loss']:.3f}"
-            if "test_elbo" in row:
-                msg += f"  test ELBO {row['test_elbo']:.3f}"
-            tqdm.write(msg + f"  ({done.seconds:.1f} s)", file=sys.stderr)
+        _log_epoch(row, cfg, done, verbose)
+        if cfg.patience is not None and best_epoch(rows, cfg.monitor) == done.epoch:
+            best.keep(model, guide, done.epoch)  # before the checkpoint that counts it
         if out_dir is not None:
             save(out_dir, record, model, guide, algorithm, rows, device)
         if epoch_callback is not None:
@@ -523,8 +561,22 @@ def _train(
             raise _interrupted(stop.signum, done.epoch, counters.step, out_dir)
         done = EpochProgress(done.epoch + 1)
     bar.close()
+    run = Run(model, guide, pd.DataFrame(rows), record, out_dir)
+    if cfg.patience is not None:
+        run.extra["best_epoch"] = best.restore(model, guide, device)
     set_mode(False, model, guide)
-    return Run(model, guide, pd.DataFrame(rows), record, out_dir)
+    return run
+
+
+def _log_epoch(row: dict, cfg: LoopConfig, done: EpochProgress, verbose: bool) -> None:
+    """The epoch's line on stderr (``verbose``)."""
+    if not verbose:
+        return
+    msg = f"epoch {done.epoch}/{cfg.epochs}  loss/pt {row['train_loss']:.3f}"
+    for key, name in (("test_elbo", "test ELBO"), (f"valid_{cfg.monitor}", cfg.monitor)):
+        if key in row:
+            msg += f"  {name} {row[key]:.3f}"
+    tqdm.write(msg + f"  ({done.seconds:.1f} s)", file=sys.stderr)
 
 
 def evaluate_epoch(model, guide, test: Dataset, cfg: LoopConfig) -> dict:

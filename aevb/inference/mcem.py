@@ -321,7 +321,7 @@ class MCEM(Method):
     def fit(self, model, guide, train, settings: dict, options: RunOptions) -> Run:
         """Train the model, then fit the evaluation proposal q(z|x) with the model frozen
         (restored instead if a resumed run trained nothing since it was fitted)."""
-        setup = prepare(self, model, guide, train, settings, options.test)
+        setup = prepare(self, model, guide, train, settings, options)
         before = _saved_proposal(options.out) if options.resume else None
         run = launch(self, model, setup, options)
         if setup.guide is None or setup.cfg.proposal_epochs == 0:

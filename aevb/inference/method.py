@@ -45,6 +45,7 @@ class RunOptions:
     ``meta`` of them). See :func:`aevb.inference.fit` for each."""
 
     test: Any = None
+    validation: Any = None
     out: str | Path | None = None
     resume: bool = False
     progress: bool | None = None
@@ -63,6 +64,7 @@ class Setup:
     guide: Any
     ds: Dataset
     test: Dataset | None
+    validation: Dataset | None = None
 
 
 class Method:
@@ -120,7 +122,7 @@ class Method:
     def fit(self, model, guide, train, settings: dict, options: RunOptions) -> Run:
         """Train by this method: :func:`prepare`, then :func:`launch` (MCEM overrides it
         to fit its evaluation proposal afterwards)."""
-        setup = prepare(self, model, guide, train, settings, options.test)
+        setup = prepare(self, model, guide, train, settings, options)
         return launch(self, model, setup, options)
 
 
@@ -216,9 +218,10 @@ def renamed(settings: dict) -> dict:
     return out
 
 
-def prepare(method: Method, model, guide, train, settings: dict, test=None) -> Setup:
+def prepare(method: Method, model, guide, train, settings: dict, options: RunOptions) -> Setup:
     """Check the settings and data, complete the settings by the model's recipe, build the
-    config and pair the model with its default guide where none is given."""
+    config and pair the model with its default guide where none is given (``options``: the
+    test and validation sets)."""
     settings = renamed(settings)
     fields = {f.name for f in dataclasses.fields(method.config)}
     unknown = set(settings) - fields
@@ -233,8 +236,10 @@ def prepare(method: Method, model, guide, train, settings: dict, test=None) -> S
     if guide is None and method.wants_guide(cfg):
         guide = guides.default_for(model)
     ds = as_dataset(train)
-    test_ds = None if test is None else as_dataset(test).fixed(0)
-    return Setup(cfg, guide, ds, test_ds)
+    test, valid = (
+        None if d is None else as_dataset(d).fixed(0) for d in (options.test, options.validation)
+    )
+    return Setup(cfg, guide, ds, test, valid)
 
 
 def launch(method: Method, model, setup: Setup, options: RunOptions) -> Run:
@@ -250,6 +255,7 @@ def launch(method: Method, model, setup: Setup, options: RunOptions) -> Run:
         cfg,
         record,
         test=test,
+        validation=setup.validation,
         out=options.out,
         resume=options.resume,
         reset=options.reset,

@@ -131,7 +131,7 @@ def check_resumable(saved: dict, now: dict) -> None:
     anything in the record (algorithm, objective and its settings, model, guide, data, the
     run's spec) other than :data:`RESUMABLE_CHANGES`; the message lists every difference. A
     run recorded before specs were (no ``"spec"``) is compared on the rest."""
-    saved = rundir.upgrade_record(saved)
+    saved, now = rundir.upgrade_record(saved), rundir.upgrade_record(now)
     if "spec" not in saved:
         now = {k: v for k, v in now.items() if k != "spec"}
     a, b = _settings(saved), _settings(now)

@@ -60,6 +60,8 @@ POSTERIOR = "posterior.nc"
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: the parameters of the best epoch on the validation set (early stopping)
+BEST = "best.pt"
 LOCK = "run.lock"
 
 
@@ -120,6 +122,19 @@ def write_epoch(run_dir: Path, state: dict, rows: list[dict]) -> None:
     atomic_write(run_dir / HISTORY, lambda p: frame.to_csv(p, index=False))
 
 
+def write_best(run_dir: Path, state: dict) -> None:
+    """``best.pt``: the parameters of the best epoch on the validation set
+    (:mod:`aevb.inference.stopping`), atomically."""
+    atomic_write(run_dir / BEST, lambda p: save_state(state, p))
+
+
+def read_best(run_dir: str | Path) -> dict | None:
+    """``best.pt`` of ``run_dir`` (in today's naming of parameters), or None if the run
+    keeps none (no early stopping)."""
+    path = Path(run_dir) / BEST
+    return _load(path, ("epoch", "params")) if path.exists() else None
+
+
 def _missing(run_dir: str | Path, name: str) -> RunDirError:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -161,16 +176,17 @@ def read_history(run_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _load(path: Path) -> dict:
-    """A checkpoint file, or :class:`~aevb.errors.RunDirError` naming it if it is damaged."""
+def _load(path: Path, keys: tuple[str, ...] = ("config", "params", "history")) -> dict:
+    """A checkpoint file (holding ``keys``), or :class:`~aevb.errors.RunDirError` naming it
+    if it is damaged."""
     try:
         # device-free: a run trained on a GPU loads on a CPU (and is moved where it is used)
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch and pickle raise many kinds for damaged bytes
         reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise RunDirError(f"{path}: corrupt or truncated checkpoint ({reason})") from None
-    if not isinstance(state, dict) or not {"config", "params", "history"} <= state.keys():
-        raise RunDirError(f"{path}: not an aevb checkpoint (missing config, params or history)")
+    if not isinstance(state, dict) or not set(keys) <= state.keys():
+        raise RunDirError(f"{path}: not an aevb checkpoint (missing {' or '.join(keys)})")
     return upgrade_names(state)
 
 
@@ -476,7 +492,8 @@ def upgrade_record(record: dict) -> dict:
     table becomes ``sampler`` and ``sampler_options``; ``num_particles`` is ``particles``; a
     vi-mcmc record's ``sampler_options = {"num_steps": n}`` is ``leapfrog_steps = n``, and
     one from before ``encoder_refined`` had it at 0; an objective recorded before objectives
-    had options of their own has none."""
+    had options of their own has none; one from before early stopping had no patience, no
+    validation split and watched the ELBO."""
     fit = dict(record.get("fit", {}))
     if "num_particles" in fit:
         fit["particles"] = fit.pop("num_particles")
@@ -487,11 +504,19 @@ def upgrade_record(record: dict) -> dict:
         fit.setdefault("encoder_refined", 0.0)
     if record.get("inference") == "mcem" and "sampler_options" not in fit:
         fit = _mcem_sampler_options(fit)
+    if "epochs" in fit:  # from before early stopping
+        fit.setdefault("patience", None)
+        fit.setdefault("monitor", "elbo")
     record = {**record, "fit": fit} if "fit" in record else dict(record)
     spec = record.get("spec")
     if isinstance(spec, dict) and isinstance(spec.get("inference"), dict):
         inference = upgrade_sampler_spec(spec["inference"])
         record["spec"] = {**spec, "inference": inference}
+    for key in ("data_spec",):
+        if isinstance(record.get(key), dict):
+            record[key] = {"validation": None, **record[key]}
+    if isinstance(spec, dict) and isinstance(record["spec"].get("data"), dict):
+        record["spec"] = {**record["spec"], "data": {"validation": None, **spec["data"]}}
     return record
 
 

@@ -53,7 +53,8 @@ def load_params(model, guide, state: dict, device: torch.device | None = None) -
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the model and guide of ``run_dir`` with its last checkpoint, on ``device``
+    """Rebuild the model and guide of ``run_dir`` with its last checkpoint (the best
+    epoch's parameters where it stopped early on a validation set), on ``device``
     (whatever device the run was trained on): registered ones from their names and
     configs, a user's (a class or a plain function, recorded under ``"imports"``) by
     importing its module again (:func:`aevb.registry.reimport`).
@@ -67,8 +68,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     model, guide = _rebuild(record, run_dir)
     where = resolve_device(device)
     move(where, model, guide)
-    load_params(model, guide, state, where)
+    best = rundir.read_best(run_dir)  # a run stopped early ends with its best epoch's
+    load_params(model, guide, state if best is None else best, where)
     run = Run(model, guide, pd.DataFrame(state["history"]), record, Path(run_dir))
+    if best is not None:
+        run.extra["best_epoch"] = int(best["epoch"])
     if "proposal_history" in state:
         run.extra["proposal_history"] = pd.DataFrame(state["proposal_history"])
     return run

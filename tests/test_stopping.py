@@ -1,0 +1,120 @@
+"""Early stopping on a validation split (:mod:`aevb.inference.stopping`): the rule, the
+parameters a stopped run ends with, its resume, and the spec's path to it. FA is the
+referee: its validation metric (the exact evidence) is a deterministic function of the
+parameters, so "the run ends with its best epoch's parameters" is an identity."""
+
+import pytest
+import torch
+
+from aevb import data, inference, models
+from aevb.errors import ConfigError, DataError
+from aevb.inference import rundir
+from aevb.inference.saved import load_run
+from aevb.inference.stopping import best_epoch, patience_spent, validation_columns
+from aevb.runs import RunSpec
+from aevb.runs import train as train_spec
+
+
+def _rows(values, column="valid_error"):
+    return [{"epoch": i + 1, column: v} for i, v in enumerate(values)]
+
+
+def test_the_best_epoch_is_the_earliest_best_in_the_monitors_direction():
+    assert best_epoch(_rows([0.3, 0.2, 0.25, 0.2]), "error") == 2
+    assert best_epoch(_rows([-5.0, -4.0, -4.0], "valid_elbo"), "elbo") == 2
+    assert best_epoch(_rows([float("nan"), -3.0], "valid_elbo"), "elbo") == 2
+    assert best_epoch([{"epoch": 1}], "elbo") is None
+
+
+def test_patience_counts_the_epochs_since_the_best():
+    rows = _rows([0.3, 0.2, 0.25, 0.26])
+    assert not patience_spent(rows, "error", 3)
+    assert patience_spent(rows, "error", 2)
+    assert not patience_spent(rows, "error", None)
+
+
+def test_validation_columns_rename_the_test_metrics():
+    got = validation_columns({"test_elbo": -1.0, "test_error": 0.1, "eval_seconds": 2.0})
+    assert got == {"valid_elbo": -1.0, "valid_error": 0.1, "valid_seconds": 2.0}
+    got = validation_columns({"cluster_accuracy": 0.7})
+    assert got == {"valid_cluster_accuracy": 0.7}
+
+
+def test_holdout_keeps_the_last_n_and_refuses_an_impossible_split():
+    ds = data.Dataset(torch.arange(10.0).reshape(10, 1), torch.arange(10))
+    rest, held = ds.holdout(3)
+    assert rest.y.tolist() == list(range(7)) and held.y.tolist() == [7, 8, 9]
+    assert ds.holdout(None) == (ds, None)
+    for n in (0, 10):
+        with pytest.raises(DataError, match="1 <= n < 10"):
+            ds.holdout(n)
+
+
+@pytest.fixture(scope="module")
+def fa_split():
+    train, test = data.load("fa-synthetic")
+    rest, valid = train.subset(300).holdout(100)
+    return rest, valid, test.subset(100)
+
+
+def _fit(fa_split, **kwargs):
+    rest, valid, test = fa_split
+    model = models.build("fa")
+    settings = dict(epochs=8, batch_size=50, monitor="log_evidence_exact", patience=2)
+    settings.update(kwargs)
+    return inference.fit(model, None, rest, test=test, validation=valid, **settings)
+
+
+def test_a_run_stops_after_patience_epochs_without_improvement(fa_split):
+    # at lr 1e-12 no float32 parameter moves: the first epoch stays the best
+    run = _fit(fa_split, lr=1e-12)
+    assert run.history["epoch"].tolist() == [1, 2, 3]
+    assert run.extra["best_epoch"] == 1
+
+
+def test_a_stopped_run_ends_with_its_best_epochs_parameters(fa_split, tmp_path):
+    rest, valid, test = fa_split
+    run = _fit(fa_split, lr=0.05, epochs=12, patience=3, out=tmp_path)
+    h = run.history.set_index("epoch")
+    best = run.extra["best_epoch"]
+    column = h["valid_log_evidence_exact"]
+    assert best == int(column.idxmax())
+    last = int(h.index[-1])
+    assert last == 12 or last - best == 3
+    metrics = run.model.evaluation_metrics(None, valid)
+    assert metrics["test_log_evidence_exact"] == pytest.approx(column[best], abs=1e-5)
+    on_test = run.model.evaluation_metrics(None, test)["test_log_evidence_exact"]
+    assert on_test == pytest.approx(h.loc[best, "test_log_evidence_exact"], abs=1e-5)
+    again = load_run(tmp_path)  # what aevb evaluate scores: the best epoch's parameters
+    assert again.extra["best_epoch"] == best
+    assert torch.equal(again.model.W, run.model.W)
+    assert rundir.read_best(tmp_path)["epoch"] == best
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does(fa_split, tmp_path):
+    whole = _fit(fa_split, lr=0.05, epochs=12, patience=2)
+    _fit(fa_split, lr=0.05, epochs=2, patience=2, out=tmp_path)
+    resumed = _fit(fa_split, lr=0.05, epochs=12, patience=2, out=tmp_path, resume=True)
+    assert resumed.history["epoch"].tolist() == whole.history["epoch"].tolist()
+    columns = ["train_loss", "valid_log_evidence_exact"]
+    assert resumed.history[columns].equals(whole.history[columns])
+    assert resumed.extra["best_epoch"] == whole.extra["best_epoch"]
+    assert torch.equal(resumed.model.W, whole.model.W)
+
+
+def test_patience_without_a_validation_set_is_refused():
+    train, _ = data.load("fa-synthetic")
+    model = models.build("fa")
+    with pytest.raises(ConfigError, match="data.validation"):
+        inference.fit(model, None, train.subset(50), epochs=1, patience=2)
+
+
+def test_a_spec_holds_out_its_validation_split(tmp_path):
+    flat = {"model": "fa", "data": "fa-synthetic", "subset": 200, "test_subset": 40}
+    stopping = {"validation": 50, "patience": 2, "monitor": "log_evidence_exact"}
+    spec = RunSpec.from_flat({**flat, **stopping, "epochs": 3})
+    run = train_spec(spec, tmp_path, figures=False)
+    assert "valid_log_evidence_exact" in run.history.columns
+    config = rundir.read_config(tmp_path)
+    assert config["data_spec"]["validation"] == 50
+    assert config["data"]["num_train"] == 150
