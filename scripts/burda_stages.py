@@ -38,6 +38,21 @@ def boundaries(stages: int) -> list[int]:
     return [sum(3**i for i in range(j + 1)) for j in range(stages + 1)]
 
 
+def stage_passed(out: Path, label: str, seeds: list[int], passes: int) -> bool:
+    """Whether every seed's run of the cell ``label`` has trained beyond ``passes`` with
+    that stage's scores archived (``evaluations/epoch<passes>/``): a resumed script goes on
+    with the stage it stopped in instead of scoring the run where it stopped (a wasted
+    IS-5000) for each earlier boundary."""
+    from aevb.inference import rundir
+
+    runs = [out / f"{label}-seed{seed}" for seed in seeds]
+    return all(
+        rundir.trained_epochs(run) > passes
+        and (run / "evaluations" / f"epoch{passes}" / "evaluation.json").is_file()
+        for run in runs
+    )
+
+
 def stage_rows(out: Path) -> pd.DataFrame:
     """Every recorded score of every run in the grid folder ``out``: the archived ones
     (``evaluations/epochN/``) and the current one (``evaluation.json`` at the run's last
@@ -96,9 +111,11 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     if not args.report_only:
-        for cell in load_config(args.config)["cells"]:
+        config = load_config(args.config)
+        for cell in config["cells"]:
             for passes in boundaries(args.stages):
-                run_grid(args.config, out, quiet=True, epochs=passes, only=[cell["label"]])
+                if not stage_passed(out, cell["label"], config["seeds"], passes):
+                    run_grid(args.config, out, quiet=True, epochs=passes, only=[cell["label"]])
     frame = stage_rows(out)
     if args.csv:
         docs_table(frame).to_csv(args.csv, index=False)

@@ -55,6 +55,10 @@ def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monke
     assert list(frame["passes"]) == [1, 4, 1, 4]
     assert (out / "fa-k1-seed0" / "evaluations" / "epoch1" / "evaluation.json").is_file()
     assert frame["nll"].notna().all() and frame["active_units"].notna().all()
+    # a resumed script skips the stages a run has passed and scored, not the one it is in
+    assert burda_stages.stage_passed(out, "fa-k1", [0], 1)
+    assert not burda_stages.stage_passed(out, "fa-k1", [0], 4)
+    assert not burda_stages.stage_passed(out, "fa-k1", [0, 1], 1)
     assert (out / "stages.csv").is_file() and (out / "stages.png").stat().st_size > 0
     # the report alone trains nothing and writes the docs' table from the same rows
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}

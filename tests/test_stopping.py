@@ -118,3 +118,17 @@ def test_a_spec_holds_out_its_validation_split(tmp_path):
     config = rundir.read_config(tmp_path)
     assert config["data_spec"]["validation"] == 50
     assert config["data"]["num_train"] == 150
+
+
+def test_the_command_line_stops_early_and_evaluates_the_best_epoch(tmp_path):
+    from aevb.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "fa", "--data", "fa-synthetic", "--subset", "200", "--test-subset", "40"]
+    argv += ["--validation", "50", "--patience", "1", "--monitor", "log_evidence_exact"]
+    argv += ["--lr", "1e-12", "--epochs", "5", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert rundir.read_history(out)["epoch"].tolist() == [1, 2]
+    assert rundir.read_best(out)["epoch"] == 1
+    bad = ["train", "fa", "--data", "fa-synthetic", "--patience", "2", "--quiet"]
+    assert main([*bad, "--out", str(tmp_path / "bad")]) != 0
