@@ -224,6 +224,45 @@ def nll_against_passes(
     return _save(fig, path)
 
 
+#: per-epoch model metrics a grid's histories may hold, and their axis labels
+METRIC_CURVES = {"test_error": "classification error", "cluster_accuracy": "cluster accuracy"}
+
+
+def metric_curves(
+    histories: pd.DataFrame,
+    column: str,
+    reference: dict | None = None,
+    path: str | Path | None = None,
+) -> Path | Figure:
+    """A model metric (``column``: ``test_error``, ``cluster_accuracy``) against epochs, one
+    colour per cell (the mean over seeds, each seed a thin line), the validation set's
+    (``valid_...``) dashed where the runs hold one out, and each cell's published figure
+    (``reference``: {cell: {column: value}}, a grid config's ``[reference.cells]``) as a
+    dotted line of its colour."""
+    valid = "valid_" + column.removeprefix("test_")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    cells = list(dict.fromkeys(histories["cell"]))
+    for colour, cell in zip(sns.color_palette(n_colors=len(cells)), cells, strict=True):
+        rows = histories[histories["cell"] == cell]
+        for name, style in ((column, "-"), (valid, "--")):
+            if name not in rows or rows[name].isna().all():
+                continue
+            for _, seed_rows in rows.groupby("seed"):
+                ax.plot(seed_rows["epoch"], seed_rows[name], color=colour, ls=style, lw=0.6)
+            mean = rows.groupby("epoch")[name].mean()
+            tag = "validation" if name == valid else "test"
+            ax.plot(mean.index, mean.values, color=colour, ls=style, lw=2, label=f"{cell} {tag}")
+        published = ((reference or {}).get(cell) or {}).get(column)
+        if published is not None:
+            ax.axhline(published, color=colour, ls=":", lw=1.5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(METRIC_CURVES.get(column, column))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("dotted: the published figure; thin: each seed")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: str | Path | None) -> Path | Figure:
     """Write ``fig`` to ``path`` as PNG and close it; with no path, close it and return it (the
     last expression of a notebook cell then shows it once)."""

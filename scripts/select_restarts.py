@@ -12,7 +12,9 @@ restarts by the ELBO, which needs no labels, is the usual remedy.
 Candidate r of grid seed s has seed 1000 s + r (``DIR/candidates/<label>-seed<s>-r<r>``); the
 winner is trained on in place, and ``DIR/results.csv`` has one row per (cell, seed) with the
 seed it kept (``seed``), the grid seed (``grid_seed``) and every candidate's last training
-bound (``candidate_bounds``). Re-running resumes whatever is unfinished.
+bound (``candidate_bounds``); ``DIR/report.md`` the grid's report with the kept runs' curves
+(``cluster_accuracy_curves.png`` beside the config's ``[reference]``). Re-running resumes
+whatever is unfinished.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 from aevb import runs
 from aevb.experiments.cells import cell_spec, results_row
 from aevb.experiments.compare import load_config
+from aevb.experiments.report import write_report
 from aevb.inference import rundir
 from aevb.spec import ScheduleSpec
 
@@ -105,6 +108,7 @@ def main() -> None:
         if c in frame
     ]
     print(frame[columns].to_string(index=False))
+    print(f"report: {write_report(config, frame, out)}")  # with the accuracy curves
 
 
 if __name__ == "__main__":

@@ -132,3 +132,23 @@ def test_the_command_line_stops_early_and_evaluates_the_best_epoch(tmp_path):
     assert rundir.read_best(out)["epoch"] == 1
     bad = ["train", "fa", "--data", "fa-synthetic", "--patience", "2", "--quiet"]
     assert main([*bad, "--out", str(tmp_path / "bad")]) != 0
+
+
+def test_the_metric_curve_shows_each_seed_the_mean_and_the_published_figure():
+    import pandas as pd
+
+    from aevb.plots import metric_curves
+
+    rows = [
+        {"cell": c, "seed": s, "epoch": e, "test_error": 0.5 / e + s, "valid_error": 0.4 / e}
+        for c in ("m2-100", "m2-3000")
+        for s in (0, 1)
+        for e in (1, 2, 3)
+    ]
+    fig = metric_curves(pd.DataFrame(rows), "test_error", {"m2-100": {"test_error": 0.12}})
+    lines = fig.axes[0].get_lines()
+    # per cell: 2 seeds x (test, validation) thin lines + 2 means; one published line
+    assert len(lines) == 2 * (4 + 2) + 1
+    means = [ln for ln in lines if ln.get_label() == "m2-3000 test"]
+    assert list(means[0].get_ydata()) == pytest.approx([0.5 / e + 0.5 for e in (1, 2, 3)])
+    assert [ln.get_ydata()[0] for ln in lines if ln.get_linestyle() == ":"] == [0.12]

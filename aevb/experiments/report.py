@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from aevb.plots import METRIC_CURVES, metric_curves  # noqa: E402
 
 #: summary columns, in the order the table shows them, where the grid has them
 METRICS = (
@@ -177,11 +178,16 @@ def _histories(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def figures(results: pd.DataFrame, out: Path) -> list[Path]:
-    """Learning curves, time to quality, final log-likelihood per cell and bound gaps."""
+def figures(results: pd.DataFrame, out: Path, reference: dict | None = None) -> list[Path]:
+    """Learning curves, time to quality, final log-likelihood per cell and bound gaps, and
+    each model metric's curve (``<metric>_curves.png``: M2's test error, the GMVAE's cluster
+    accuracy) beside the published figures of ``reference`` ({cell: {metric: value}})."""
     sns.set_theme(style="whitegrid")
     made = []
     hist = _histories(results)
+    for column in METRIC_CURVES:
+        if column in hist and hist[column].notna().any():
+            made.append(metric_curves(hist, column, reference, out / f"{column}_curves.png"))
     curve = "test_elbo" if "test_elbo" in hist else "train_loss"
     for x, name, title in (
         ("epoch", "learning_curves.png", "test ELBO per epoch"),
@@ -259,7 +265,7 @@ def reference_section(reference: dict, results: pd.DataFrame) -> list[str]:
 
 def write_report(config: dict, results: pd.DataFrame, out: Path) -> Path:
     """Write ``report.md`` (setup, summary table, failures, figures) into ``out``."""
-    made = figures(results, out)
+    made = figures(results, out, (config.get("reference") or {}).get("cells"))
     table = summary(results)
     lines = [
         f"# aevb compare: {config['name']}",
