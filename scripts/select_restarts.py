@@ -37,9 +37,11 @@ def candidate_seed(seed: int, r: int) -> int:
     return 1000 * seed + r
 
 
-def last_bound(run_dir: Path) -> float:
-    """The training bound per datapoint of the run's last epoch (minus its train loss)."""
-    return -float(rundir.read_history(run_dir)["train_loss"].iloc[-1])
+def bound_at(run_dir: Path, epoch: int) -> float:
+    """The training bound per datapoint of the run's epoch ``epoch`` (minus its train loss):
+    the candidate's score, also once the winner has been trained on past it."""
+    history = rundir.read_history(run_dir)
+    return -float(history.loc[history["epoch"] == epoch, "train_loss"].iloc[0])
 
 
 def with_epochs(spec, epochs: int):
@@ -57,7 +59,7 @@ def select(cell: dict, seed: int, evaluate, out: Path, restarts: int, epochs: in
         spec = with_epochs(cell_spec(cell, candidate_seed(seed, r)), epochs)
         if rundir.trained_epochs(where) < epochs:
             runs.train(spec, where, resume=rundir.has_checkpoint(where), figures=False)
-        bounds[r] = last_bound(where)
+        bounds[r] = bound_at(where, epochs)
     best = max(bounds, key=lambda r: bounds[r])
     where = out / "candidates" / f"{cell['label']}-seed{seed}-r{best}"
     done = runs.run(cell_spec(cell, candidate_seed(seed, best), evaluate), where)

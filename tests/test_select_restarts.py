@@ -55,3 +55,10 @@ def test_the_best_candidate_by_the_training_bound_is_trained_on_and_scored(tmp_p
     for r in range(3):  # the others stopped after their one epoch
         where = out / "candidates" / f"g-seed0-r{r}"
         assert rundir.trained_epochs(where) == (3 if r == best else 1)
+    # re-run: nothing trains, and the kept candidate is still scored at its restart epoch
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("candidates/*/checkpoint.pt")}
+    select_restarts.main()
+    again = pd.read_csv(out / "results.csv")
+    assert again["candidate_bounds"].iloc[0] == results["candidate_bounds"].iloc[0]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("candidates/*/checkpoint.pt")} == stamps
+    assert (out / "cluster_accuracy_curves.png").is_file() and (out / "report.md").is_file()
