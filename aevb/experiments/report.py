@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
 from aevb.plots import METRIC_CURVES, metric_curves  # noqa: E402
 
 #: summary columns, in the order the table shows them, where the grid has them
