@@ -6,7 +6,8 @@ sits beside the papers' NLL columns.
 
 Columns: cell, epochs, seeds, seconds per epoch, the test ELBO, NLL by IS (with its
 standard error over test points and the share of points whose k-hat exceeds 0.7) and by
-AIS (with its standard error). The docs include the CSV with ``csv-table``, so a figure there
+AIS (with its standard error), and where the grid has them the cluster accuracy, the epoch
+early stopping kept with its validation error, and the test error. The docs include the CSV with ``csv-table``, so a figure there
 is the grid's own, and the command that made the grid is printed under the table.
 """
 
@@ -27,6 +28,8 @@ COLUMNS = (
     ("NLL (AIS)", "test_ll_ais", -1, 2),
     ("AIS se", "test_ll_ais_se", 1, 2),
     ("cluster accuracy", "cluster_accuracy", 1, 3),
+    ("best epoch", "best_epoch", 1, 0),
+    ("valid error %", "valid_error", 100, 2),
     ("test error %", "test_error", 100, 2),
 )
 
@@ -47,7 +50,8 @@ def table(results: pd.DataFrame, per_seed: bool = False) -> pd.DataFrame:
         for name, column, sign, decimals in COLUMNS:
             if column in runs:
                 value = float(runs[column].mean())
-                row[name] = "" if math.isnan(value) else round(sign * value, decimals)
+                value = round(sign * value, decimals)
+                row[name] = "" if math.isnan(value) else int(value) if decimals == 0 else value
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -56,3 +56,23 @@ def test_the_test_error_is_given_in_percent():
          "seconds_per_epoch": [27.5], "test_error": [0.0729]}
     )  # fmt: skip
     assert results_table.table(results)["test error %"].iloc[0] == pytest.approx(7.29)
+
+
+def test_an_early_stopped_grid_shows_the_kept_epoch_and_its_errors_in_percent():
+    results = pd.DataFrame(
+        {
+            "cell": ["m", "m"],
+            "seed": [0, 1],
+            "status": ["ok", "ok"],
+            "epochs": [30, 41],
+            "seconds_per_epoch": [20.0, 22.0],
+            "best_epoch": [20, 31],
+            "valid_error": [0.05, 0.06],
+            "test_error": [0.045, 0.055],
+        }
+    )
+    rows = results_table.table(results, per_seed=True)
+    assert rows["best epoch"].tolist() == [20, 31] and rows["epochs"].tolist() == [30, 41]
+    assert rows["valid error %"].tolist() == pytest.approx([5.0, 6.0])
+    mean = results_table.table(results).iloc[0]
+    assert mean["test error %"] == pytest.approx(5.0) and mean["best epoch"] == 26
