@@ -93,10 +93,9 @@ def main() -> None:
     peak = matmul_gflops()
     flops = decoder_flops_per_sample(model) * args.k * 100
     for name, seconds in times.items():
-        rate = flops / statistics.median(seconds) / 1e9
-        print(
-            f"{name:9s}: {statistics.median(seconds):.3f} s, {rate / peak:.3f} of {peak:.0f} GFLOP/s"
-        )
+        median = statistics.median(seconds)
+        rate = flops / median / 1e9
+        print(f"{name:9s}: {median:.3f} s, {rate / peak:.3f} of {peak:.0f} GFLOP/s")
     ratio = statistics.median(r / q for r, q in zip(times["reference"], times["package"]))
     print(f"hand-written / package seconds: {ratio:.3f}")
     wall = statistics.median(times["package"])

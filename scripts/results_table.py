@@ -7,8 +7,9 @@ sits beside the papers' NLL columns.
 Columns: cell, epochs, seeds, seconds per epoch, the test ELBO, NLL by IS (with its
 standard error over test points and the share of points whose k-hat exceeds 0.7) and by
 AIS (with its standard error), and where the grid has them the cluster accuracy, the epoch
-early stopping kept with its validation error, and the test error. The docs include the CSV with ``csv-table``, so a figure there
-is the grid's own, and the command that made the grid is printed under the table.
+early stopping kept with its validation error, and the test error. The docs include the CSV
+with ``csv-table``, so a figure there is the grid's own, and the command that made the grid
+is printed under the table.
 """
 
 from __future__ import annotations

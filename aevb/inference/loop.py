@@ -530,17 +530,8 @@ def _train(
     done, counters = resume_point(rows, resumed)
     best = BestState(out_dir if cfg.patience is not None else None)
     per_epoch = ds.num_batches(cfg.batch_size)
-    bar = tqdm(
-        total=max(0, (cfg.epochs - done.epoch + 1) * per_epoch - done.batches),
-        disable=not (sys.stderr.isatty() if progress is None else progress),
-        unit="batch",
-        leave=False,
-        desc=desc,
-    )
-    while done.epoch <= cfg.epochs and not (
-        done.batches == 0
-        and (counters.out_of_budget(cfg) or patience_spent(rows, cfg.monitor, cfg.patience))
-    ):
+    bar = _bar(cfg, done, per_epoch, progress, desc)
+    while _more(cfg, done, counters, rows):
         done = _train_epoch(
             algorithm, model, guide, ds, cfg, done, counters, bar, callback, out_dir, stop
         )
@@ -566,6 +557,27 @@ def _train(
         run.extra["best_epoch"] = best.restore(model, guide, device)
     set_mode(False, model, guide)
     return run
+
+
+def _bar(cfg: LoopConfig, done: EpochProgress, per_epoch: int, progress, desc: str) -> tqdm:
+    """The progress bar over the minibatches left (shown on a terminal or with ``progress``)."""
+    return tqdm(
+        total=max(0, (cfg.epochs - done.epoch + 1) * per_epoch - done.batches),
+        disable=not (sys.stderr.isatty() if progress is None else progress),
+        unit="batch",
+        leave=False,
+        desc=desc,
+    )
+
+
+def _more(cfg: LoopConfig, done: EpochProgress, counters, rows: list[dict]) -> bool:
+    """Whether to train (on): epochs are left, and at an epoch's start neither the step or
+    time budget nor early stopping's patience is spent."""
+    if done.epoch > cfg.epochs:
+        return False
+    if done.batches:  # an interrupted epoch continues
+        return True
+    return not (counters.out_of_budget(cfg) or patience_spent(rows, cfg.monitor, cfg.patience))
 
 
 def _log_epoch(row: dict, cfg: LoopConfig, done: EpochProgress, verbose: bool) -> None:
