@@ -60,6 +60,11 @@ def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monke
     assert not burda_stages.stage_passed(out, "fa-k1", [0], 4)
     assert not burda_stages.stage_passed(out, "fa-k1", [0, 1], 1)
     assert (out / "stages.csv").is_file() and (out / "stages.png").stat().st_size > 0
+    # a score taken mid-stage stays in stages.csv but not in the docs' table
+    import shutil
+
+    runs = out / "fa-k1-seed0" / "evaluations"
+    shutil.copytree(runs / "epoch1", runs / "epoch2")
     # the report alone trains nothing and writes the docs' table from the same rows
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoint.pt")}
     table = tmp_path / "table.csv"
@@ -70,3 +75,5 @@ def test_a_grid_trained_stage_by_stage_keeps_every_stages_scores(tmp_path, monke
     docs = pd.read_csv(table)
     assert list(docs["cell"]) == ["fa-k1", "fa-k1", "fa-k3", "fa-k3"]
     assert list(docs["NLL (IS)"]) == list(frame["nll"].round(2))
+    assert list(docs["passes"]) == [1, 4, 1, 4]
+    assert 2 in set(pd.read_csv(out / "stages.csv")["passes"])
