@@ -2,14 +2,15 @@
 images against the decoder's matmul rate and the hand-written IS, with the time split by
 operator from ``torch.profiler``.
 
-    python scripts/is_profile.py [--k 1000] [--threads 1] [--reps 3]
+    python scripts/is_profile.py [--k 1000] [--threads 1] [--reps 3] [--compiled-likelihood]
 
 Prints the fraction of this machine's ``torch.mm`` rate (2048 x 2048, the same threads) that
 the decoder's multiply-adds reach in the package's IS and in the hand-written one
 (``torch_reference.importance_sampled_ll``), the hand-written / package seconds (medians over
 interleaved repetitions), and the package's time by operator group, the rest (Python, Pyro's
 tracing) being wall time no operator accounts for. Untrained weights: the cost does not
-depend on them. Run it on a quiet machine; ``make bench`` gives the full 10k-image figure.
+depend on them. ``--compiled-likelihood`` also times the likelihood fused by ``torch.compile``
+on one chunk. Run it on a quiet machine; ``make bench`` gives the full 10k-image figure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch_reference import ReferenceVAE, importance_sampled_ll  # noqa: E402
 
 from aevb import data, guides, models  # noqa: E402
 from aevb.inference import evaluate as ev  # noqa: E402
+from aevb.models.likelihoods import bernoulli_log_prob_sum  # noqa: E402
 
 #: operator groups of the profile (the rest: "other operators")
 GROUPS = {
@@ -76,11 +78,40 @@ def shares(fn, wall: float) -> dict:
     return found
 
 
+def compiled_likelihood(threads: int, reps: int = 20) -> None:
+    """The lever this profile points at: the likelihood's passes over a chunk's [k, B, 784]
+    logits (a contraction, |l|, its sum, sigmoid, products, logs) fused into one loop by
+    ``torch.compile`` (Inductor, which needs a C compiler), timed against eager on one
+    IS chunk, interleaved."""
+    torch.set_num_threads(threads)
+    chunk = ev.MAX_ELEMENTS // (100 * 784)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(chunk, 100, 784, generator=g)
+    x = torch.bernoulli(torch.full((100, 784), 0.3), generator=g)
+    t = time.perf_counter()
+    fused = torch.compile(bernoulli_log_prob_sum, dynamic=False)
+    diff = (fused(logits, x) - bernoulli_log_prob_sum(logits, x)).abs().max()
+    print(f"likelihood on [{chunk}, 100, 784]: compiled in {time.perf_counter() - t:.1f} s")
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(3):
+        for name, fn in (("eager", bernoulli_log_prob_sum), ("compiled", fused)):
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn(logits, x)
+            times[name].append((time.perf_counter() - t) / reps)
+    eager, fast = (statistics.median(times[n]) for n in ("eager", "compiled"))
+    print(f"  eager {eager * 1e3:.2f} ms, compiled {fast * 1e3:.2f} ms ({eager / fast:.2f}x);")
+    print(f"  largest difference {float(diff):.2e} nats")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--k", type=int, default=1000, help="importance samples per image")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
+    p.add_argument(
+        "--compiled-likelihood", action="store_true", help="also time the fused likelihood"
+    )
     args = p.parse_args()
     model, package, reference = contenders(args.k, args.threads)
     package(), reference()  # warm-up
@@ -102,6 +133,8 @@ def main() -> None:
     found = shares(package, wall)
     for group, seconds in sorted(found.items(), key=lambda kv: -kv[1]):
         print(f"  {group:32s} {seconds / wall:6.1%}")
+    if args.compiled_likelihood:
+        compiled_likelihood(args.threads)
 
 
 if __name__ == "__main__":
