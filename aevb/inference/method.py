@@ -272,8 +272,9 @@ def run_method(method: str | Method, model, guide=None, train=None, **kwargs) ->
     :data:`METHODS` or a :class:`Method`); what :func:`aevb.inference.fit`,
     :func:`~aevb.inference.mcem_fit` and :func:`~aevb.inference.vimcmc_fit` call.
 
-    ``kwargs`` are :class:`RunOptions`' (``test``, ``out``, ``resume``, ``progress``,
-    ``verbose``, ``reset``, ``meta``, ``callback``, ``epoch_callback``) and the settings of
+    ``kwargs`` are :class:`RunOptions`' (``test``, ``validation``, ``out``, ``resume``,
+    ``progress``, ``verbose``, ``reset``, ``meta``, ``callback``, ``epoch_callback``) and the
+    settings of
     the method's config; settings left out take the model's recipe, then the config's
     defaults, as on the command line."""
     chosen = lookup(METHODS, method, "inference method") if isinstance(method, str) else method

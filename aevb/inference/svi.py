@@ -298,9 +298,11 @@ def fit(model, guide=None, train=None, objective: str | None = None, **kwargs) -
     :param objective: a key of :data:`aevb.inference.objectives.OBJECTIVES`; None -> the
         model's ``default_objective``, else ``trace``.
     :param kwargs: how the run runs (:class:`~aevb.inference.method.RunOptions`: ``test``
-        data scored after every epoch, the run directory ``out``, ``resume``, ``progress``,
-        ``reset``, per-step ``callback(epoch, step, loss)`` and ``epoch_callback(row)``) and
-        fields of :class:`FitConfig` (``particles``, ``epochs``, ``lr``, ...); those left out
+        data scored after every epoch, ``validation`` data scored too and what ``patience``
+        stops on (:mod:`aevb.inference.stopping`), the run directory ``out``, ``resume``,
+        ``progress``, ``reset``, per-step ``callback(epoch, step, loss)`` and
+        ``epoch_callback(row)``) and fields of :class:`FitConfig` (``particles``, ``epochs``,
+        ``lr``, ``patience``, ...); those left out
         take the model's recipe (``fit_defaults``, e.g. FA's batch 32, lr 1e-2, 35 epochs),
         then :class:`FitConfig`'s defaults, as on the command line.
 
