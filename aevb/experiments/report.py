@@ -260,7 +260,7 @@ def reference_section(reference: dict, results: pd.DataFrame) -> list[str]:
             if ours is None or pd.isna(ours):
                 lines.append(f"| {cell} | {metric} | (not run) | {value} | |")
             else:
-                lines.append(f"| {cell} | {metric} | {ours:.2f} | {value} | {ours - value:+.2f} |")
+                lines.append(f"| {cell} | {metric} | {ours:.4g} | {value} | {ours - value:+.3g} |")
     return lines + [""]
 
 
