@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
@@ -188,7 +189,8 @@ def figures(results: pd.DataFrame, out: Path, reference: dict | None = None) -> 
     hist = _histories(results)
     for column in METRIC_CURVES:
         if column in hist and hist[column].notna().any():
-            made.append(metric_curves(hist, column, reference, out / f"{column}_curves.png"))
+            path = out / f"{column}_curves.png"
+            made.append(cast(Path, metric_curves(hist, column, reference, path)))
     curve = "test_elbo" if "test_elbo" in hist else "train_loss"
     for x, name, title in (
         ("epoch", "learning_curves.png", "test ELBO per epoch"),
