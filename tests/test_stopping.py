@@ -152,3 +152,36 @@ def test_the_metric_curve_shows_each_seed_the_mean_and_the_published_figure():
     means = [ln for ln in lines if ln.get_label() == "m2-3000 test"]
     assert list(means[0].get_ydata()) == pytest.approx([0.5 / e + 0.5 for e in (1, 2, 3)])
     assert [ln.get_ydata()[0] for ln in lines if ln.get_linestyle() == ":"] == [0.12]
+
+
+def test_a_users_plain_pyro_functions_end_with_the_best_epochs_networks(tmp_path):
+    """Networks a plain model and guide hold in closures (``pyro.module`` inside the
+    functions) take the best epoch's weights too, not only the param store."""
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+
+    dec, enc = nn.Linear(2, 5), nn.Linear(5, 4)
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, s = enc(x).chunk(2, -1)
+            scale = nn.functional.softplus(s) + 1e-3
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 5, generator=g) @ torch.randn(5, 5, generator=g)
+    valid = torch.randn(60, 5, generator=g)  # unlike the training data: its best is early
+    settings = dict(patience=2, epochs=12, lr=0.05, batch_size=50, jit=False)
+    run = inference.fit(model, guide, x, validation=valid, out=tmp_path, **settings)
+    best = rundir.read_best(tmp_path)
+    assert run.extra["best_epoch"] == best["epoch"] < run.history["epoch"].iloc[-1]
+    for net, name in ((dec, "dec$$$weight"), (enc, "enc$$$weight")):
+        assert torch.equal(net.weight, best["params"]["params"][name])

@@ -555,6 +555,7 @@ def _train(
     run = Run(model, guide, pd.DataFrame(rows), record, out_dir)
     if cfg.patience is not None:
         run.extra["best_epoch"] = best.restore(model, guide, device)
+        _adopt_checkpoint(model, guide, ds, cfg, device)  # networks in a user's closures too
     set_mode(False, model, guide)
     return run
 
