@@ -169,12 +169,16 @@ class Dataset:
         """The first ``n`` datapoints (all if ``n`` is None)."""
         if n is None or n >= len(self):
             return self
+        return self._rows(slice(0, n), f":{n}")
+
+    def _rows(self, rows: slice, tag: str) -> Dataset:
+        """The datapoints ``rows`` (their labels and masks with them), named ``name[tag]``."""
         return replace(
             self,
-            x=self.x[:n],
-            y=None if self.y is None else self.y[:n],
-            mask=None if self.mask is None else self.mask[:n],
-            name=f"{self.name}[:{n}]",
+            x=self.x[rows],
+            y=None if self.y is None else self.y[rows],
+            mask=None if self.mask is None else self.mask[rows],
+            name=f"{self.name}[{tag}]",
         )
 
     def holdout(self, n: int | None) -> tuple[Dataset, Dataset | None]:
@@ -196,17 +200,7 @@ class Dataset:
                 "(the training set's size)"
             )
         cut = len(self) - n
-
-        def part(sl: slice, tag: str) -> Dataset:
-            return replace(
-                self,
-                x=self.x[sl],
-                y=None if self.y is None else self.y[sl],
-                mask=None if self.mask is None else self.mask[sl],
-                name=f"{self.name}[{tag}]",
-            )
-
-        return part(slice(0, cut), f":{cut}"), part(slice(cut, None), f"{cut}:")
+        return self._rows(slice(0, cut), f":{cut}"), self._rows(slice(cut, None), f"{cut}:")
 
     def keep_labels(self, n: int, seed: int = 0) -> Dataset:
         """The same data with only ``n`` labels kept, balanced over the classes (n // C per

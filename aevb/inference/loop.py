@@ -528,7 +528,7 @@ def _train(
     if out_dir is not None:
         rundir.write_config(out_dir, record)
     done, counters = resume_point(rows, resumed)
-    best = BestState(out_dir if cfg.patience is not None else None)
+    best = BestState(out_dir if cfg.patience is not None else None, resumed is not None)
     per_epoch = ds.num_batches(cfg.batch_size)
     bar = _bar(cfg, done, per_epoch, progress, desc)
     while _more(cfg, done, counters, rows):

@@ -274,9 +274,8 @@ def run_method(method: str | Method, model, guide=None, train=None, **kwargs) ->
 
     ``kwargs`` are :class:`RunOptions`' (``test``, ``validation``, ``out``, ``resume``,
     ``progress``, ``verbose``, ``reset``, ``meta``, ``callback``, ``epoch_callback``) and the
-    settings of
-    the method's config; settings left out take the model's recipe, then the config's
-    defaults, as on the command line."""
+    settings of the method's config; settings left out take the model's recipe, then the
+    config's defaults, as on the command line."""
     chosen = lookup(METHODS, method, "inference method") if isinstance(method, str) else method
     names = {f.name for f in dataclasses.fields(RunOptions)}
     options = RunOptions(**{k: v for k, v in kwargs.items() if k in names})

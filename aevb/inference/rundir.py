@@ -512,9 +512,8 @@ def upgrade_record(record: dict) -> dict:
     if isinstance(spec, dict) and isinstance(spec.get("inference"), dict):
         inference = upgrade_sampler_spec(spec["inference"])
         record["spec"] = {**spec, "inference": inference}
-    for key in ("data_spec",):
-        if isinstance(record.get(key), dict):
-            record[key] = {"validation": None, **record[key]}
+    if isinstance(record.get("data_spec"), dict):
+        record["data_spec"] = {"validation": None, **record["data_spec"]}
     if isinstance(spec, dict) and isinstance(record["spec"].get("data"), dict):
         record["spec"] = {**record["spec"], "data": {"validation": None, **spec["data"]}}
     return record

@@ -66,11 +66,10 @@ class BestState:
     """The parameters of the best epoch so far, in memory and (with a run folder) in
     ``best.pt``."""
 
-    def __init__(self, out_dir: Path | None):
+    def __init__(self, out_dir: Path | None, resumed: bool):
         self.out_dir = out_dir
-        self.state: dict | None = None
-        if out_dir is not None:
-            self.state = rundir.read_best(out_dir)
+        #: a resumed run's best so far (``best.pt``); a fresh run has none yet
+        self.state = rundir.read_best(out_dir) if resumed and out_dir is not None else None
 
     def keep(self, model, guide, epoch: int) -> None:
         """Take the current parameters as the best (epoch ``epoch``)."""
