@@ -102,6 +102,19 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does(fa_split, tmp_path)
     assert torch.equal(resumed.model.W, whole.model.W)
 
 
+def test_a_stopped_run_goes_on_when_resumed_with_more_patience(fa_split, tmp_path):
+    """Patience is the one stopping setting a resume may change (stops at 1 + P again); a
+    resume that turns early stopping off is refused, and nothing of the run is lost."""
+    _fit(fa_split, lr=1e-12, epochs=9, out=tmp_path)
+    assert rundir.read_history(tmp_path)["epoch"].tolist() == [1, 2, 3]
+    more = _fit(fa_split, lr=1e-12, epochs=9, patience=4, out=tmp_path, resume=True)
+    assert more.history["epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert more.extra["best_epoch"] == 1
+    with pytest.raises(ConfigError, match="patience"):
+        _fit(fa_split, lr=1e-12, epochs=9, patience=None, out=tmp_path, resume=True)
+    assert rundir.read_history(tmp_path)["epoch"].tolist() == [1, 2, 3, 4, 5]
+
+
 def test_patience_without_a_validation_set_is_refused():
     train, _ = data.load("fa-synthetic")
     model = models.build("fa")

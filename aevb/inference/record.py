@@ -107,6 +107,12 @@ RESUMABLE_CHANGES = (
 )
 
 
+#: early stopping's patience (record keys): it may change on resume where the run stops early
+#: both before and after (turning early stopping on or off changes which parameters the run
+#: ends with, so that stays refused)
+PATIENCE_KEYS = ("fit.patience", "spec.schedule.patience")
+
+
 def _settings(record: dict) -> dict:
     """A run record as {dotted key: JSON value}, without what may change on resume (the
     library versions and :data:`RESUMABLE_CHANGES`); a None value or an empty table (no
@@ -135,6 +141,9 @@ def check_resumable(saved: dict, now: dict) -> None:
     if "spec" not in saved:
         now = {k: v for k, v in now.items() if k != "spec"}
     a, b = _settings(saved), _settings(now)
+    for key in PATIENCE_KEYS:  # a stopped run may go on with more (or less) patience
+        if key in a and key in b:
+            b[key] = a[key]
     missing = "(not set)"
     diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
     if diff:
@@ -143,7 +152,8 @@ def check_resumable(saved: dict, now: dict) -> None:
         )
         raise ConfigError(
             f"cannot resume: the run was started with different settings ({changes}). Resume "
-            "with the run's own settings (only epochs, max_steps and max_seconds may change), "
+            "with the run's own settings (only epochs, max_steps, max_seconds and an early "
+            "stop's patience may change), "
             "or train into another output folder"
         )
 
