@@ -11,6 +11,7 @@ import json
 import math
 
 import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import config_enumerate
@@ -23,7 +24,8 @@ from aevb.inference.evaluate import bounds, log_weights
 from aevb.inference.objectives import make_objective
 from aevb.inference.objectives.semisupervised import ALPHA_FRACTION
 from aevb.models.base import scored_data
-from aevb.models.nets import one_hot
+from aevb.models.likelihoods import BernoulliPixels, SplitRows
+from aevb.models.nets import one_hot, output_layer
 from aevb.runs import resolve
 from aevb.spec import RunSpec
 
@@ -152,6 +154,75 @@ def test_the_classifier_gets_the_classification_gradient():
     make_objective("enum-meanfield", 4000).loss_and_grads(model, g, x, y)
     noise = max(float(p.grad.abs().max()) for p in params)
     assert noise < 0.05 * max(float(w.abs().max()) for w in want)
+
+
+@pytest.mark.parametrize("particles", [1, 2])
+def test_labelled_points_are_decoded_once_and_the_others_once_per_class(particles):
+    """Under enumeration the decoder sees K (C U + L) rows for U unlabelled and L labelled
+    points, not K C (U + L)."""
+    model, guide, x, y = tiny()
+    g = config_enumerate(guide, "parallel", expand=True)
+    rows: list[int] = []
+    count = lambda module, args, out: rows.append(out.shape[:-1].numel())  # noqa: E731
+    hook = output_layer(model.decoder).register_forward_hook(count)
+    try:
+        pyro.set_rng_seed(0)
+        make_objective("semisupervised", particles).loss_and_grads(model, g, x, y)
+    finally:
+        hook.remove()
+    labelled = int((y >= 0).sum())
+    assert sum(rows) == particles * (C * (len(y) - labelled) + labelled)
+
+
+def test_each_enumerated_copy_holds_its_own_decode():
+    """The model's log p(x | y, z) per enumerated copy and datapoint is the decoder run by
+    hand on that copy's (z, y), except that a labelled point reads its label with the first
+    copy's z in every copy (its copies of z differ: they are independent draws of q)."""
+    model, guide, x, y = tiny()
+    g = config_enumerate(guide, "parallel", expand=True)
+    pyro.set_rng_seed(2)
+    guide_tr = poutine.trace(poutine.enum(g, first_available_dim=-2)).get_trace(x, y)
+    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, y)
+    z = model_tr.nodes["z"]["value"]  # [C, B, 1]
+    guess = guide_tr.nodes["y_unobserved"]["value"]  # [C, B, C]: copy c proposes class c
+    known = (y >= 0)[:, None]
+    assert not torch.equal(z[1, known[:, 0]], z[0, known[:, 0]])
+    y1h = torch.where(known, one_hot(y.clamp(min=0), C, x), guess)
+    used = torch.where(known, z[:1], z)
+    want = model.decode_given(used, y1h).log_prob(x)
+    torch.testing.assert_close(model_tr.nodes["x"]["fn"].log_prob(x), want)
+    assert [int(guess[c, 0].argmax()) for c in range(C)] == list(range(C))
+
+
+@pytest.mark.parametrize("shared", [[1, 3], []])
+def test_split_rows_is_the_distribution_over_all_rows_it_assembles(shared):
+    """SplitRows (the labelled rows one shared part, the others one per class) scores and
+    averages each row by its own part: the numbers of one distribution over all rows, with
+    their gradients, also when a part has no rows (a Gaussian part too, whose torch
+    Independent cannot sum an empty value); a draw shares the shared rows across classes."""
+    torch.manual_seed(0)
+    own = torch.tensor(shared, dtype=torch.long)
+    rest = torch.tensor([i for i in range(5) if i not in shared], dtype=torch.long)
+    base = torch.randn(3, 5, 4, requires_grad=True)
+    is_own = torch.zeros(5, dtype=torch.bool).index_fill(0, own, True)
+    logits = torch.where(is_own[:, None], base[:1], base)  # the shared rows: copy 0's
+    x = torch.bernoulli(torch.full((5, 4), 0.5))
+    for make in (
+        lambda t: BernoulliPixels(pyro.distributions.Bernoulli(logits=t), 1),
+        lambda t: pyro.distributions.Normal(t, 1.0).to_event(1),
+    ):
+        parts = (make(logits[0].index_select(0, own)), make(logits.index_select(1, rest)))
+        split, whole = SplitRows(parts, (own, rest), 5), make(logits)
+        assert split.batch_shape == (3, 5) and split.event_shape == (4,)
+        got, want = split.log_prob(x), whole.log_prob(x)
+        torch.testing.assert_close(got, want)
+        grads = [torch.autograd.grad(v.sum(), base, retain_graph=True)[0] for v in (got, want)]
+        torch.testing.assert_close(grads[0], grads[1])
+        torch.testing.assert_close(split.mean, whole.mean)
+        draw = split.sample()
+        assert draw.shape == (3, 5, 4) and torch.equal(
+            draw[:, own], draw[:1, own].expand(3, -1, -1)
+        )
 
 
 def test_the_weight_is_a_tenth_of_n_per_labelled_fraction():

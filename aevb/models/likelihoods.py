@@ -64,16 +64,77 @@ class BernoulliPixels(dist.Independent):
 
     def log_prob(self, value):
         base = self.base_dist
-        logits = base.logits if isinstance(base, dist.Bernoulli) else None
-        if (
-            logits is None
-            or self.reinterpreted_batch_ndims != 1
-            or (torch.is_grad_enabled() and logits.requires_grad)
-        ):
+        if not isinstance(base, dist.Bernoulli) or self.reinterpreted_batch_ndims != 1:
             return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
-        return bernoulli_log_prob_sum(logits, value)
+        if torch.is_grad_enabled() and base.logits.requires_grad:
+            return base.log_prob(value).sum(-1)  # Independent's sum; also where no rows are
+        return bernoulli_log_prob_sum(base.logits, value)
+
+
+def rows_log_prob(d: dist.TorchDistribution, value: torch.Tensor) -> torch.Tensor:
+    """``d.log_prob(value)``, also for a value with no rows: torch's ``Independent`` sums its
+    event dims by a reshape that fails on an empty tensor, so those layers are summed here."""
+    if isinstance(d, BernoulliPixels) or not isinstance(d, dist.Independent):
+        return d.log_prob(value)
+    n = d.reinterpreted_batch_ndims
+    return rows_log_prob(d.base_dist, value).sum(tuple(range(-n, 0)))
+
+
+class SplitRows(dist.TorchDistribution):
+    """A distribution over the rows of the rightmost plate (batch dim -1, ``size`` rows) whose
+    rows ``rows[i]`` follow ``parts[i]``: part i has ``len(rows[i])`` rows on its batch dim -1
+    and its other batch dims broadcast with the other parts'.
+
+    Each part is scored (and sampled) on its own rows only and the results are placed: M2's
+    labelled datapoints decoded once and its unlabelled ones once per enumerated class make
+    one site ``x`` without a [C, B, D] tensor of logits being assembled
+    (:meth:`aevb.models.m2.M2.decode_labelled_once`). The rows are index tensors, so a traced
+    (compiled) objective follows each batch's split.
+
+    The whole value is validated here (with validation on), not each part's rows: a part
+    may have none, and torch's check of an empty value fails.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, parts: tuple, rows: tuple[torch.Tensor, ...], size: int):
+        lead = torch.broadcast_shapes(*(p.batch_shape[:-1] for p in parts))
+        self.parts, self.rows = parts, rows
+        super().__init__(lead + (size,), parts[0].event_shape)
+        for part in parts:  # checked whole in log_prob: torch's check refuses an empty part
+            while part is not None:
+                part._validate_args = False
+                part = getattr(part, "base_dist", None)
+
+    @property
+    def support(self):
+        return self.parts[0].support
+
+    def _place(self, pieces: list[torch.Tensor], dim: int) -> torch.Tensor:
+        """Put each part's ``pieces[i]`` (its rows on ``dim``) into one tensor."""
+        lead = torch.broadcast_shapes(*(t.shape[:dim] for t in pieces))
+        tail = pieces[0].shape[dim:][1:]
+        out = pieces[0].new_zeros(*lead, self.batch_shape[-1], *tail)
+        for t, index in zip(pieces, self.rows):
+            out = out.index_copy(dim, index, t.expand(*lead, *t.shape[dim:]))
+        return out
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        dim = -1 - len(self.event_shape)
+        lp = [rows_log_prob(p, value.index_select(dim, i)) for p, i in zip(self.parts, self.rows)]
+        return self._place(lp, -1)
+
+    @property
+    def mean(self):
+        return self._place([p.mean for p in self.parts], -1 - len(self.event_shape))
+
+    def sample(self, sample_shape=torch.Size()):  # noqa: B008 (torch's signature)
+        draws = [p.sample(torch.Size(sample_shape)) for p in self.parts]
+        return self._place(draws, -1 - len(self.event_shape))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,15 @@ import pyro.distributions as dist
 import torch
 
 from aevb.models.base import check_class_labels
-from aevb.models.nets import one_hot, output_layer, partial_labels, register
+from aevb.models.likelihoods import SplitRows
+from aevb.models.nets import (
+    enumeration_dims,
+    one_hot,
+    output_layer,
+    partial_labels,
+    plate_dim,
+    register,
+)
 from aevb.models.vae import VAE, VAEConfig
 
 
@@ -109,7 +117,32 @@ class M2(VAE):
         with pyro.plate("data", batch):
             z = pyro.sample("z", self.prior(torch.Size(), anchor))
             y1h = pyro.sample("y", y_prior, obs=known, obs_mask=labelled)
-            return pyro.sample("x", self.decode_given(z, y1h), obs=x)
+            return pyro.sample("x", self.decode_labelled_once(z, y1h, labelled, known), obs=x)
+
+    def decode_labelled_once(
+        self, z: torch.Tensor, y1h: torch.Tensor, labelled: torch.Tensor, known: torch.Tensor
+    ) -> dist.TorchDistribution:
+        """p(x | y, z) as :meth:`decode_given`, with each labelled datapoint decoded once.
+
+        Under enumeration of ``y_unobserved`` z and y carry one copy per class on the dims
+        left of the plates ([C, (K,) B, .]). A labelled datapoint's y is its label in every
+        copy, so its pixels are decoded from the first copy of z and shared by the others:
+        one decoder pass for it instead of C. Each copy's term log p(x | y, z_1) is still an
+        unbiased estimate of E_q[log p(x | y, z)] (z_1 ~ q(z | x, y) like every copy), so
+        the objective's expectation is unchanged (``tests/test_m2.py``). Unlabelled datapoints
+        are decoded once per class as before; the two parts are one site
+        (:class:`~aevb.models.likelihoods.SplitRows`). The rows are index tensors, so a
+        compiled objective follows each batch's labelled subset."""
+        if plate_dim("data") != -1:  # an outer plate of the user's on the right: no sharing
+            return self.decode_given(z, y1h)
+        first = z[(0,) * enumeration_dims(z, event_dim=1)]
+        own = labelled.nonzero().squeeze(-1)
+        hidden = (~labelled).nonzero().squeeze(-1)
+        parts = (
+            self.decode_given(first.index_select(-2, own), known.index_select(0, own)),
+            self.decode_given(z.index_select(-2, hidden), y1h.index_select(-2, hidden)),
+        )
+        return SplitRows(parts, (own, hidden), labelled.shape[0])
 
     @torch.no_grad()
     def analogies(self, z: torch.Tensor) -> torch.Tensor:

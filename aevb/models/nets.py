@@ -154,6 +154,21 @@ def partial_labels(
     return labelled, one_hot(y.clamp(min=0), num_classes, like)
 
 
+def enumeration_dims(value: torch.Tensor, event_dim: int) -> int:
+    """How many leading batch dims of a sample ``value`` lie left of every enclosing plate:
+    where Pyro's parallel enumeration puts the values of enumerated sites (the particle plate
+    of ``vectorize_particles`` is a plate, so particles are not counted). 0 outside
+    enumeration."""
+    dims = [f.dim for f in pyro.poutine.runtime.get_plates() if f.dim is not None]
+    return max(0, value.dim() - event_dim + min(dims)) if dims else 0
+
+
+def plate_dim(name: str) -> int | None:
+    """The batch dim (negative) of the enclosing plate ``name``; None outside it."""
+    dims = [f.dim for f in pyro.poutine.runtime.get_plates() if f.name == name]
+    return dims[0] if dims else None
+
+
 def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
     """Concatenate on the last dim after broadcasting the leading (particle, enumeration,
     batch) dims, e.g. z [K, B, L] with a one-hot y [B, C] -> [K, B, L + C]."""
