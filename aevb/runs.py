@@ -45,6 +45,7 @@ from aevb.inference.method import METHODS, Method, run_method
 from aevb.inference.posterior import PosteriorConfig, save_posterior
 from aevb.inference.record import Run
 from aevb.inference.saved import evaluate_run
+from aevb.inference.stopping import scored_too_early
 from aevb.models import likelihoods
 from aevb.models.base import hooks, recipe
 from aevb.registry import (
@@ -323,7 +324,7 @@ def run(
     estimates by key."""
     sched = spec.schedule
     if sched.max_steps is None and sched.max_seconds is None:
-        if rundir.evaluated_too_early(out, sched.epochs):  # more epochs asked: score again
+        if scored_too_early(out, sched.epochs, sched.patience):  # more asked: score again
             rundir.archive_evaluations(out)
     done = rundir.read_evaluations(out)
     wanted = [ev for ev in spec.evaluation if ev.key not in done]

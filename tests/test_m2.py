@@ -199,7 +199,7 @@ def test_split_rows_is_the_distribution_over_all_rows_it_assembles(shared):
     """SplitRows (the labelled rows one shared part, the others one per class) scores and
     averages each row by its own part: the numbers of one distribution over all rows, with
     their gradients, also when a part has no rows (a Gaussian part too, whose torch
-    Independent cannot sum an empty value); a draw shares the shared rows across classes."""
+    Independent cannot sum an empty value); draws average to the mean; bad rows are refused."""
     torch.manual_seed(0)
     own = torch.tensor(shared, dtype=torch.long)
     rest = torch.tensor([i for i in range(5) if i not in shared], dtype=torch.long)
@@ -219,10 +219,13 @@ def test_split_rows_is_the_distribution_over_all_rows_it_assembles(shared):
         grads = [torch.autograd.grad(v.sum(), base, retain_graph=True)[0] for v in (got, want)]
         torch.testing.assert_close(grads[0], grads[1])
         torch.testing.assert_close(split.mean, whole.mean)
-        draw = split.sample()
-        assert draw.shape == (3, 5, 4) and torch.equal(
-            draw[:, own], draw[:1, own].expand(3, -1, -1)
-        )
+        with torch.no_grad():  # the evaluation path (BernoulliPixels' product form)
+            torch.testing.assert_close(split.log_prob(x), whole.log_prob(x))
+        draws = split.sample((4000,))  # each row of each copy its own draw, of its own part
+        assert draws.shape == (4000, 3, 5, 4)
+        assert float((draws.mean(0) - whole.mean).abs().max()) < 5 / 4000**0.5
+    with pytest.raises(ValueError, match="each once"):
+        SplitRows(parts, (own, rest[:-1]), 5)
 
 
 def test_the_weight_is_a_tenth_of_n_per_labelled_fraction():
@@ -372,10 +375,10 @@ def test_fit_takes_a_user_dataset_with_missing_labels():
 @pytest.mark.parametrize("objective", ["semisupervised", "enum"])
 def test_the_compiled_objective_equals_the_eager_one_in_value_and_gradient(objective):
     """The compiled semisupervised objective (one trace of the whole loss per batch shape)
-    gives the eager loss and every parameter's gradient on three batches with different
-    labelled subsets (a trace that had baked in one batch's mask would differ), to float32
-    rounding; the training set's weight reaches the compiled ELBO, and the one batch shape is
-    traced once."""
+    gives the eager loss and every parameter's gradient on five batches with different
+    labelled subsets (3, 3, 0, 6 and 5 of 6 labelled; a trace that had baked in one batch's
+    mask would differ), to float32 rounding; the training set's weight reaches the compiled
+    ELBO, and the one batch shape is traced once."""
     from aevb.data.dataset import Dataset as _Dataset
     from aevb.inference.objectives import make_jit_objective
     from aevb.inference.objectives.jit import compiled_matches_eager
@@ -383,6 +386,7 @@ def test_the_compiled_objective_equals_the_eager_one_in_value_and_gradient(objec
     model, guide, x, y = tiny()
     g = config_enumerate(guide, "parallel", expand=True)
     batches = [(x, y), (x, torch.tensor([0, -1, -1, 1, -1, 2])), (x, torch.full_like(y, -1))]
+    batches += [(x, torch.tensor([1, 0, 2, 2, 1, 0])), (x, torch.tensor([1, 0, -1, 2, 1, 0]))]
     eager, compiled = make_objective(objective, 1), make_jit_objective(objective, 1)
     ds = _Dataset(x.repeat(5, 1), torch.cat([y, torch.full((24,), -1)]))
     compiled.bind_data(ds)

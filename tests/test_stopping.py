@@ -115,6 +115,43 @@ def test_a_stopped_run_goes_on_when_resumed_with_more_patience(fa_split, tmp_pat
     assert rundir.read_history(tmp_path)["epoch"].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_a_resume_with_more_patience_ends_as_an_uninterrupted_run_with_it(fa_split, tmp_path):
+    """Stopped at patience 2, resumed at patience 3: the history, best epoch and parameters of
+    a run that had patience 3 from the start; a smaller patience is refused."""
+    whole = _fit(fa_split, lr=0.05, epochs=15, patience=3)
+    short = _fit(fa_split, lr=0.05, epochs=15, patience=2, out=tmp_path)
+    assert len(short.history) < len(whole.history)  # it did stop sooner
+    with pytest.raises(ConfigError, match="patience"):
+        _fit(fa_split, lr=0.05, epochs=15, patience=1, out=tmp_path, resume=True)
+    more = _fit(fa_split, lr=0.05, epochs=15, patience=3, out=tmp_path, resume=True)
+    columns = ["epoch", "train_loss", "valid_log_evidence_exact"]
+    assert more.history[columns].equals(whole.history[columns])
+    assert more.extra["best_epoch"] == whole.extra["best_epoch"]
+    assert torch.equal(more.model.W, whole.model.W)
+
+
+def test_a_stopped_run_is_finished_when_its_spec_is_run_again(tmp_path):
+    """runs.run does not train on or score again a run its rule stopped before its epochs;
+    with a larger patience it trains on and is scored afresh (the old scores archived)."""
+    from aevb.runs import run as run_spec
+    from aevb.spec import EvaluationSpec
+
+    flat = {"model": "fa", "data": "fa-synthetic", "subset": 200, "test_subset": 40}
+    stopping = {"validation": 50, "patience": 1, "monitor": "log_evidence_exact"}
+    spec = RunSpec.from_flat({**flat, **stopping, "epochs": 9, "lr": 1e-12})
+    spec = spec.replace(evaluation=(EvaluationSpec("is", 10),))
+    run_spec(spec, tmp_path)
+    assert rundir.trained_epochs(tmp_path) == 2
+    stamp = (tmp_path / rundir.EVALUATION).stat().st_mtime_ns
+    run_spec(spec, tmp_path)
+    assert (tmp_path / rundir.EVALUATION).stat().st_mtime_ns == stamp
+    assert not (tmp_path / "evaluations").exists()
+    longer = RunSpec.from_flat({**flat, **stopping, "patience": 3, "epochs": 9, "lr": 1e-12})
+    run_spec(longer.replace(evaluation=spec.evaluation), tmp_path)
+    assert rundir.trained_epochs(tmp_path) == 4
+    assert (tmp_path / "evaluations" / "epoch2").is_dir()
+
+
 def test_patience_without_a_validation_set_is_refused():
     train, _ = data.load("fa-synthetic")
     model = models.build("fa")

@@ -88,6 +88,7 @@ from aevb.experiments.tracking import (
     tracking_from_table,
 )
 from aevb.inference import rundir
+from aevb.inference.stopping import scored_too_early
 from aevb.registry import import_reference, is_reference, split_reference
 from aevb.spec import EvaluationSpec, estimator_defaults, unknown_key
 
@@ -372,7 +373,7 @@ def _already_done(tasks: list, wanted: dict) -> tuple[dict[int, dict], list]:
     todo = []
     for task in tasks:
         done = rundir.read_evaluations(task.out)
-        longer = rundir.evaluated_too_early(task.out, task.cell.get("epochs"))
+        longer = scored_too_early(task.out, task.cell.get("epochs"), task.cell.get("patience"))
         if wanted and all(key in done for key in wanted) and not longer:
             rows[task.index] = results_row(task.cell, task.seed, Path(task.out), done, wanted)
         else:

@@ -107,9 +107,10 @@ RESUMABLE_CHANGES = (
 )
 
 
-#: early stopping's patience (record keys): it may change on resume where the run stops early
-#: both before and after (turning early stopping on or off changes which parameters the run
-#: ends with, so that stays refused)
+#: early stopping's patience (record keys): it may grow on resume where the run stops early
+#: both before and after, and the resumed run then stops where an uninterrupted one with the
+#: larger patience would (a smaller one could not: its stop may lie behind the checkpoint;
+#: turning early stopping on or off changes which parameters the run ends with)
 PATIENCE_KEYS = ("fit.patience", "spec.schedule.patience")
 
 
@@ -141,8 +142,8 @@ def check_resumable(saved: dict, now: dict) -> None:
     if "spec" not in saved:
         now = {k: v for k, v in now.items() if k != "spec"}
     a, b = _settings(saved), _settings(now)
-    for key in PATIENCE_KEYS:  # a stopped run may go on with more (or less) patience
-        if key in a and key in b:
+    for key in PATIENCE_KEYS:  # a stopped run may go on with more patience
+        if key in a and key in b and b[key] >= a[key]:
             b[key] = a[key]
     missing = "(not set)"
     diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
@@ -152,8 +153,8 @@ def check_resumable(saved: dict, now: dict) -> None:
         )
         raise ConfigError(
             f"cannot resume: the run was started with different settings ({changes}). Resume "
-            "with the run's own settings (only epochs, max_steps, max_seconds and an early "
-            "stop's patience may change), "
+            "with the run's own settings (only epochs, max_steps and max_seconds may change, "
+            "and an early stop's patience grow), "
             "or train into another output folder"
         )
 

@@ -62,6 +62,19 @@ def patience_spent(rows: list[dict], monitor: str, patience: int | None) -> bool
     return best is not None and rows[-1]["epoch"] - best >= patience
 
 
+def scored_too_early(run_dir, epochs: int | None, patience: int | None) -> bool:
+    """Whether a run was scored before the ``epochs`` now asked for
+    (:func:`~aevb.inference.rundir.evaluated_too_early`) and must train on, unless its
+    early-stopping rule has ended it: with its own monitor and the ``patience`` asked now
+    (which a resume may have raised) spent, the run is finished, not short."""
+    if not rundir.evaluated_too_early(run_dir, epochs):
+        return False
+    record = rundir.upgrade_record(rundir.read_config(run_dir))
+    monitor = record.get("fit", {}).get("monitor", "elbo")
+    rows = rundir.read_history(run_dir).to_dict("records")
+    return not patience_spent(rows, monitor, patience)
+
+
 class BestState:
     """The parameters of the best epoch so far, in memory and (with a run folder) in
     ``best.pt``."""

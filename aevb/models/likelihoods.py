@@ -93,8 +93,11 @@ class SplitRows(dist.TorchDistribution):
     (:meth:`aevb.models.m2.M2.decode_labelled_once`). The rows are index tensors, so a traced
     (compiled) objective follows each batch's split.
 
-    The whole value is validated here (with validation on), not each part's rows: a part
-    may have none, and torch's check of an empty value fails.
+    As a distribution with that batch shape, every row of every leading copy is a draw of
+    its own (a part's batch broadcast over the other parts' leading dims is expanded, as
+    ``Distribution.expand`` does). The whole value is validated here (with validation on),
+    not each part's rows: a part may have none, and torch's check of an empty value fails,
+    so the parts' own checks are switched off (the parts are changed in place).
     """
 
     arg_constraints: dict = {}
@@ -102,11 +105,28 @@ class SplitRows(dist.TorchDistribution):
     def __init__(self, parts: tuple, rows: tuple[torch.Tensor, ...], size: int):
         lead = torch.broadcast_shapes(*(p.batch_shape[:-1] for p in parts))
         self.parts, self.rows = parts, rows
+        if not torch.jit.is_tracing():
+            self._check(size)
         super().__init__(lead + (size,), parts[0].event_shape)
         for part in parts:  # checked whole in log_prob: torch's check refuses an empty part
             while part is not None:
                 part._validate_args = False
                 part = getattr(part, "base_dist", None)
+
+    def _check(self, size: int) -> None:
+        """Each row in exactly one part, each part's rows as many as its batch's last dim,
+        one event shape."""
+        counts = [int(i.numel()) for i in self.rows]
+        widths = [p.batch_shape[-1] for p in self.parts]
+        every = torch.cat([i.reshape(-1) for i in self.rows]).sort().values
+        if counts != widths or not torch.equal(every.cpu(), torch.arange(size)):
+            raise ValueError(
+                f"SplitRows: the parts' rows must be 0..{size - 1}, each once, as many per "
+                f"part as its batch's last dim; found {counts} rows for widths {widths}"
+            )
+        events = {tuple(p.event_shape) for p in self.parts}
+        if len(events) > 1:
+            raise ValueError(f"SplitRows: the parts have different event shapes {events}")
 
     @property
     def support(self):
@@ -133,7 +153,10 @@ class SplitRows(dist.TorchDistribution):
         return self._place([p.mean for p in self.parts], -1 - len(self.event_shape))
 
     def sample(self, sample_shape=torch.Size()):  # noqa: B008 (torch's signature)
-        draws = [p.sample(torch.Size(sample_shape)) for p in self.parts]
+        lead = self.batch_shape[:-1]
+        draws = [
+            p.expand(lead + p.batch_shape[-1:]).sample(torch.Size(sample_shape)) for p in self.parts
+        ]
         return self._place(draws, -1 - len(self.event_shape))
 
 

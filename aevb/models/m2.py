@@ -129,7 +129,10 @@ class M2(VAE):
         copy, so its pixels are decoded from the first copy of z and shared by the others:
         one decoder pass for it instead of C. Each copy's term log p(x | y, z_1) is still an
         unbiased estimate of E_q[log p(x | y, z)] (z_1 ~ q(z | x, y) like every copy), so
-        the objective's expectation is unchanged (``tests/test_m2.py``). Unlabelled datapoints
+        the objective's expectation is unchanged (``tests/test_m2.py``); its variance is not:
+        the C copies used to average C independent draws of z for a labelled point, now they
+        share one, as Kingma et al.'s and Pyro's one-draw estimate of L(x, y) does, so the
+        labelled points' reconstruction term varies up to C times as much. Unlabelled datapoints
         are decoded once per class as before; the two parts are one site
         (:class:`~aevb.models.likelihoods.SplitRows`). The rows are index tensors, so a
         compiled objective follows each batch's labelled subset."""
