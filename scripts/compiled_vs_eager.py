@@ -44,14 +44,21 @@ def images_per_second(
     guide = guides.default_for(model)
     cfg = FitConfig(objective=objective, particles=k, jit=jit, batch_size=batch)
     step = SVIAlgorithm(model, guide, cfg)
+    return timed_steps(step, train, batch, steps, seed, labels=model_name == "m2")
+
+
+def timed_steps(
+    step: SVIAlgorithm, train, batch: int, steps: int, seed: int, labels: bool, warmup=WARMUP
+) -> float:
+    """Images/s of ``step`` over ``steps`` shuffled minibatches after ``warmup`` untimed
+    ones (the first minibatch prepares it)."""
     g = torch.Generator().manual_seed(seed)
-    labels = model_name == "m2"
     batches = list(train.batches(batch, shuffle=True, generator=g, indexed=True, labels=labels))
     step.prepare(train, batches[0][1])
-    for index, args in batches[:WARMUP]:
+    for index, args in batches[:warmup]:
         step.step(args, index)
     start = time.perf_counter()
-    for index, args in batches[WARMUP : WARMUP + steps]:
+    for index, args in batches[warmup : warmup + steps]:
         step.step(args, index)
     return steps * batch / (time.perf_counter() - start)
 

@@ -8,19 +8,19 @@ unlabelled image once per class; a labelled image is decoded once
 every image decoded once per class (``decode_given`` on the enumerated [z, y], as before the
 change). For each number of kept labels (60,000: all of MNIST's training images; Kingma et
 al.'s sizes, batch 100, Adam 1e-3) the two are timed interleaved, :data:`WARMUP` untimed steps
-then ``--steps`` timed ones, and the median of the per-repetition ratio of images/s is
-printed. The saving grows with the labelled share of a batch: at most (C - 1) / C of the
-decoder's work on the labelled rows.
+then ``--steps`` timed ones (``compiled_vs_eager.timed_steps``), and the median of the
+per-repetition ratio of images/s is printed. The saving grows with the labelled share of a
+batch: at most (C - 1) / C of the decoder's work on the labelled rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import pyro
 import torch
+from compiled_vs_eager import timed_steps  # scripts/ is on the path
 
 from aevb import data, guides
 from aevb.inference.svi import FitConfig, SVIAlgorithm
@@ -44,17 +44,9 @@ def images_per_second(train, cls: type, jit: bool | None, steps: int, batch: int
     guide = guides.default_for(model)
     cfg = FitConfig(objective="semisupervised", jit=jit, batch_size=batch, lr=1e-3)
     step = SVIAlgorithm(model, guide, cfg)
-    g = torch.Generator().manual_seed(0)
-    batches = list(train.batches(batch, shuffle=True, generator=g, indexed=True, labels=True))
-    step.prepare(train, batches[0][1])
-    for index, args in batches[:WARMUP]:
-        step.step(args, index)
-    start = time.perf_counter()
-    for index, args in batches[WARMUP : WARMUP + steps]:
-        step.step(args, index)
-    seconds = time.perf_counter() - start
+    rate = timed_steps(step, train, batch, steps, seed=0, labels=True, warmup=WARMUP)
     assert step.jit == (jit is None), "the objective's form is not the one asked for"
-    return steps * batch / seconds
+    return rate
 
 
 def main(argv=None) -> None:
